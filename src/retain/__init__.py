@@ -1,0 +1,133 @@
+"""retain: know and bound what a model forgets when you fine-tune it.
+
+The public API is listed in ``__all__``; everything else lives in private-by-convention modules
+whose layout may change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from retain.assets.datasets import DATASETS, load_dataset
+    from retain.assets.models import MODELS, LoadedModel, load_model
+    from retain.errors import MissingAssetError, RetainError, UnknownNameError
+    from retain.evaluation.accuracy import ClassificationAccuracy
+    from retain.evaluation.base import Probe, ProbeResult
+    from retain.evaluation.perplexity import Perplexity, strided_log_likelihood
+    from retain.evaluation.pseudo_perplexity import PseudoPerplexity
+    from retain.evaluation.representation import KNNProbe, LinearProbe, pooled_embeddings
+    from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
+    from retain.evaluation.suites import PROBES, SUITES
+    from retain.evaluation.zero_shot import ZeroShotClassification
+    from retain.experiment.audit import AuditConfig, run_audit
+    from retain.metrics import (
+        Degradation,
+        average_accuracy,
+        average_forgetting,
+        average_forgetting_first_last,
+        backward_transfer,
+        degradation,
+        forgetting,
+        forgetting_first_last,
+        forward_transfer,
+        perplexity_ratio,
+    )
+
+try:
+    __version__ = version("retain")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "PROBES",
+    "SUITES",
+    "AuditConfig",
+    "CapabilityChange",
+    "ClassificationAccuracy",
+    "Degradation",
+    "EvalSuite",
+    "KNNProbe",
+    "LinearProbe",
+    "LoadedModel",
+    "MissingAssetError",
+    "Perplexity",
+    "Probe",
+    "ProbeResult",
+    "PseudoPerplexity",
+    "RetainError",
+    "SuiteResult",
+    "UnknownNameError",
+    "ZeroShotClassification",
+    "__version__",
+    "average_accuracy",
+    "average_forgetting",
+    "average_forgetting_first_last",
+    "backward_transfer",
+    "degradation",
+    "forgetting",
+    "forgetting_first_last",
+    "forward_transfer",
+    "load_dataset",
+    "load_model",
+    "perplexity_ratio",
+    "pooled_embeddings",
+    "run_audit",
+    "strided_log_likelihood",
+]
+
+# Heavy libraries (torch, transformers, datasets) load on first use, so `retain --version` is instant.
+_LAZY = {
+    "Degradation": "retain.metrics",
+    "average_accuracy": "retain.metrics",
+    "average_forgetting": "retain.metrics",
+    "average_forgetting_first_last": "retain.metrics",
+    "backward_transfer": "retain.metrics",
+    "degradation": "retain.metrics",
+    "forgetting": "retain.metrics",
+    "forgetting_first_last": "retain.metrics",
+    "forward_transfer": "retain.metrics",
+    "perplexity_ratio": "retain.metrics",
+    "AuditConfig": "retain.experiment.audit",
+    "CapabilityChange": "retain.evaluation.suite",
+    "ClassificationAccuracy": "retain.evaluation.accuracy",
+    "DATASETS": "retain.assets.datasets",
+    "EvalSuite": "retain.evaluation.suite",
+    "KNNProbe": "retain.evaluation.representation",
+    "LinearProbe": "retain.evaluation.representation",
+    "LoadedModel": "retain.assets.models",
+    "MODELS": "retain.assets.models",
+    "MissingAssetError": "retain.errors",
+    "PROBES": "retain.evaluation.suites",
+    "Perplexity": "retain.evaluation.perplexity",
+    "Probe": "retain.evaluation.base",
+    "ProbeResult": "retain.evaluation.base",
+    "PseudoPerplexity": "retain.evaluation.pseudo_perplexity",
+    "RetainError": "retain.errors",
+    "SUITES": "retain.evaluation.suites",
+    "SuiteResult": "retain.evaluation.suite",
+    "UnknownNameError": "retain.errors",
+    "ZeroShotClassification": "retain.evaluation.zero_shot",
+    "load_dataset": "retain.assets.datasets",
+    "load_model": "retain.assets.models",
+    "pooled_embeddings": "retain.evaluation.representation",
+    "run_audit": "retain.experiment.audit",
+    "strided_log_likelihood": "retain.evaluation.perplexity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

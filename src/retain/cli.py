@@ -1,0 +1,157 @@
+"""The ``retain`` command line: ``audit``, ``ls``, ``demo`` (more commands arrive with the runner).
+
+A user mistake (wrong path, unknown name, missing column) prints one line ``retain: error: ...``
+naming the problem and the fix, and exits with code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from retain.errors import RetainError
+
+__all__ = ["main"]
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from retain import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="retain",
+        description="Know and bound what a model forgets when you fine-tune it.",
+    )
+    parser.add_argument("--version", action="version", version=f"retain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    audit = sub.add_parser(
+        "audit",
+        help="compare two checkpoints on a capability suite: what did the fine-tune forget?",
+        description="Score a base and a tuned model on the same capability suite and report "
+        "every capability before/after, its change, and a one-line verdict.",
+    )
+    audit.add_argument("--base", required=True, help="starting model: registry name, folder, hub id")
+    audit.add_argument(
+        "--tuned", required=True, help="fine-tuned model: same forms, or a PEFT adapter folder"
+    )
+    audit.add_argument("--suite", default="general", help="capability suite (see: retain ls)")
+    audit.add_argument("--out", type=Path, help="run directory for results.json and report.md")
+    audit.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="relative degradation counted as forgetting (default 0.02 = 2%%)",
+    )
+    audit.add_argument("--quick", action="store_true", help="small probe sets (smoke test)")
+    audit.add_argument("--adapter-base", help="base model of a PEFT adapter --tuned")
+    audit.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    audit.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub"
+    )
+
+    sub.add_parser("ls", help="list models, datasets, probes and suites")
+
+    demo = sub.add_parser(
+        "demo",
+        help="fine-tune SmolLM2 briefly on SMS messages, then audit what it forgot",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="run directory")
+    demo.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
+    demo.add_argument("--steps", type=int, default=40, help="optimizer steps (default 40)")
+    demo.add_argument("--quick", action="store_true", help="small audit probe sets")
+    demo.add_argument("--fresh", action="store_true", help="fine-tune again, ignore the cache")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def _cmd_ls() -> int:
+    from retain.assets.datasets import DATASETS
+    from retain.assets.models import MODELS
+    from retain.evaluation.suites import PROBES, SUITES
+
+    for title, registry in (
+        ("models", MODELS),
+        ("datasets", DATASETS),
+        ("probes", PROBES),
+        ("suites", SUITES),
+    ):
+        print(f"{title}:")
+        entries = list(registry)
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            print(f"  {e.name.ljust(width)}  {e.description}")
+    print("strategies:\n  (none yet: mitigation strategies arrive with the training engine)")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from retain.experiment.audit import AuditConfig, run_audit
+    from retain.report.audit_report import audit_table
+
+    config = AuditConfig(
+        base=args.base,
+        tuned=args.tuned,
+        suite=args.suite,
+        out=args.out,
+        tolerance=args.tolerance,
+        size="quick" if args.quick else "full",
+        adapter_base=args.adapter_base,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+    )
+    results = run_audit(config, progress=_say)
+    print(audit_table(results))
+    if args.out is not None:
+        _say(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from retain.demo import DemoConfig, run_demo
+    from retain.report.audit_report import audit_table
+
+    config = DemoConfig(
+        lr=args.lr,
+        steps=args.steps,
+        out=args.out,
+        size="quick" if args.quick else "full",
+        overwrite=args.overwrite,
+        fresh=args.fresh,
+    )
+    results = run_demo(config, progress=_say)
+    print(audit_table(results))
+    _say(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``retain`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "ls":
+            return _cmd_ls()
+        if args.command == "audit":
+            return _cmd_audit(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        parser.print_help()
+        return 0
+    except RetainError as err:
+        print(f"retain: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("retain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

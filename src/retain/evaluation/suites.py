@@ -1,0 +1,121 @@
+"""Named capability suites (``general`` for causal LMs, ``encoder`` for encoders) and the probe list.
+
+Every suite is built from the offline datasets in :mod:`retain.assets` and evaluates capabilities
+the audited fine-tune was (normally) not trained on. ``size="quick"`` uses smaller subsets of the
+same data for smoke tests; reported numbers come from ``size="full"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import datasets
+
+from retain.assets.datasets import load_dataset
+from retain.assets.models import ModelKind
+from retain.evaluation.accuracy import ClassificationAccuracy
+from retain.evaluation.perplexity import Perplexity
+from retain.evaluation.pseudo_perplexity import PseudoPerplexity
+from retain.evaluation.representation import KNNProbe, LinearProbe
+from retain.evaluation.suite import EvalSuite
+from retain.evaluation.zero_shot import ZeroShotClassification
+from retain.registry import Registry
+
+__all__ = ["PROBES", "SUITES", "SuiteFactory", "SuiteSize", "subset"]
+
+SuiteSize = Literal["full", "quick"]
+
+PROBES: Registry[type] = Registry("probe")
+PROBES.register(
+    "perplexity", Perplexity, "causal-LM token perplexity and bits/byte on held-out text (strided)"
+)
+PROBES.register(
+    "pseudo_perplexity", PseudoPerplexity, "masked-LM pseudo-perplexity, each token masked in turn"
+)
+PROBES.register("accuracy", ClassificationAccuracy, "classification accuracy through a task head")
+PROBES.register("knn", KNNProbe, "kNN accuracy on frozen pooled representations (scikit-learn)")
+PROBES.register(
+    "linear", LinearProbe, "logistic-regression probe accuracy on frozen pooled representations"
+)
+PROBES.register(
+    "zero_shot",
+    ZeroShotClassification,
+    "zero-shot classification of a causal LM by label-word log-likelihood",
+)
+
+
+@dataclass(frozen=True)
+class SuiteFactory:
+    """Builds a named suite; ``model_kind`` says how audited models must be loaded."""
+
+    name: str
+    description: str
+    model_kind: ModelKind
+    build_fn: Callable[[SuiteSize], EvalSuite]
+
+    def build(self, size: SuiteSize = "full") -> EvalSuite:
+        """The suite with its data loaded (``quick``: small subsets for smoke tests)."""
+        return self.build_fn(size)
+
+
+def subset(split: datasets.Dataset, n: int, seed: int = 0) -> datasets.Dataset:
+    """A fixed, seeded sample of ``n`` rows (all rows if the split is smaller)."""
+    if n >= len(split):
+        return split
+    return split.shuffle(seed=seed).select(range(n))
+
+
+def _general(size: SuiteSize) -> EvalSuite:
+    quick = size == "quick"
+    general = subset(load_dataset("general_text")["test"], 8 if quick else 64)
+    movies = subset(load_dataset("movie_snippets")["test"], 40 if quick else 400)
+    names = movies.features["label"].names
+    probes = [
+        Perplexity("general_text", general["text"], max_length=512),
+        ZeroShotClassification(
+            "sentiment_zero_shot",
+            movies["text"],
+            movies["label"],
+            label_words=[f" {n}" for n in names],
+            template='Movie review: "{text}"\nIs this review positive or negative? Answer:',
+            label_names=names,
+        ),
+    ]
+    return EvalSuite("general", probes, _SUITE_TEXT["general"])
+
+
+def _probe_pair(name: str, size: SuiteSize, n_train: int, n_test: int) -> list[object]:
+    data = load_dataset(name)
+    scale = 5 if size == "quick" else 1
+    train = subset(data["train"], n_train // scale)
+    test = subset(data["test"], n_test // scale)
+    args = (train["text"], train["label"], test["text"], test["label"])
+    return [KNNProbe(f"{name}_knn", *args, k=10), LinearProbe(f"{name}_linear", *args)]
+
+
+def _encoder(size: SuiteSize) -> EvalSuite:
+    probes = [
+        *_probe_pair("news_sources", size, 1500, 600),
+        *_probe_pair("trec", size, 1500, 500),
+    ]
+    return EvalSuite("encoder", probes, _SUITE_TEXT["encoder"])  # type: ignore[arg-type]
+
+
+_SUITE_TEXT = {
+    "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text) and "
+    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
+    "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
+    "for news source (news_sources) and question type (trec)",
+}
+
+SUITES: Registry[SuiteFactory] = Registry("suite")
+SUITES.register(
+    "general", SuiteFactory("general", _SUITE_TEXT["general"], "causal-lm", _general),
+    _SUITE_TEXT["general"],
+)
+SUITES.register(
+    "encoder", SuiteFactory("encoder", _SUITE_TEXT["encoder"], "encoder", _encoder),
+    _SUITE_TEXT["encoder"],
+)

@@ -1,0 +1,118 @@
+"""``retain audit``: what did this fine-tune forget? Compare two checkpoints on a capability suite.
+
+The base (starting) and tuned models are each a registry name, a local folder, a hub id, or a PEFT
+adapter folder. Both are scored by the same suite; the run directory gets ``results.json`` and
+``report.md``, written only once everything succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retain.assets.models import load_model, model_folder
+from retain.errors import RetainError
+from retain.evaluation.suite import EvalSuite, verdict
+from retain.evaluation.suites import SUITES, SuiteSize
+from retain.experiment.run_dir import check_output_dir, output_directory, write_json, write_text
+from retain.report.audit_report import audit_markdown
+
+__all__ = ["AuditConfig", "run_audit"]
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything an audit needs.
+
+    Attributes:
+        base: the starting model (registry name, folder, hub id).
+        tuned: the fine-tuned model (same forms, or a PEFT adapter folder).
+        suite: a named capability suite (``general`` for causal LMs, ``encoder`` for encoders).
+        out: run directory to create (``None``: print only).
+        tolerance: relative degradation above which a capability counts as worse (0.02 = 2 %).
+        size: ``"full"`` (default) or ``"quick"`` (smaller probe sets, for smoke tests).
+        adapter_base: base model for a PEFT adapter ``tuned`` (default: recorded in the adapter).
+        overwrite: replace an existing, non-empty ``out``.
+        trust_remote_code: allow model code from the hub (off by default).
+    """
+
+    base: str
+    tuned: str
+    suite: str = "general"
+    out: Path | None = None
+    tolerance: float = 0.02
+    size: SuiteSize = "full"
+    adapter_base: str | None = None
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
+            raise RetainError(
+                f"tolerance must be a fraction in [0, 1) (0.02 = 2 %); got {self.tolerance}"
+            )
+        if self.size not in ("full", "quick"):
+            raise RetainError(f"size must be 'full' or 'quick'; got {self.size!r}")
+
+
+def run_audit(
+    config: AuditConfig, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Evaluate base and tuned models on the suite; return (and write) the results dictionary.
+
+    Every input is checked before the first model is loaded, so a typo costs no time; the run
+    directory appears only when the audit finished.
+    """
+    say = progress or (lambda _line: None)
+    start = time.perf_counter()
+    factory = SUITES.get(config.suite)
+    if config.out is not None:
+        check_output_dir(config.out, overwrite=config.overwrite)
+    model_folder(config.base)  # resolve names and paths now: fail fast on typos
+    model_folder(config.tuned)
+    suite: EvalSuite = factory.build(config.size)
+    kind = factory.model_kind
+
+    def evaluate(name: str, label: str, adapter_base: str | None) -> tuple[Any, Any]:
+        say(f"{label}: loading {name}")
+        loaded = load_model(
+            name, kind=kind, adapter_base=adapter_base,
+            trust_remote_code=config.trust_remote_code,
+        )
+        say(f"{label}: evaluating suite {suite.name!r}")
+        result = suite.evaluate(loaded.model, loaded.tokenizer, progress=say)
+        described = loaded.describe()
+        del loaded
+        gc.collect()
+        return result, described
+
+    base_result, base_info = evaluate(config.base, "base", None)
+    suite.set_baseline(base_result)
+    tuned_result, tuned_info = evaluate(config.tuned, "tuned", config.adapter_base)
+    changes = suite.compare(tuned_result)
+    degraded, line = verdict(changes, config.tolerance)
+    from retain import __version__
+
+    results: dict[str, Any] = {
+        "kind": "audit",
+        "retain_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": suite.name, "description": suite.description, "size": config.size},
+        "base": base_info,
+        "tuned": tuned_info,
+        "tolerance": config.tolerance,
+        "capabilities": [c.to_dict(config.tolerance) for c in changes],
+        "verdict": {"degraded": degraded, "text": line},
+        "seconds": time.perf_counter() - start,
+    }
+    if config.out is not None:
+        with output_directory(config.out, overwrite=config.overwrite) as tmp:
+            write_json(tmp / "results.json", results)
+            write_text(tmp / "report.md", audit_markdown(results))
+    return results
