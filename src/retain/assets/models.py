@@ -26,7 +26,15 @@ from retain.assets.packages import MINILM, SMOLLM2, asset_file
 from retain.errors import RetainError, UnknownNameError
 from retain.registry import Registry
 
-__all__ = ["MODELS", "LoadedModel", "ModelKind", "ModelSpec", "load_model", "model_folder"]
+__all__ = [
+    "MODELS",
+    "LoadedModel",
+    "ModelKind",
+    "ModelSpec",
+    "check_model_reference",
+    "load_model",
+    "model_folder",
+]
 
 ModelKind = Literal["causal-lm", "encoder", "masked-lm", "sequence-classification"]
 
@@ -149,16 +157,20 @@ def _auto_class(kind: ModelKind) -> Any:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists()
+    return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).parent.exists())
 
 
-def model_folder(name_or_path: str) -> tuple[str, Literal["registry", "local", "hub"]]:
-    """Where ``from_pretrained`` should look: a registry folder, a local folder, or a hub id."""
+def check_model_reference(name_or_path: str) -> Literal["registry", "local", "hub"]:
+    """Say what kind of reference ``name_or_path`` is, without loading or converting anything.
+
+    Raises :class:`RetainError` for a missing path and :class:`UnknownNameError` (with a
+    "did you mean") for a bare word that is not a registry name.
+    """
     if name_or_path in MODELS:
-        return str(MODELS.get(name_or_path).folder()), "registry"
+        return "registry"
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return str(path), "local"
+        return "local"
     if path.exists():
         raise RetainError(f"model path {name_or_path!r} is a file; pass the model's folder")
     if _looks_like_path(name_or_path):
@@ -166,7 +178,17 @@ def model_folder(name_or_path: str) -> tuple[str, Literal["registry", "local", "
     if "/" not in name_or_path:
         # A bare word that is not a registry name is almost always a typo, not a hub id.
         raise UnknownNameError(MODELS.unknown_message(name_or_path))
-    return name_or_path, "hub"
+    return "hub"
+
+
+def model_folder(name_or_path: str) -> tuple[str, Literal["registry", "local", "hub"]]:
+    """Where ``from_pretrained`` should look: a registry folder, a local folder, or a hub id."""
+    origin = check_model_reference(name_or_path)
+    if origin == "registry":
+        return str(MODELS.get(name_or_path).folder()), origin
+    if origin == "local":
+        return str(Path(name_or_path).expanduser()), origin
+    return name_or_path, origin
 
 
 def load_model(

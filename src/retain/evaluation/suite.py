@@ -119,8 +119,12 @@ class EvalSuite:
             result = probe.evaluate(model, tokenizer)
             seconds = time.perf_counter() - start
             scores[probe.name] = CapabilityScore(
-                probe.name, probe.metric, probe.higher_is_better, float(result.score),
-                dict(result.details), seconds,
+                probe.name,
+                probe.metric,
+                probe.higher_is_better,
+                float(result.score),
+                dict(result.details),
+                seconds,
             )
             if progress is not None:
                 progress(f"  {probe.name}: {probe.metric} = {result.score:.4g} ({seconds:.1f} s)")

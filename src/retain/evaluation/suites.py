@@ -112,10 +112,12 @@ _SUITE_TEXT = {
 
 SUITES: Registry[SuiteFactory] = Registry("suite")
 SUITES.register(
-    "general", SuiteFactory("general", _SUITE_TEXT["general"], "causal-lm", _general),
+    "general",
+    SuiteFactory("general", _SUITE_TEXT["general"], "causal-lm", _general),
     _SUITE_TEXT["general"],
 )
 SUITES.register(
-    "encoder", SuiteFactory("encoder", _SUITE_TEXT["encoder"], "encoder", _encoder),
+    "encoder",
+    SuiteFactory("encoder", _SUITE_TEXT["encoder"], "encoder", _encoder),
     _SUITE_TEXT["encoder"],
 )

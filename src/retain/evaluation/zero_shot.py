@@ -88,8 +88,11 @@ def candidate_log_likelihoods(
     and add ``log p(3)`` at position 1 to ``log p(4)`` at position 2.
 
     Raises:
-        RetainError: if a candidate is at least ``max_length`` tokens long.
+        RetainError: if a candidate is at least ``max_length`` tokens long, or prompts have
+            different numbers of candidates.
     """
+    if len({len(cands) for cands in candidate_ids}) > 1:
+        raise RetainError("every prompt needs the same number of candidates (one per label word)")
     contexts: list[list[int]] = []
     for prompt, cands in zip(prompt_ids, candidate_ids, strict=True):
         room = max_length - max(len(c) for c in cands)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retain.assets.models import load_model, model_folder
+from retain.assets.models import check_model_reference, load_model
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
@@ -74,8 +74,8 @@ def run_audit(
     factory = SUITES.get(config.suite)
     if config.out is not None:
         check_output_dir(config.out, overwrite=config.overwrite)
-    model_folder(config.base)  # resolve names and paths now: fail fast on typos
-    model_folder(config.tuned)
+    check_model_reference(config.base)  # fail fast on typos, before minutes of work
+    check_model_reference(config.tuned)
     suite: EvalSuite = factory.build(config.size)
     kind = factory.model_kind
 

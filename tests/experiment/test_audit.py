@@ -1,0 +1,75 @@
+"""``run_audit`` on tiny random causal LMs saved as folders, and on a PEFT adapter folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from retain.errors import RetainError, UnknownNameError
+from retain.experiment.audit import AuditConfig, run_audit
+
+
+def test_audit_of_two_folders_writes_results_and_report(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, tuned = tiny_lm_dirs
+    out = tmp_path / "audit"
+    results = run_audit(AuditConfig(str(base), str(tuned), out=out, size="quick"))
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["capabilities"] == json.loads(json.dumps(results["capabilities"]))
+    by_name = {c["name"]: c for c in saved["capabilities"]}
+    ppl = by_name["general_text"]
+    assert ppl["higher_is_better"] is False
+    assert ppl["change"] == pytest.approx(ppl["after"] - ppl["before"])
+    assert ppl["relative_change"] == pytest.approx(ppl["change"] / ppl["before"])
+    # A random model perturbed by large noise is a different model: the score must move.
+    assert ppl["after"] != ppl["before"]
+    assert by_name["sentiment_zero_shot"]["higher_is_better"] is True
+    assert saved["verdict"]["text"].startswith(("FORGOT", "RETAINED"))
+    report = (out / "report.md").read_text()
+    assert saved["verdict"]["text"] in report
+    assert "| general_text | perplexity | lower |" in report
+
+
+def test_audit_of_a_model_against_itself_changes_nothing(tiny_lm_dirs: tuple[Path, Path]) -> None:
+    base, _ = tiny_lm_dirs
+    results = run_audit(AuditConfig(str(base), str(base), size="quick"))
+    assert all(c["change"] == 0 for c in results["capabilities"])
+    assert results["verdict"]["degraded"] is False
+
+
+def test_audit_loads_a_peft_adapter_on_its_base(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, _ = tiny_lm_dirs
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter actually change the model
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=1.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base)
+    results = run_audit(AuditConfig(str(base), str(tmp_path / "adapter"), size="quick"))
+    assert results["tuned"]["origin"] == "adapter"
+    ppl = next(c for c in results["capabilities"] if c["name"] == "general_text")
+    assert ppl["after"] != ppl["before"]
+
+
+def test_bad_inputs_fail_before_any_work(tiny_lm_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    base, _ = tiny_lm_dirs
+    with pytest.raises(UnknownNameError, match="did you mean 'general'"):
+        run_audit(AuditConfig(str(base), str(base), suite="genral", out=tmp_path / "o"))
+    with pytest.raises(RetainError, match="no such model folder"):
+        run_audit(AuditConfig(str(base), "./missing-model", out=tmp_path / "o"))
+    with pytest.raises(RetainError, match="tolerance"):
+        AuditConfig(str(base), str(base), tolerance=2.0)
+    assert not (tmp_path / "o").exists()
