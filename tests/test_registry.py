@@ -28,7 +28,10 @@ def test_get_by_name_alias_and_case() -> None:
 def test_unknown_name_suggests_the_closest() -> None:
     with pytest.raises(UnknownNameError) as err:
         make().get("smollm2-13m")
-    assert str(err.value) == "unknown model 'smollm2-13m'; did you mean 'smollm2-135m'? (see: retain ls)"
+    assert (
+        str(err.value)
+        == "unknown model 'smollm2-13m'; did you mean 'smollm2-135m'? (see: retain ls)"
+    )
     assert isinstance(err.value, RetainError)
     assert isinstance(err.value, KeyError)
 

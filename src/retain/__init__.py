@@ -80,7 +80,7 @@ __all__ = [
     "strided_log_likelihood",
 ]
 
-# Heavy libraries (torch, transformers, datasets) load on first use, so `retain --version` is instant.
+# Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
     "Degradation": "retain.metrics",
     "average_accuracy": "retain.metrics",

@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Score a base and a tuned model on the same capability suite and report "
         "every capability before/after, its change, and a one-line verdict.",
     )
-    audit.add_argument("--base", required=True, help="starting model: registry name, folder, hub id")
+    audit.add_argument(
+        "--base", required=True, help="starting model: registry name, folder, hub id"
+    )
     audit.add_argument(
         "--tuned", required=True, help="fine-tuned model: same forms, or a PEFT adapter folder"
     )
@@ -76,17 +78,20 @@ def _cmd_ls() -> int:
     from retain.assets.models import MODELS
     from retain.evaluation.suites import PROBES, SUITES
 
-    for title, registry in (
-        ("models", MODELS),
-        ("datasets", DATASETS),
-        ("probes", PROBES),
-        ("suites", SUITES),
-    ):
+    listings: list[tuple[str, list[tuple[str, str]]]] = [
+        (title, [(e.name, e.description) for e in registry])
+        for title, registry in (
+            ("models", MODELS),
+            ("datasets", DATASETS),
+            ("probes", PROBES),
+            ("suites", SUITES),
+        )
+    ]
+    for title, entries in listings:
         print(f"{title}:")
-        entries = list(registry)
-        width = max(len(e.name) for e in entries)
-        for e in entries:
-            print(f"  {e.name.ljust(width)}  {e.description}")
+        width = max(len(name) for name, _ in entries)
+        for name, description in entries:
+            print(f"  {name.ljust(width)}  {description}")
     print("strategies:\n  (none yet: mitigation strategies arrive with the training engine)")
     return 0
 

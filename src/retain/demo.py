@@ -67,7 +67,9 @@ class DemoConfig:
             raise RetainError(f"lr must be a positive number; got {self.lr}")
         for field_name in ("steps", "batch_size", "max_length"):
             if getattr(self, field_name) < 1:
-                raise RetainError(f"{field_name} must be at least 1; got {getattr(self, field_name)}")
+                raise RetainError(
+                    f"{field_name} must be at least 1; got {getattr(self, field_name)}"
+                )
 
     def training_key(self) -> str:
         """Short hash of the settings that determine the tuned weights (names the cache folder)."""
@@ -146,8 +148,15 @@ def _tuned_folder(config: DemoConfig, say: Callable[[str], None]) -> Path:
         f"{config.steps} steps x {config.batch_size} texts, <= {config.max_length} tokens each"
     )
     losses = finetune_causal_lm(
-        loaded.model, loaded.tokenizer, texts, lr=config.lr, steps=config.steps,
-        batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, progress=say,
+        loaded.model,
+        loaded.tokenizer,
+        texts,
+        lr=config.lr,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        progress=say,
     )
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -168,7 +177,11 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] | None = None) 
     check_output_dir(config.out, overwrite=config.overwrite)  # fail before minutes of training
     tuned = _tuned_folder(config, say)
     audit = AuditConfig(
-        base=config.model, tuned=str(tuned), suite="general", out=config.out, size=config.size,
+        base=config.model,
+        tuned=str(tuned),
+        suite="general",
+        out=config.out,
+        size=config.size,
         overwrite=config.overwrite,
     )
     return run_audit(audit, progress=say)

@@ -42,9 +42,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, RegistryEntry[T]] = {}
         self._aliases: dict[str, str] = {}
 
-    def register(
-        self, name: str, value: T, description: str, aliases: tuple[str, ...] = ()
-    ) -> T:
+    def register(self, name: str, value: T, description: str, aliases: tuple[str, ...] = ()) -> T:
         """Add ``value`` under ``name`` (and its aliases); returns ``value`` for decorator use."""
         for key in (name, *aliases):
             if key in self._aliases:

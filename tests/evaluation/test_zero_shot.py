@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from retain.errors import RetainError
 from retain.evaluation.zero_shot import (
+    CONTENT_FREE,
     ZeroShotClassification,
     candidate_log_likelihoods,
     encode_candidates,
@@ -157,3 +158,24 @@ def test_bad_arguments_are_retain_errors() -> None:
         ZeroShotClassification("toy", TEXTS, LABELS, SINGLE, template="{text} {label}")
     with pytest.raises(RetainError, match="label_names"):
         ZeroShotClassification("toy", TEXTS, LABELS, SINGLE, label_names=["a"])
+
+
+def test_calibration_subtracts_the_content_free_prior(
+    model: torch.nn.Module, tokenizer: Any
+) -> None:
+    probe = ZeroShotClassification("zs", TEXTS, LABELS, SINGLE, template=TEMPLATE, calibrate=True)
+    raw = naive_scores(model, *probe.encode(tokenizer))
+    free = [encode_candidates(tokenizer, TEMPLATE.format(text=t), SINGLE) for t in CONTENT_FREE]
+    prior = naive_scores(model, [f[0] for f in free], [f[1] for f in free])
+
+    def normalise(a: np.ndarray) -> np.ndarray:  # log p(word) renormalised over the two words
+        return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
+
+    calibrated = normalise(raw) - normalise(prior).mean(axis=0)
+    result = probe.evaluate(model, tokenizer)
+    expected = float((calibrated.argmax(axis=1) == np.array(LABELS)).mean())
+    assert result.score == pytest.approx(expected)
+    assert result.details["calibrated"] is True
+    y = np.array(LABELS)
+    margin = calibrated[np.arange(len(y)), y] - calibrated[np.arange(len(y)), 1 - y]
+    assert result.details["mean_margin"] == pytest.approx(float(margin.mean()), abs=1e-5)

@@ -15,9 +15,14 @@ from retain.experiment.run_dir import check_output_dir, output_directory, to_jso
 
 def test_directory_appears_only_on_success(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError), output_directory(out) as tmp:
-        (tmp / "results.json").write_text("{}")
-        raise RuntimeError("crash halfway")
+
+    def crash_halfway() -> None:
+        with output_directory(out) as tmp:
+            (tmp / "results.json").write_text("{}")
+            raise RuntimeError("crash halfway")
+
+    with pytest.raises(RuntimeError):
+        crash_halfway()
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
     with output_directory(out) as tmp:

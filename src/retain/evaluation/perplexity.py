@@ -26,12 +26,11 @@ from retain.evaluation.base import ProbeResult, eval_mode, model_device
 __all__ = [
     "LogLikelihood",
     "Perplexity",
+    "pad_token_id",
     "right_pad",
     "strided_log_likelihood",
     "window_spans",
 ]
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -162,8 +161,10 @@ def strided_log_likelihood(
     context token is ``bos_token_id``, else ``eos_token_id``; with neither, the text's first token
     is only context and is not scored. The sequence is cut into windows by :func:`window_spans`
     (``stride`` defaults to ``max_length``); windows of all texts are sorted by length, batched
-    ``batch_size`` at a time, right-padded with an attention mask, and context/padding positions get
-    label -100. Per-token losses are computed in float32 and summed in float64. Runs under
+    ``batch_size`` at a time and right-padded with an attention mask. Only the scored positions
+    of each row enter the loss (the equivalent of label -100 on context and padding positions),
+    one row at a time so that no batch-sized copy of the ``(batch, length, vocab)`` logits is
+    made. Per-token losses are computed in float32 and summed in float64. Runs under
     ``torch.no_grad()`` in eval mode and restores the model's mode.
 
     Raises:
@@ -203,19 +204,16 @@ def strided_log_likelihood(
         for start in range(0, len(windows), batch_size):
             chunk = windows[start : start + batch_size]
             input_ids, attention_mask = right_pad([w for w, _ in chunk], pad_id, device)
-            labels = input_ids.clone()
-            labels[attention_mask == 0] = IGNORE_INDEX
-            for row, (_, n_context) in enumerate(chunk):
-                labels[row, :n_context] = IGNORE_INDEX
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            # Position j predicts token j+1; keep only scored positions before the softmax.
-            targets = labels[:, 1:]
-            scored = targets != IGNORE_INDEX
-            token_nll = F.cross_entropy(
-                logits[:, :-1][scored].float(), targets[scored], reduction="none"
-            )
-            nll_sum += token_nll.double().sum()
-            n_tokens += int(scored.sum())
+            for row, (window, n_context) in enumerate(chunk):
+                # Position j predicts token j+1: targets n_context..len-1 are read at j-1.
+                token_nll = F.cross_entropy(
+                    logits[row, n_context - 1 : len(window) - 1].float(),
+                    input_ids[row, n_context : len(window)],
+                    reduction="none",
+                )
+                nll_sum += token_nll.double().sum()
+                n_tokens += len(window) - n_context
     return LogLikelihood(
         nll_sum=float(nll_sum), n_tokens=n_tokens, n_bytes=n_bytes, n_windows=len(windows)
     )

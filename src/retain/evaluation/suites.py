@@ -1,4 +1,4 @@
-"""Named capability suites (``general`` for causal LMs, ``encoder`` for encoders) and the probe list.
+"""Named capability suites (``general`` for causal LMs, ``encoder`` for encoders) and probes.
 
 Every suite is built from the offline datasets in :mod:`retain.assets` and evaluates capabilities
 the audited fine-tune was (normally) not trained on. ``size="quick"`` uses smaller subsets of the
@@ -16,6 +16,7 @@ import datasets
 from retain.assets.datasets import load_dataset
 from retain.assets.models import ModelKind
 from retain.evaluation.accuracy import ClassificationAccuracy
+from retain.evaluation.base import Probe
 from retain.evaluation.perplexity import Perplexity
 from retain.evaluation.pseudo_perplexity import PseudoPerplexity
 from retain.evaluation.representation import KNNProbe, LinearProbe
@@ -67,26 +68,34 @@ def subset(split: datasets.Dataset, n: int, seed: int = 0) -> datasets.Dataset:
     return split.shuffle(seed=seed).select(range(n))
 
 
+# ChatML, the format of instruction-tuned small LMs (SmolLM2, Qwen); base models read it as text.
+_SENTIMENT_PROMPT = (
+    "<|im_start|>user\nIs the sentiment of this movie review positive or negative?\n\n"
+    "{text}<|im_end|>\n<|im_start|>assistant\nThe sentiment is"
+)
+
+
 def _general(size: SuiteSize) -> EvalSuite:
     quick = size == "quick"
     general = subset(load_dataset("general_text")["test"], 8 if quick else 64)
     movies = subset(load_dataset("movie_snippets")["test"], 40 if quick else 400)
     names = movies.features["label"].names
-    probes = [
+    probes: list[Probe] = [
         Perplexity("general_text", general["text"], max_length=512),
         ZeroShotClassification(
             "sentiment_zero_shot",
             movies["text"],
             movies["label"],
             label_words=[f" {n}" for n in names],
-            template='Movie review: "{text}"\nIs this review positive or negative? Answer:',
+            template=_SENTIMENT_PROMPT,
             label_names=names,
+            calibrate=True,
         ),
     ]
     return EvalSuite("general", probes, _SUITE_TEXT["general"])
 
 
-def _probe_pair(name: str, size: SuiteSize, n_train: int, n_test: int) -> list[object]:
+def _probe_pair(name: str, size: SuiteSize, n_train: int, n_test: int) -> list[Probe]:
     data = load_dataset(name)
     scale = 5 if size == "quick" else 1
     train = subset(data["train"], n_train // scale)
@@ -100,12 +109,12 @@ def _encoder(size: SuiteSize) -> EvalSuite:
         *_probe_pair("news_sources", size, 1500, 600),
         *_probe_pair("trec", size, 1500, 500),
     ]
-    return EvalSuite("encoder", probes, _SUITE_TEXT["encoder"])  # type: ignore[arg-type]
+    return EvalSuite("encoder", probes, _SUITE_TEXT["encoder"])
 
 
 _SUITE_TEXT = {
     "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text) and "
-    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
+    "calibrated zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
     "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
     "for news source (news_sources) and question type (trec)",
 }

@@ -61,9 +61,7 @@ class AuditConfig:
             raise RetainError(f"size must be 'full' or 'quick'; got {self.size!r}")
 
 
-def run_audit(
-    config: AuditConfig, progress: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate base and tuned models on the suite; return (and write) the results dictionary.
 
     Every input is checked before the first model is loaded, so a typo costs no time; the run
@@ -82,7 +80,9 @@ def run_audit(
     def evaluate(name: str, label: str, adapter_base: str | None) -> tuple[Any, Any]:
         say(f"{label}: loading {name}")
         loaded = load_model(
-            name, kind=kind, adapter_base=adapter_base,
+            name,
+            kind=kind,
+            adapter_base=adapter_base,
             trust_remote_code=config.trust_remote_code,
         )
         say(f"{label}: evaluating suite {suite.name!r}")

@@ -19,7 +19,7 @@ def _num(value: Any, spec: str = ".4g") -> str:
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for cap in results["capabilities"]:
         rel = cap.get("relative_change")
         rows.append(
@@ -43,7 +43,10 @@ def audit_table(results: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
     lines = []
     for k, row in enumerate(rows):
-        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            c.ljust(w) if i < 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
