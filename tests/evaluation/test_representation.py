@@ -139,3 +139,31 @@ def test_knn_details(encoder: torch.nn.Module, tokenizer: Any) -> None:
 def test_single_class_train_split_is_a_retain_error() -> None:
     with pytest.raises(RetainError, match="single class"):
         LinearProbe("toy", ["a", "b"], [0, 0], ["c"], [0])
+
+
+def test_embeddings_are_reused_only_while_the_weights_are_unchanged(tokenizer: Any) -> None:
+    from retain.evaluation import representation
+
+    tok = tokenizer
+    torch.manual_seed(0)
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).eval()
+    texts, labels = ["a cat", "a dog", "the sun", "the moon"], [0, 0, 1, 1]
+    knn = KNNProbe("k", texts, labels, texts, labels, k=1)
+    linear = LinearProbe("l", texts, labels, texts, labels)
+    representation._EMBEDDINGS.clear()
+    knn.evaluate(model, tok)
+    linear.evaluate(model, tok)
+    assert len(representation._EMBEDDINGS) == 1  # same texts, same weights: embedded once
+    with torch.no_grad():
+        model.pooler.dense.weight.add_(0.0)  # no change: still cached
+        model.embeddings.word_embeddings.weight.mul_(2.0)
+    knn.evaluate(model, tok)
+    assert len(representation._EMBEDDINGS) == 2  # changed weights: embedded again

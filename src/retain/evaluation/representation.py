@@ -9,6 +9,7 @@ features themselves lost the information, not just a head.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -93,6 +94,16 @@ def pooled_embeddings(
     return out
 
 
+_CACHE_SIZE = 4
+_EMBEDDINGS: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """Sum of all parameters in float64: changes whenever training changes any weight."""
+    with torch.no_grad():
+        return float(sum(float(p.sum(dtype=torch.float64)) for p in model.parameters()))
+
+
 class _FrozenFeatureProbe:
     """Shared plumbing: validate two labelled splits, embed both with the frozen model."""
 
@@ -127,15 +138,32 @@ class _FrozenFeatureProbe:
         self.batch_size = batch_size
 
     def _embed(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> np.ndarray:
-        return pooled_embeddings(
-            model,
-            tokenizer,
-            texts,
-            pooling=self.pooling,
-            layer=self.layer,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
+        # A kNN and a linear probe on the same split embed the same texts with the same model:
+        # reuse the vectors while the weights are unchanged (the key holds a weight checksum).
+        key = (
+            id(model),
+            weights_checksum(model),
+            id(tokenizer),
+            hash(tuple(texts)),
+            self.pooling,
+            self.layer,
+            self.max_length,
         )
+        cached = _EMBEDDINGS.get(key)
+        if cached is None:
+            cached = pooled_embeddings(
+                model,
+                tokenizer,
+                texts,
+                pooling=self.pooling,
+                layer=self.layer,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+            )
+            _EMBEDDINGS[key] = cached
+            while len(_EMBEDDINGS) > _CACHE_SIZE:
+                _EMBEDDINGS.popitem(last=False)
+        return cached
 
     def _result(self, predictions: np.ndarray, extra: dict[str, Any]) -> ProbeResult:
         y = np.asarray(self.test_labels)
