@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the hub"
     )
+    audit.add_argument(
+        "--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N"
+    )
 
     sub.add_parser("ls", help="list models, datasets, probes and suites")
 
@@ -110,6 +113,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         adapter_base=args.adapter_base,
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,
+        device=args.device,
     )
     results = run_audit(config, progress=_say)
     print(audit_table(results))

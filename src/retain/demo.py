@@ -30,8 +30,9 @@ from retain.assets.cache import cache_dir
 from retain.assets.datasets import load_dataset
 from retain.assets.models import load_model
 from retain.errors import RetainError
+from retain.evaluation.base import model_device
 from retain.evaluation.suites import SuiteSize
-from retain.experiment.audit import AuditConfig, run_audit
+from retain.experiment.audit import AuditConfig, resolve_device, run_audit
 from retain.experiment.run_dir import check_output_dir
 
 __all__ = ["DemoConfig", "finetune_causal_lm", "run_demo"]
@@ -104,6 +105,7 @@ def finetune_causal_lm(
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
     )
+    device = model_device(model)
     model.train()
     losses: list[float] = []
     start = time.perf_counter()
@@ -117,6 +119,7 @@ def finetune_causal_lm(
             max_length=max_length,
             add_special_tokens=False,
         )
+        enc = enc.to(device)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = model(**enc, labels=labels).loss
         if not torch.isfinite(loss):
@@ -143,6 +146,7 @@ def _tuned_folder(config: DemoConfig, say: Callable[[str], None]) -> Path:
         raise RetainError(f"dataset {config.dataset!r} has no train split; pick a labelled set")
     texts = list(data["train"]["text"])
     loaded = load_model(config.model, kind="causal-lm")
+    loaded.model.to(resolve_device("auto"))
     say(
         f"fine-tuning {config.model} on {len(texts)} {config.dataset} texts: lr {config.lr}, "
         f"{config.steps} steps x {config.batch_size} texts, <= {config.max_length} tokens each"
@@ -160,7 +164,7 @@ def _tuned_folder(config: DemoConfig, say: Callable[[str], None]) -> Path:
     )
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    loaded.model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+    loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
     loaded.tokenizer.save_pretrained(tmp)
     (tmp / "retain_finetune.json").write_text(
         json.dumps({**asdict(config), "out": str(config.out), "losses": losses}, indent=2)

@@ -73,3 +73,15 @@ def test_bad_inputs_fail_before_any_work(tiny_lm_dirs: tuple[Path, Path], tmp_pa
     with pytest.raises(RetainError, match="tolerance"):
         AuditConfig(str(base), str(base), tolerance=2.0)
     assert not (tmp_path / "o").exists()
+
+
+def test_device_names_are_checked() -> None:
+    from retain.experiment.audit import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RetainError, match="unknown device 'gpu0'"):
+        AuditConfig("a", "b", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RetainError, match="CUDA is not available"):
+            AuditConfig("a", "b", device="cuda")

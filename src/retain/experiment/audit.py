@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from retain.assets.models import check_model_reference, load_model
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
@@ -23,7 +25,20 @@ from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_json, write_text
 from retain.report.audit_report import audit_markdown
 
-__all__ = ["AuditConfig", "run_audit"]
+__all__ = ["AuditConfig", "resolve_device", "run_audit"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else must name a usable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RetainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RetainError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    return device
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,8 @@ class AuditConfig:
         adapter_base: base model for a PEFT adapter ``tuned`` (default: recorded in the adapter).
         overwrite: replace an existing, non-empty ``out``.
         trust_remote_code: allow model code from the hub (off by default).
+        device: where to evaluate: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:1"`` ...
     """
 
     base: str
@@ -51,8 +68,10 @@ class AuditConfig:
     adapter_base: str | None = None
     overwrite: bool = False
     trust_remote_code: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
             raise RetainError(
                 f"tolerance must be a fraction in [0, 1) (0.02 = 2 %); got {self.tolerance}"
@@ -76,6 +95,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     check_model_reference(config.tuned)
     suite: EvalSuite = factory.build(config.size)
     kind = factory.model_kind
+    device = resolve_device(config.device)
 
     def evaluate(name: str, label: str, adapter_base: str | None) -> tuple[Any, Any]:
         say(f"{label}: loading {name}")
@@ -85,7 +105,8 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
             adapter_base=adapter_base,
             trust_remote_code=config.trust_remote_code,
         )
-        say(f"{label}: evaluating suite {suite.name!r}")
+        loaded.model.to(device)
+        say(f"{label}: evaluating suite {suite.name!r} on {device}")
         result = suite.evaluate(loaded.model, loaded.tokenizer, progress=say)
         described = loaded.describe()
         del loaded
