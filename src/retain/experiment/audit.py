@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from retain.assets.models import check_model_reference, load_model
+from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
@@ -84,7 +85,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     """Evaluate base and tuned models on the suite; return (and write) the results dictionary.
 
     Every input is checked before the first model is loaded, so a typo costs no time; the run
-    directory appears only when the audit finished.
+    directory appears only when the audit finished, written by the main process only.
     """
     say = progress or (lambda _line: None)
     start = time.perf_counter()
@@ -132,7 +133,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
         "verdict": {"degraded": degraded, "text": line},
         "seconds": time.perf_counter() - start,
     }
-    if config.out is not None:
+    if config.out is not None and is_main_process():
         with output_directory(config.out, overwrite=config.overwrite) as tmp:
             write_json(tmp / "results.json", results)
             write_text(tmp / "report.md", audit_markdown(results))

@@ -1,0 +1,29 @@
+"""Only the main process writes: rank detection from the environment (no process group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retain.distributed import is_main_process
+from retain.experiment.audit import AuditConfig, run_audit
+
+
+def test_rank_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
+    monkeypatch.setenv("RANK", "3")
+    assert not is_main_process()
+
+
+def test_non_main_rank_evaluates_but_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_lm_dirs: tuple[Path, Path]
+) -> None:
+    base, tuned = tiny_lm_dirs
+    monkeypatch.setenv("RANK", "1")
+    results = run_audit(AuditConfig(str(base), str(tuned), out=tmp_path / "o", size="quick"))
+    assert results["capabilities"]
+    assert list(tmp_path.iterdir()) == []
