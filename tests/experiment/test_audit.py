@@ -85,3 +85,15 @@ def test_device_names_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RetainError, match="CUDA is not available"):
             AuditConfig("a", "b", device="cuda")
+
+
+def test_a_folder_without_a_model_or_an_unreachable_hub_id_fails_first(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, _ = tiny_lm_dirs
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RetainError, match="holds no model"):
+        run_audit(AuditConfig(str(base), str(tmp_path / "empty")))
+    # Offline (tests set HF_HUB_OFFLINE=1) a hub id cannot resolve: fail before evaluating base.
+    with pytest.raises(UnknownNameError, match="as a hub id it could not be loaded"):
+        run_audit(AuditConfig(str(base), "someorg/somemodel"))

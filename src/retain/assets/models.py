@@ -160,16 +160,32 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).parent.exists())
 
 
-def check_model_reference(name_or_path: str) -> Literal["registry", "local", "hub"]:
-    """Say what kind of reference ``name_or_path`` is, without loading or converting anything.
+def _hub_failure(name: str) -> UnknownNameError:
+    return UnknownNameError(
+        f"{MODELS.unknown_message(name)}; it is not a local folder either, and as a hub id it "
+        "could not be loaded (offline? set HF_HUB_OFFLINE=0 with network, or pass a local folder)"
+    )
 
-    Raises :class:`RetainError` for a missing path and :class:`UnknownNameError` (with a
-    "did you mean") for a bare word that is not a registry name.
+
+def check_model_reference(
+    name_or_path: str, *, reach_hub: bool = False
+) -> Literal["registry", "local", "hub"]:
+    """Say what kind of reference ``name_or_path`` is, without loading weights or converting.
+
+    Raises :class:`RetainError` for a missing path or a folder that holds no model, and
+    :class:`UnknownNameError` (with a "did you mean") for a bare word that is not a registry name.
+    With ``reach_hub``, a hub id must also resolve (only its ``config.json`` is fetched), so
+    a typo fails before any long work.
     """
     if name_or_path in MODELS:
         return "registry"
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise RetainError(
+                f"folder {name_or_path!r} holds no model (no config.json or adapter_config.json); "
+                "pass a folder written by save_pretrained"
+            )
         return "local"
     if path.exists():
         raise RetainError(f"model path {name_or_path!r} is a file; pass the model's folder")
@@ -178,6 +194,13 @@ def check_model_reference(name_or_path: str) -> Literal["registry", "local", "hu
     if "/" not in name_or_path:
         # A bare word that is not a registry name is almost always a typo, not a hub id.
         raise UnknownNameError(MODELS.unknown_message(name_or_path))
+    if reach_hub:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise _hub_failure(name_or_path) from exc
     return "hub"
 
 
@@ -218,11 +241,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         if origin == "hub":
-            raise UnknownNameError(
-                f"{MODELS.unknown_message(name_or_path)}; it is not a local folder either, and "
-                "as a hub id it could not be loaded (offline? set HF_HUB_OFFLINE=0 with network, "
-                "or pass a local folder)"
-            ) from exc
+            raise _hub_failure(name_or_path) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RetainError(
             f"cannot load {name_or_path!r} as a {kind} model: {first} (is it a Hugging Face "

@@ -92,8 +92,8 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     factory = SUITES.get(config.suite)
     if config.out is not None:
         check_output_dir(config.out, overwrite=config.overwrite)
-    check_model_reference(config.base)  # fail fast on typos, before minutes of work
-    check_model_reference(config.tuned)
+    for name in (config.base, config.tuned):  # fail fast on typos, before minutes of work
+        check_model_reference(name, reach_hub=True)
     suite: EvalSuite = factory.build(config.size)
     kind = factory.model_kind
     device = resolve_device(config.device)
