@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from tiny_models import bert_tokenizer, tiny_llama_config
+from tiny_models import bert_tokenizer, tiny_bert_config, tiny_llama_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -37,3 +37,16 @@ def tiny_lm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base.save_pretrained(root / "tuned")
     tokenizer.save_pretrained(root / "tuned")
     return root / "base", root / "tuned"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT encoder (``BertModel``) saved with the real MiniLM tokenizer."""
+    from transformers import BertModel
+
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_bert") / "bert"
+    BertModel(tiny_bert_config(len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -119,3 +119,20 @@ def test_audit_command_prints_a_table_and_writes_the_run(
     assert stdout.splitlines()[0].split()[:3] == ["capability", "metric", "better"]
     results = json.loads((out / "results.json").read_text())
     assert results["verdict"]["text"] == stdout.strip().splitlines()[-1]
+
+
+def test_argument_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["audit", "--base", "smollm2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("retain: error: the following arguments are required: --tuned")
+
+
+def test_a_percentage_tolerance_gets_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "audit", "--base", "smollm2", "--tuned", "smollm2", "--tolerance", "5"
+    )
+    assert code == 2
+    assert "did you mean 0.05 (5 %)?" in err

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from retain.errors import RetainError
 
@@ -21,15 +23,23 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with retain's one-line errors: ``retain: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"retain: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
     from retain import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="retain",
         description="Know and bound what a model forgets when you fine-tune it.",
     )
     parser.add_argument("--version", action="version", version=f"retain {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     audit = sub.add_parser(
         "audit",
@@ -43,8 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--tuned", required=True, help="fine-tuned model: same forms, or a PEFT adapter folder"
     )
-    audit.add_argument("--suite", default="general", help="capability suite (see: retain ls)")
-    audit.add_argument("--out", type=Path, help="run directory for results.json and report.md")
+    audit.add_argument(
+        "--suite",
+        default="general",
+        help="capability suite: general (causal LMs, default) or encoder (see: retain ls)",
+    )
+    audit.add_argument(
+        "--out",
+        type=Path,
+        help="run directory for results.json and report.md (default: print only, write nothing)",
+    )
     audit.add_argument(
         "--tolerance",
         type=float,
@@ -148,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own progress lines go to stderr; library progress bars and advisories would bury them.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Library deprecation notices are for retain's developers, not for a user reading a report.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         if args.command == "ls":
             return _cmd_ls()

@@ -108,7 +108,7 @@ def test_csv_without_labels_is_plain_text_unless_asked(tmp_path: Path) -> None:
         load_dataset(path, label_column="label")
     assert str(info.value) == (
         f"{path} has no column 'label'; its columns are: text, a "
-        "(pass --label-column / label_column=)"
+        "(pass label_column= naming the right one)"
     )
 
 
@@ -117,7 +117,8 @@ def test_missing_text_column_names_the_columns(tmp_path: Path) -> None:
     with pytest.raises(RetainError) as info:
         load_dataset(path)
     assert str(info.value) == (
-        f"{path} has no column 'text'; its columns are: a, b, c (pass --text-column / text_column=)"
+        f"{path} has no column 'text'; its columns are: a, b, c "
+        "(pass text_column= naming the right one)"
     )
 
 

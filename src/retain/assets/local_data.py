@@ -106,14 +106,14 @@ def _clean_label(value: object, *, where: str, column: str) -> object:
         if not value.is_integer():
             raise RetainError(
                 f"{where}: label column {column!r} holds non-integer numbers (e.g. {value}); "
-                "a label must be a class name or an integer class id (pass --label-column / "
-                "label_column= naming such a column)"
+                "a label must be a class name or an integer class id (pass label_column= "
+                "naming such a column)"
             )
         return int(value)
     if isinstance(value, (list, dict)):
         raise RetainError(
             f"{where}: label column {column!r} holds {type(value).__name__}s, not class labels "
-            "(pass --label-column / label_column= naming a column of class names or ids)"
+            "(pass label_column= naming a column of class names or ids)"
         )
     return None if value is None or value == "" else value
 
@@ -121,7 +121,7 @@ def _clean_label(value: object, *, where: str, column: str) -> object:
 def _missing_column(where: str, column: str, columns: Sequence[str], option: str) -> RetainError:
     return RetainError(
         f"{where} has no column {column!r}; its columns are: {', '.join(columns)} "
-        f"(pass --{option.replace('_', '-')} / {option}=)"
+        f"(pass {option}= naming the right one)"
     )
 
 

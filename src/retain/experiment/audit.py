@@ -74,8 +74,13 @@ class AuditConfig:
     def __post_init__(self) -> None:
         resolve_device(self.device)
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
+            hint = (
+                f"; did you mean {self.tolerance / 100:g} ({self.tolerance:g} %)?"
+                if 1 <= self.tolerance < 100
+                else ""
+            )
             raise RetainError(
-                f"tolerance must be a fraction in [0, 1) (0.02 = 2 %); got {self.tolerance}"
+                f"tolerance must be a fraction in [0, 1) (0.02 = 2 %); got {self.tolerance:g}{hint}"
             )
         if self.size not in ("full", "quick"):
             raise RetainError(f"size must be 'full' or 'quick'; got {self.size!r}")
@@ -92,10 +97,11 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     factory = SUITES.get(config.suite)
     if config.out is not None:
         check_output_dir(config.out, overwrite=config.overwrite)
-    for name in (config.base, config.tuned):  # fail fast on typos, before minutes of work
-        check_model_reference(name, reach_hub=True)
-    suite: EvalSuite = factory.build(config.size)
     kind = factory.model_kind
+    # Fail fast on typos and mismatches, before minutes of work.
+    check_model_reference(config.base, reach_hub=True, kind=kind)
+    check_model_reference(config.tuned, reach_hub=True, kind=kind, adapter_base=config.adapter_base)
+    suite: EvalSuite = factory.build(config.size)
     device = resolve_device(config.device)
 
     def evaluate(name: str, label: str, adapter_base: str | None) -> tuple[Any, Any]:

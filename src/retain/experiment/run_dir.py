@@ -21,6 +21,12 @@ from retain.errors import RetainError
 __all__ = ["check_output_dir", "output_directory", "to_jsonable", "write_json", "write_text"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_dir(out: Path, *, overwrite: bool) -> None:
     """Fail early (before any work) if ``out`` cannot be written as a fresh run directory."""
     if out.exists() and not out.is_dir():
@@ -51,6 +57,7 @@ def output_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     check_output_dir(out, overwrite=overwrite)
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a run directory is an ordinary folder
     try:
         yield tmp
     except BaseException:
@@ -90,6 +97,7 @@ def write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
