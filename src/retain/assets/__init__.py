@@ -1,0 +1,1 @@
+"""Offline real models and datasets, and loaders for hub ids, local folders and files."""

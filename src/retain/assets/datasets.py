@@ -16,6 +16,7 @@ return the same objects (treat them as read-only).
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -326,6 +327,10 @@ def load_dataset(
     options = {"text_column": text_column, "label_column": label_column}
     if looks_like_path(name_or_path) or Path(name_or_path).expanduser().exists():
         return load_local_path(name_or_path, **options, test_size=test_size, seed=seed)
+    close = difflib.get_close_matches(name_or_path.lower(), DATASETS.names(), n=1, cutoff=0.8)
+    if close and "/" not in name_or_path:
+        # "sms_spm" is a typo of a registry name, not a hub dataset: don't wait on the network.
+        raise RetainError(_unknown_message(name_or_path, None))
     try:
         return load_datasets_name(name_or_path, **options, test_size=test_size, seed=seed)
     except NotAvailableOffline as exc:

@@ -1,0 +1,1 @@
+"""Capability evaluation: probes (one score each, direction explicit) and suites of them."""

@@ -1,0 +1,1 @@
+"""Experiments: the audit of two checkpoints and atomic run directories."""

@@ -1,0 +1,1 @@
+"""Reports: the audit as a terminal table and as Markdown."""
