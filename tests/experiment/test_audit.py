@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,18 @@ def test_a_folder_without_a_model_or_an_unreachable_hub_id_fails_first(
     # Offline (tests set HF_HUB_OFFLINE=1) a hub id cannot resolve: fail before evaluating base.
     with pytest.raises(UnknownNameError, match="as a hub id it could not be loaded"):
         run_audit(AuditConfig(str(base), "someorg/somemodel"))
+
+
+def test_different_tokenizers_are_flagged(tiny_lm_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    base, tuned = tiny_lm_dirs
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(tuned, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<extra_token>"])  # a different vocabulary, same model weights
+    tokenizer.save_pretrained(other)
+    results = run_audit(AuditConfig(str(base), str(other), size="quick", out=tmp_path / "o"))
+    assert any("different tokenizers" in w for w in results["warnings"])
+    assert "different tokenizers" in (tmp_path / "o" / "report.md").read_text()
+    assert run_audit(AuditConfig(str(base), str(tuned), size="quick"))["warnings"] == []

@@ -62,7 +62,7 @@ class LoadedModel:
     path: str
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly summary: name, origin, path, class and parameter count."""
+        """JSON-friendly summary: name, origin, path, class, parameter count and tokenizer."""
         n_params = sum(p.numel() for p in self.model.parameters())
         return {
             "name": self.name,
@@ -70,6 +70,7 @@ class LoadedModel:
             "path": self.path,
             "class": type(self.model).__name__,
             "parameters": n_params,
+            "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)},
         }
 
 

@@ -125,6 +125,14 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     tuned_result, tuned_info = evaluate(config.tuned, "tuned", config.adapter_base)
     changes = suite.compare(tuned_result)
     degraded, line = verdict(changes, config.tolerance)
+    warnings = []
+    if base_info["tokenizer"] != tuned_info["tokenizer"]:
+        warnings.append(
+            "base and tuned use different tokenizers: token-level perplexity is not comparable "
+            "between them; compare bits_per_byte in the details"
+        )
+    for warning in warnings:
+        say(f"warning: {warning}")
     from retain import __version__
 
     results: dict[str, Any] = {
@@ -137,6 +145,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
         "tolerance": config.tolerance,
         "capabilities": [c.to_dict(config.tolerance) for c in changes],
         "verdict": {"degraded": degraded, "text": line},
+        "warnings": warnings,
         "seconds": time.perf_counter() - start,
     }
     if config.out is not None and is_main_process():

@@ -76,6 +76,7 @@ def audit_markdown(results: dict[str, Any]) -> str:
         "|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|",
     ]
     out += ["| " + " | ".join(row) + " |" for row in _rows(results)]
+    out += [f"\n> **Warning:** {w}" for w in results.get("warnings", [])]
     out += ["", "## Details", ""]
     for cap in results["capabilities"]:
         out.append(f"### {cap['name']}")
