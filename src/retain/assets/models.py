@@ -276,11 +276,16 @@ def _reference_origin(name_or_path: str, reach_hub: bool) -> Literal["registry",
 def model_folder(name_or_path: str) -> tuple[str, Literal["registry", "local", "hub"]]:
     """Where ``from_pretrained`` should look: a registry folder, a local folder, or a hub id."""
     origin = check_model_reference(name_or_path)
+    return _folder_for(name_or_path, origin), origin
+
+
+def _folder_for(name_or_path: str, origin: Literal["registry", "local", "hub"]) -> str:
+    """The ``from_pretrained`` argument for a checked reference (registry ones are converted)."""
     if origin == "registry":
-        return str(MODELS.get(name_or_path).folder()), origin
+        return str(MODELS.get(name_or_path).folder())
     if origin == "local":
-        return str(Path(name_or_path).expanduser()), origin
-    return name_or_path, origin
+        return str(Path(name_or_path).expanduser())
+    return name_or_path
 
 
 def default_kind(name_or_path: str) -> ModelKind:
@@ -316,8 +321,8 @@ def load_model(
     never a silently random layer.
     """
     kind = kind or default_kind(name_or_path)
-    check_model_reference(name_or_path, kind=kind, adapter_base=adapter_base)
-    folder, origin = model_folder(name_or_path)
+    origin = check_model_reference(name_or_path, kind=kind, adapter_base=adapter_base)
+    folder = _folder_for(name_or_path, origin)
     if origin == "local" and is_adapter_folder(folder):
         from retain.assets.adapters import load_adapter
 
