@@ -1,0 +1,205 @@
+"""A task is a list of examples and an objective; strategies and both training hosts share it.
+
+An *example* is a dict of unbatched tensors (``{"input_ids": [T], "labels": []}``); a *batch* is
+the same dict with a leading sample dimension, built by the task's ``collate``. The objective maps
+``(model, batch)`` to logits and integer targets, so every consumer (the plain loop, Fisher
+estimation, A-GEM's memory gradient) computes the same loss:
+
+    loss(batch) = mean over non-ignored positions of  -log softmax(logits)[target]
+
+and, per sample n (used by per-sample Fisher),
+
+    loss_n = mean over the non-ignored positions of sample n.
+
+For a causal LM the targets are the inputs shifted by one (Hugging Face's convention), so the batch
+loss equals ``model(**batch).loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from retain.errors import RetainError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Batch",
+    "CausalLM",
+    "Classification",
+    "Example",
+    "Objective",
+    "Task",
+    "pad_collate",
+    "per_sample_loss",
+    "stack_collate",
+]
+
+IGNORE_INDEX = -100
+Example = dict[str, Tensor]
+Batch = dict[str, Tensor]
+
+
+class Objective(Protocol):
+    """Maps a model and a batch to ``(logits [N, ..., C], targets [N, ...])``; -100 is ignored."""
+
+    def logits_and_targets(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits and integer targets with the sample dimension first."""
+        ...
+
+
+def model_logits(model: nn.Module, inputs: Batch) -> Tensor:
+    """``model(**inputs)`` and its ``.logits`` (a plain module may return the tensor itself)."""
+    out = model(**inputs)
+    logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise RetainError(
+            f"{type(model).__name__} returned {type(out).__name__} without logits; "
+            "give the task an objective whose forward returns a logits tensor"
+        )
+    return logits
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One label per sample: logits ``[N, C]``, targets ``batch[label_key]``.
+
+    Logits come from ``model(**inputs)`` (its ``.logits``, or the tensor a plain module returns).
+
+    ``forward`` overrides how logits are computed (for example to pick a task's head).
+    """
+
+    label_key: str = "labels"
+    forward: Callable[[nn.Module, Batch], Tensor] | None = None
+
+    def logits_and_targets(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits ``[N, C]`` and labels ``[N]``."""
+        if self.label_key not in batch:
+            raise RetainError(
+                f"batch has no {self.label_key!r} column (it has {sorted(batch)}); "
+                "add the labels or set Classification(label_key=...)"
+            )
+        inputs = {k: v for k, v in batch.items() if k != self.label_key}
+        logits = self.forward(model, inputs) if self.forward else model_logits(model, inputs)
+        return logits, batch[self.label_key]
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """Next-token prediction: logits ``[N, T-1, V]`` for positions 0..T-2, targets 1..T-1.
+
+    Targets come from ``labels`` when present (-100 masks prompt or padding), else from
+    ``input_ids`` with positions where ``attention_mask`` is 0 ignored.
+    """
+
+    def logits_and_targets(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Shifted logits and targets, as Hugging Face computes a causal-LM loss."""
+        if "input_ids" not in batch:
+            raise RetainError(f"causal-LM batch has no 'input_ids' (it has {sorted(batch)})")
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model_logits(model, inputs)
+        targets = batch.get("labels")
+        if targets is None:
+            targets = batch["input_ids"].clone()
+            if "attention_mask" in batch:
+                targets[batch["attention_mask"] == 0] = IGNORE_INDEX
+        return logits[:, :-1], targets[:, 1:]
+
+
+def per_sample_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy per sample ``[N]``: the mean over that sample's non-ignored positions.
+
+    A sample with no target position gets loss 0 (it carries no information).
+    """
+    n = logits.shape[0]
+    flat = functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).reshape(n, -1)
+    valid = (targets.reshape(n, -1) != IGNORE_INDEX).to(flat.dtype)
+    return flat.sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+
+
+def batch_loss(objective: Objective, model: nn.Module, batch: Batch) -> Tensor:
+    """Mean cross-entropy over every non-ignored position of the batch (Hugging Face's loss)."""
+    logits, targets = objective.logits_and_targets(model, batch)
+    return functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def stack_collate(examples: Sequence[Example]) -> Batch:
+    """Stack same-shaped examples into a batch."""
+    if not examples:
+        raise RetainError("cannot collate an empty list of examples")
+    return {key: torch.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
+    """Right-pad token sequences: ``input_ids`` with ``pad_token_id``, ``labels`` with -100,
+    ``attention_mask`` with 0; other keys are stacked."""
+
+    def collate(examples: Sequence[Example]) -> Batch:
+        if not examples:
+            raise RetainError("cannot collate an empty list of examples")
+        width = max(int(ex["input_ids"].shape[0]) for ex in examples)
+        fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+        batch: Batch = {}
+        for key in examples[0]:
+            if key in fill:
+                rows = [
+                    functional.pad(ex[key], (0, width - ex[key].shape[0]), value=fill[key])
+                    for ex in examples
+                ]
+                batch[key] = torch.stack(rows)
+            else:
+                batch[key] = torch.stack([ex[key] for ex in examples])
+        if "attention_mask" not in batch:
+            mask = [torch.ones(int(ex["input_ids"].shape[0]), dtype=torch.long) for ex in examples]
+            batch["attention_mask"] = torch.stack(
+                [functional.pad(m, (0, width - m.shape[0])) for m in mask]
+            )
+        return batch
+
+    return collate
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named training set with its objective and collate function.
+
+    ``examples`` is any sized, indexable collection of examples (a list, a torch ``Dataset``).
+    ``texts`` optionally holds the raw text of each example, used to check that replay sources
+    never overlap evaluation text.
+    """
+
+    name: str
+    examples: Sequence[Example]
+    objective: Objective = field(default_factory=Classification)
+    collate: Callable[[Sequence[Example]], Batch] = stack_collate
+    texts: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.examples) == 0:
+            raise RetainError(f"task {self.name!r} has no training examples; check its dataset")
+
+    def with_examples(self, examples: Sequence[Example]) -> Task:
+        """The same task over other examples (replay mixes use this)."""
+        return replace(self, examples=examples, texts=None)
+
+    def batches(self, batch_size: int, limit: int | None = None) -> list[Batch]:
+        """Consecutive batches over the first ``limit`` examples (all when None), in order."""
+        n = len(self.examples) if limit is None else min(limit, len(self.examples))
+        return [
+            self.collate([self.examples[i] for i in range(start, min(start + batch_size, n))])
+            for start in range(0, n, batch_size)
+        ]

@@ -1,0 +1,168 @@
+"""Compose strategies as an ordered list: every hook runs on each strategy in order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from retain.data.task import Task
+from retain.errors import RetainError
+from retain.strategies.base import ParamGroup, StateDict, Strategy, build_strategy
+
+__all__ = ["Chain", "chain"]
+
+# Pairs that make no sense together, with the reason shown to the user.
+_CONFLICTS: dict[frozenset[str], str] = {
+    frozenset({"progressive", "lora"}): "progressive already trains one PEFT adapter per task",
+    frozenset({"progressive", "peft"}): "progressive already trains one PEFT adapter per task",
+    frozenset({"progressive", "ewc"}): (
+        "progressive freezes all earlier capacity, so EWC has nothing left to protect"
+    ),
+    frozenset({"progressive", "l2sp"}): (
+        "progressive freezes all earlier capacity, so L2-SP has nothing left to protect"
+    ),
+    frozenset({"lora", "peft"}): "both wrap the model in PEFT; configure one PEFT method",
+}
+
+
+class Chain(Strategy):
+    """Strategies applied in order; the chain is itself a strategy.
+
+    * ``prepare``: each strategy wraps the model returned by the previous one.
+    * ``train_data``: each strategy transforms the task returned by the previous one.
+    * ``param_groups`` / ``lr_scheduler``: at most one strategy may provide them.
+    * ``after_backward``: transforms apply in list order (``[ewc, agem]`` projects the
+      EWC-regularised gradient).
+    * ``state_dict``: keys are prefixed ``"<index>.<name>."``.
+    """
+
+    name = "chain"
+
+    def __init__(self, strategies: Sequence[Strategy]) -> None:
+        self.strategies = list(strategies)
+        names = [s.name for s in self.strategies]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                reason = _CONFLICTS.get(frozenset({a, b}))
+                if reason:
+                    raise RetainError(f"strategies {a!r} and {b!r} do not combine: {reason}")
+                if a == b and a in {"lora", "peft", "progressive", "layerwise_lr", "warmup"}:
+                    raise RetainError(f"strategy {a!r} is listed twice; keep one")
+
+    def __iter__(self) -> Iterator[Strategy]:
+        return iter(self.strategies)
+
+    def __len__(self) -> int:
+        return len(self.strategies)
+
+    @property
+    def needs_all_parameters_in_optimizer(self) -> bool:  # type: ignore[override]
+        """True when any member unfreezes parameters during training."""
+        return any(s.needs_all_parameters_in_optimizer for s in self.strategies)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        for s in self.strategies:
+            model = s.prepare(model)
+        return model
+
+    def on_task_start(self, model: nn.Module, task: Task) -> None:
+        for s in self.strategies:
+            s.on_task_start(model, task)
+
+    def train_data(self, task: Task, model: nn.Module) -> Task:
+        for s in self.strategies:
+            task = s.train_data(task, model)
+        return task
+
+    def begin_task(self, model: nn.Module, task: Task) -> Task:
+        """``on_task_start`` then ``train_data``: once per task, before the optimizer is built."""
+        self.on_task_start(model, task)
+        return self.train_data(task, model)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[ParamGroup] | None:
+        found = [(s, g) for s in self.strategies if (g := s.param_groups(model, lr)) is not None]
+        if len(found) > 1:
+            names = ", ".join(s.name for s, _ in found)
+            raise RetainError(f"strategies {names} each set parameter groups; keep one of them")
+        return found[0][1] if found else None
+
+    def lr_scheduler(self, optimizer: Optimizer, num_training_steps: int) -> LRScheduler | None:
+        found = [
+            (s, sch)
+            for s in self.strategies
+            if (sch := s.lr_scheduler(optimizer, num_training_steps)) is not None
+        ]
+        if len(found) > 1:
+            names = ", ".join(s.name for s, _ in found)
+            raise RetainError(f"strategies {names} each set a learning-rate schedule; keep one")
+        return found[0][1] if found else None
+
+    def after_backward(self, model: nn.Module) -> None:
+        for s in self.strategies:
+            s.after_backward(model)
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        for s in self.strategies:
+            s.on_step(step, model)
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
+        for s in self.strategies:
+            s.on_epoch_end(epoch, model)
+
+    def on_task_end(self, model: nn.Module, task: Task) -> None:
+        for s in self.strategies:
+            s.on_task_end(model, task)
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        terms = [p for s in self.strategies if (p := s.penalty(model)) is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def state_dict(self) -> StateDict:
+        state: StateDict = {}
+        for i, s in enumerate(self.strategies):
+            for key, value in s.state_dict().items():
+                state[f"{i}.{s.name}.{key}"] = value
+        return state
+
+    def load_state_dict(self, state: StateDict) -> None:
+        for i, s in enumerate(self.strategies):
+            prefix = f"{i}.{s.name}."
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            s.load_state_dict(own)
+        known = tuple(f"{i}.{s.name}." for i, s in enumerate(self.strategies))
+        stray = [k for k in state if not k.startswith(known)]
+        if stray:
+            raise RetainError(
+                f"strategy state has keys for strategies not in this chain ({stray[0]!r}, ...); "
+                "load it into the same list of strategies it was saved from"
+            )
+
+    def describe(self) -> str:
+        return "[" + ", ".join(s.describe() for s in self.strategies) + "]"
+
+
+def chain(*strategies: Strategy | str | dict[str, Any] | Sequence[Strategy]) -> Chain:
+    """A :class:`Chain` from strategy objects, registry names, or ``{"name": ..., **params}``.
+
+    >>> chain().strategies
+    []
+    """
+    flat: list[Strategy] = []
+    for item in strategies:
+        if isinstance(item, Strategy):
+            flat.extend(item.strategies if isinstance(item, Chain) else [item])
+        elif isinstance(item, str):
+            flat.append(build_strategy(item))
+        elif isinstance(item, dict):
+            params = dict(item)
+            if "name" not in params:
+                raise RetainError(f"strategy entry {item!r} has no 'name'; add name: <strategy>")
+            flat.append(build_strategy(params.pop("name"), **params))
+        else:
+            flat.extend(chain(*item).strategies)
+    return Chain(flat)
