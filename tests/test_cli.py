@@ -32,6 +32,13 @@ def test_ls_lists_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
         "knn",
         "general",
         "encoder",
+        "ewc",
+        "l2sp",
+        "replay",
+        "agem",
+        "lora",
+        "progressive",
+        "layerwise_lr",
     ):
         assert f"  {name} " in out
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from retain.assets.datasets import DATASETS, load_dataset
     from retain.assets.models import MODELS, LoadedModel, load_model
+    from retain.data.task import CausalLM, Classification, Task
+    from retain.diagnostics.fisher import estimate_fisher
     from retain.errors import MissingAssetError, RetainError, UnknownNameError
     from retain.evaluation.accuracy import ClassificationAccuracy
     from retain.evaluation.base import Probe, ProbeResult
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
         forward_transfer,
         perplexity_ratio,
     )
+    from retain.strategies.base import STRATEGIES, Strategy, build_strategy
+    from retain.strategies.chain import Chain, chain
+    from retain.strategies.state import load_strategy_state, save_strategy_state
+    from retain.training.hf import RetainCallback
+    from retain.training.loop import TrainConfig, make_optimizer, train_task
 
 try:
     __version__ = version("retain")
@@ -45,9 +52,13 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "PROBES",
+    "STRATEGIES",
     "SUITES",
     "AuditConfig",
     "CapabilityChange",
+    "CausalLM",
+    "Chain",
+    "Classification",
     "ClassificationAccuracy",
     "Degradation",
     "EvalSuite",
@@ -59,8 +70,12 @@ __all__ = [
     "Probe",
     "ProbeResult",
     "PseudoPerplexity",
+    "RetainCallback",
     "RetainError",
+    "Strategy",
     "SuiteResult",
+    "Task",
+    "TrainConfig",
     "UnknownNameError",
     "ZeroShotClassification",
     "__version__",
@@ -68,20 +83,42 @@ __all__ = [
     "average_forgetting",
     "average_forgetting_first_last",
     "backward_transfer",
+    "build_strategy",
+    "chain",
     "degradation",
+    "estimate_fisher",
     "forgetting",
     "forgetting_first_last",
     "forward_transfer",
     "load_dataset",
     "load_model",
+    "load_strategy_state",
+    "make_optimizer",
     "perplexity_ratio",
     "pooled_embeddings",
     "run_audit",
+    "save_strategy_state",
     "strided_log_likelihood",
+    "train_task",
 ]
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
+    "Task": "retain.data.task",
+    "Classification": "retain.data.task",
+    "CausalLM": "retain.data.task",
+    "Strategy": "retain.strategies.base",
+    "STRATEGIES": "retain.strategies.base",
+    "build_strategy": "retain.strategies.base",
+    "Chain": "retain.strategies.chain",
+    "chain": "retain.strategies.chain",
+    "save_strategy_state": "retain.strategies.state",
+    "load_strategy_state": "retain.strategies.state",
+    "TrainConfig": "retain.training.loop",
+    "train_task": "retain.training.loop",
+    "make_optimizer": "retain.training.loop",
+    "RetainCallback": "retain.training.hf",
+    "estimate_fisher": "retain.diagnostics.fisher",
     "Degradation": "retain.metrics",
     "average_accuracy": "retain.metrics",
     "average_forgetting": "retain.metrics",

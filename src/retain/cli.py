@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N"
     )
 
-    sub.add_parser("ls", help="list models, datasets, probes and suites")
+    sub.add_parser("ls", help="list models, datasets, probes, suites and strategies")
 
     demo = sub.add_parser(
         "demo",
@@ -98,6 +98,7 @@ def _cmd_ls() -> int:
     from retain.assets.datasets import DATASETS
     from retain.assets.models import MODELS
     from retain.evaluation.suites import PROBES, SUITES
+    from retain.strategies.base import STRATEGIES
 
     listings: list[tuple[str, list[tuple[str, str]]]] = [
         (title, [(e.name, e.description) for e in registry])
@@ -106,6 +107,7 @@ def _cmd_ls() -> int:
             ("datasets", DATASETS),
             ("probes", PROBES),
             ("suites", SUITES),
+            ("strategies", STRATEGIES),
         )
     ]
     for title, entries in listings:
@@ -113,7 +115,6 @@ def _cmd_ls() -> int:
         width = max(len(name) for name, _ in entries)
         for name, description in entries:
             print(f"  {name.ljust(width)}  {description}")
-    print("strategies:\n  (none yet: mitigation strategies arrive with the training engine)")
     return 0
 
 

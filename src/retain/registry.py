@@ -7,7 +7,7 @@ their implementation, and ``retain ls`` lists every registry with one line per e
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,10 +37,17 @@ class Registry(Generic[T]):
     1
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, RegistryEntry[T]] = {}
         self._aliases: dict[str, str] = {}
+        # Imports the modules that register built-in entries, on first lookup (avoids cycles).
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            loader, self._loader = self._loader, None
+            loader()
 
     def register(self, name: str, value: T, description: str, aliases: tuple[str, ...] = ()) -> T:
         """Add ``value`` under ``name`` (and its aliases); returns ``value`` for decorator use."""
@@ -53,20 +60,25 @@ class Registry(Generic[T]):
         return value
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return isinstance(name, str) and name.lower() in self._aliases
 
     def __iter__(self) -> Iterator[RegistryEntry[T]]:
+        self._load()
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
     def names(self) -> list[str]:
         """Canonical names, sorted."""
+        self._load()
         return sorted(self._entries)
 
     def entry(self, name: str) -> RegistryEntry[T]:
         """The entry for ``name`` or an alias; unknown names raise :class:`UnknownNameError`."""
+        self._load()
         canonical = self._aliases.get(name.lower())
         if canonical is None:
             raise UnknownNameError(self.unknown_message(name))

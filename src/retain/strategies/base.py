@@ -48,13 +48,16 @@ __all__ = [
     "Strategy",
     "build_strategy",
     "check_strength",
+    "load_builtin_strategies",
     "register_strategy",
 ]
 
 StateDict = dict[str, Any]
 ParamGroup = dict[str, Any]
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy", loader=lambda: load_builtin_strategies()
+)
 
 S = TypeVar("S", bound="type[Strategy]")
 
@@ -137,7 +140,6 @@ def register_strategy(description: str, aliases: tuple[str, ...] = ()) -> Callab
 def build_strategy(name: str, **params: Any) -> Strategy:
     """The registered strategy ``name`` built with ``params``; unknown names and parameters fail
     with a did-you-mean message."""
-    _load_builtin_strategies()
     cls = STRATEGIES.get(name)
     accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
     for key in params:
@@ -164,6 +166,6 @@ def check_strength(strategy: str, parameter: str, value: float) -> float:
     return value
 
 
-def _load_builtin_strategies() -> None:
-    """Import the modules that register the built-in strategies (next to their code)."""
+def load_builtin_strategies() -> None:
+    """Import the modules that register the built-in strategies (registration sits by the code)."""
     import retain.strategies.catalog  # noqa: F401
