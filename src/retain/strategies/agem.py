@@ -1,0 +1,184 @@
+"""A-GEM: project each gradient so the loss on an episodic memory of earlier tasks cannot rise.
+
+Arslan Chaudhry, Marc'Aurelio Ranzato, Marcus Rohrbach, Mohamed Elhoseiny, "Efficient Lifelong
+Learning with A-GEM", ICLR 2019. With ``g`` the task gradient and ``g_ref`` the gradient of the
+loss on a batch drawn from the memory (same parameters, same objective),
+
+    if g · g_ref < 0:   g ← g − (g · g_ref) / (g_ref · g_ref) · g_ref,
+
+so the step never points uphill on the memory loss to first order (``g_new · g_ref = 0``); when
+``g · g_ref >= 0`` the gradient is left alone. Dot products run over every parameter that has a
+gradient, as one flat vector.
+
+Distributed: when ``torch.distributed`` is initialised, ``g_ref`` is averaged over ranks (one
+all-reduce) before the test, so every rank projects its (already averaged) gradient identically.
+Each rank keeps its own memory, filled from the examples its ``on_task_end`` is given. The hook
+must get the unwrapped module (as ``Trainer`` callbacks do), not a ``DistributedDataParallel``
+wrapper, whose gradient hooks must not see the memory pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from retain.data.task import Batch, Example, Objective, Task, batch_loss
+from retain.errors import RetainError
+from retain.strategies.base import StateDict, Strategy, register_strategy
+from retain.strategies.replay_buffer import (
+    ReplayBuffer,
+    Selection,
+    check_count,
+    check_selection,
+    derive_seed,
+    draw,
+)
+
+__all__ = ["AGEM"]
+
+
+@register_strategy("A-GEM: project gradients that would raise the loss on an episodic memory")
+class AGEM(Strategy):
+    """A-GEM (Chaudhry et al., ICLR 2019): ``g ← g − (g·g_ref)/(g_ref·g_ref) g_ref`` when
+    ``g·g_ref < 0``.
+
+    Args:
+        memory_size: examples kept in the episodic memory (0 switches A-GEM off).
+        sample_size: memory examples per reference gradient (all of them when fewer are held).
+        selection: ``"reservoir"`` or ``"class_balanced"``, as in ``replay``.
+        seed: seeds memory selection and the draw of each memory batch.
+        label_key: the example key with the class label (``"class_balanced"``).
+
+    The reference gradient uses the objective and collate of the last task ended (after a resume,
+    of the current task until the next task ends), in the model's current mode, and leaves no
+    gradient behind. Examples from every task must collate together. :attr:`projections` counts
+    the projected steps, :attr:`steps` the steps with a memory.
+    """
+
+    name = "agem"
+
+    def __init__(
+        self,
+        memory_size: int = 256,
+        sample_size: int = 64,
+        selection: Selection = "reservoir",
+        seed: int = 0,
+        label_key: str = "labels",
+    ) -> None:
+        self.memory_size = check_count(
+            "agem", "memory_size", memory_size, 0, "; use 0 to switch A-GEM off"
+        )
+        self.sample_size = check_count("agem", "sample_size", sample_size, 1)
+        self.selection = check_selection("agem", selection)
+        self.seed = int(seed)
+        self.label_key = label_key
+        self.memory: ReplayBuffer | None = None
+        if self.memory_size > 0:
+            self.memory = ReplayBuffer(
+                self.memory_size, self.selection, self.seed, label_key, "agem"
+            )
+        self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "agem-batch"))
+        self._objective: Objective | None = None
+        self._collate: Callable[[Sequence[Example]], Batch] | None = None
+        #: optimizer steps whose gradient was projected
+        self.projections = 0
+        #: optimizer steps that computed a reference gradient
+        self.steps = 0
+
+    def on_task_start(self, model: nn.Module, task: Task) -> None:
+        """After a resume no task has ended here yet: use this task's objective and collate."""
+        if self._objective is None:
+            self._objective, self._collate = task.objective, task.collate
+
+    def on_task_end(self, model: nn.Module, task: Task) -> None:
+        """Offer the task's examples to the memory; keep its objective and collate."""
+        if self.memory is None:
+            return
+        if len(self.memory):
+            have, new = sorted(self.memory.examples[0]), sorted(task.examples[0])
+            if have != new:
+                raise RetainError(
+                    f"agem: task {task.name!r} examples have keys {new} but the memory holds "
+                    f"{have}; A-GEM memory batches mix tasks, so every task needs the same keys"
+                )
+        self.memory.add(task.examples)
+        self._objective, self._collate = task.objective, task.collate
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Project the gradient when it conflicts with the memory's reference gradient."""
+        memory, objective, collate = self.memory, self._objective, self._collate
+        if memory is None or not len(memory) or objective is None or collate is None:
+            return
+        params = [p for p in model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        examples = draw(memory.examples, min(self.sample_size, len(memory)), self._generator)
+        refs = _reference_gradient(model, params, objective, _collate(collate, examples))
+        dot = torch.stack([_dot(g, r) for g, r in zip(grads, refs, strict=True)]).sum()
+        self.steps += 1
+        if dot.item() < 0:
+            norm = torch.stack(torch._foreach_norm([r.float() for r in refs])).square().sum()
+            coef = (dot / norm).item()
+            refs = [r.to(g.dtype) for g, r in zip(grads, refs, strict=True)]
+            torch._foreach_add_(grads, refs, alpha=-coef)
+            self.projections += 1
+
+    def state_dict(self) -> StateDict:
+        """The memory (examples, ``seen``, RNG state), the batch-draw RNG and the counters."""
+        state: StateDict = self.memory.state_dict() if self.memory is not None else {}
+        state["sample_rng"] = self._generator.get_state()
+        state["projections"] = self.projections
+        state["steps"] = self.steps
+        return state
+
+    def load_state_dict(self, state: StateDict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if self.memory is not None:
+            self.memory.load_state_dict(state)
+        self._generator.set_state(state["sample_rng"])
+        self.projections = int(state["projections"])
+        self.steps = int(state["steps"])
+
+
+def _collate(collate: Callable[[Sequence[Example]], Batch], examples: list[Example]) -> Batch:
+    """The memory batch, with a collate failure turned into a :class:`RetainError`."""
+    try:
+        return collate(examples)
+    except RetainError:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise RetainError(
+            f"agem cannot batch memory examples from different tasks ({type(exc).__name__}: "
+            f"{exc}); give the tasks a collate that pads (pad_collate)"
+        ) from exc
+
+
+def _reference_gradient(
+    model: nn.Module, params: list[nn.Parameter], objective: Objective, batch: Batch
+) -> list[Tensor]:
+    """``g_ref``: the gradient of the loss on ``batch`` for each of ``params`` (zeros where the
+    loss does not depend on it), averaged over ranks; ``.grad`` is not touched."""
+    device = params[0].device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    wanted = [p for p in params if p.requires_grad]
+    with torch.enable_grad():
+        loss = batch_loss(objective, model, batch)
+        found = torch.autograd.grad(loss, wanted, allow_unused=True) if wanted else ()
+    by_id = {id(p): g for p, g in zip(wanted, found, strict=True) if g is not None}
+    refs = [by_id[id(p)].detach() if id(p) in by_id else torch.zeros_like(p) for p in params]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flat = torch.cat([r.reshape(-1) for r in refs])
+        torch.distributed.all_reduce(flat)
+        flat /= torch.distributed.get_world_size()
+        parts = torch.split(flat, [r.numel() for r in refs])
+        refs = [part.view_as(r) for part, r in zip(parts, refs, strict=True)]
+    return refs
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``a · b`` over all elements, accumulated in float32 (at least)."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    return torch.dot(a.reshape(-1).to(dtype), b.reshape(-1).to(dtype))
