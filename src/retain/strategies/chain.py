@@ -27,6 +27,13 @@ _CONFLICTS: dict[frozenset[str], str] = {
         "progressive freezes all earlier capacity, so L2-SP has nothing left to protect"
     ),
     frozenset({"lora", "peft"}): "both wrap the model in PEFT; configure one PEFT method",
+    frozenset({"progressive", "freeze"}): (
+        "progressive resets which parameters train at every task; choose the adapter's "
+        "target_modules / layers_to_transform in its PEFT config instead"
+    ),
+    frozenset({"progressive", "gradual_unfreezing"}): (
+        "unfreezing base weights would break progressive's zero-forgetting guarantee"
+    ),
 }
 
 
