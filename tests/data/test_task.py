@@ -103,3 +103,15 @@ def test_batches_cover_the_examples_in_order() -> None:
     batches = task.batches(2)
     assert [b["x"].flatten().tolist() for b in batches] == [[0.0, 1.0], [2.0, 3.0], [4.0]]
     assert len(task.batches(2, limit=3)) == 2
+
+
+def test_pad_collate_stacks_one_label_per_example() -> None:
+    batch = pad_collate(0)(
+        [
+            {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor(1)},
+            {"input_ids": torch.tensor([8]), "labels": torch.tensor(2)},
+        ]
+    )
+    assert batch["labels"].tolist() == [1, 2]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -146,7 +146,7 @@ def stack_collate(examples: Sequence[Example]) -> Batch:
 
 def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
     """Right-pad token sequences: ``input_ids`` with ``pad_token_id``, ``labels`` with -100,
-    ``attention_mask`` with 0; other keys are stacked."""
+    ``attention_mask`` with 0; other keys, and one label per example, are stacked."""
 
     def collate(examples: Sequence[Example]) -> Batch:
         if not examples:
@@ -155,7 +155,7 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
         fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
         batch: Batch = {}
         for key in examples[0]:
-            if key in fill:
+            if key in fill and examples[0][key].dim() == 1:  # scalar labels are stacked
                 rows = [
                     functional.pad(ex[key], (0, width - ex[key].shape[0]), value=fill[key])
                     for ex in examples
