@@ -27,4 +27,5 @@ class MLP(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Logits ``[N, outputs]`` for ``pixel_values`` ``[N, inputs]``."""
-        return self.head(self.body(pixel_values))
+        logits: Tensor = self.head(self.body(pixel_values))
+        return logits

@@ -1,1 +1,1 @@
-"""Mitigation strategies: small hook objects registered by name (see ``base.py`` for the contract)."""
+"""Mitigation strategies: small hook objects registered by name (contract in ``base.py``)."""
