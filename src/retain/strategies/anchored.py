@@ -20,24 +20,19 @@ once and rebuilt only when the terms, the model or its parameters' storage chang
 storage the lists mix dtypes and PyTorch runs the fused calls tensor by tensor (in C++): half the
 memory, more time (about 1.5x the float32 time of the transform on CPU).
 
-Terms are saved with safetensors, together with the parameter names and shapes, so that loading
-into another model fails with a clear message.
+Terms are saved with safetensors by :mod:`retain.strategies.anchor_files`, together with the
+parameter names and shapes, so that loading into another model fails with a clear message.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from retain.errors import RetainError
@@ -48,10 +43,6 @@ __all__ = [
     "StorageDtype",
     "check_pattern",
     "check_storage_dtype",
-    "read_terms",
-    "term_from_state",
-    "term_state",
-    "write_terms",
 ]
 
 StorageDtype = Literal["float32", "bfloat16"]
@@ -61,7 +52,6 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.b
 #: chunks keep kernel launches few while bounding the temporary (128 MiB). Larger tensors are cut
 #: into flat pieces.
 CHUNK_NUMEL: dict[str, int] = {"cpu": 1 << 20, "other": 1 << 25}
-_META_KEY = "retain.anchors"
 
 
 @dataclass
@@ -331,105 +321,3 @@ def _to_devices(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
 
 
 # ---- state and files ---------------------------------------------------------------------
-
-
-def term_state(term: AnchorTerm, prefix: str, weight_key: str) -> dict[str, Tensor]:
-    """``{prefix}anchor.<name>`` and ``{prefix}<weight_key>.<name>`` tensors of ``term``."""
-    state = {f"{prefix}anchor.{n}": t for n, t in term.anchor.items()}
-    if term.weight is not None:
-        state.update({f"{prefix}{weight_key}.{n}": t for n, t in term.weight.items()})
-    return state
-
-
-def term_from_state(
-    state: Mapping[str, Any], prefix: str, weight_key: str | None, store: AnchorStore
-) -> AnchorTerm:
-    """The term :func:`term_state` wrote under ``prefix`` (tensors converted to ``store``'s)."""
-    anchor_prefix = f"{prefix}anchor."
-    anchor = {k[len(anchor_prefix) :]: v for k, v in state.items() if k.startswith(anchor_prefix)}
-    if not anchor:
-        raise RetainError(
-            f"{store.owner} state has no {anchor_prefix}* tensors; pass its own state"
-        )
-    weight = None
-    if weight_key is not None:
-        weight_prefix = f"{prefix}{weight_key}."
-        weight = {
-            k[len(weight_prefix) :]: v for k, v in state.items() if k.startswith(weight_prefix)
-        }
-        if set(weight) != set(anchor):
-            missing = sorted(set(weight) ^ set(anchor))[0]
-            raise RetainError(
-                f"{store.owner} state under {prefix!r} has an anchor or a {weight_key} for "
-                f"{missing!r} but not both; the file is damaged, save it again"
-            )
-        weight = {n: store.stored(weight[n]) for n in anchor}
-    return AnchorTerm({n: store.stored(t) for n, t in anchor.items()}, weight)
-
-
-def write_terms(
-    path: str | Path, terms: list[AnchorTerm], weight_key: str, meta: Mapping[str, Any]
-) -> Path:
-    """Save ``terms`` as ``task<t>.anchor.<name>`` / ``task<t>.<weight_key>.<name>`` tensors, with
-    the parameter names and shapes and ``meta`` in the header, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors: dict[str, Tensor] = {}
-    shapes: dict[str, list[int]] = {}
-    for t, term in enumerate(terms):
-        for key, value in term_state(term, f"task{t}.", weight_key).items():
-            tensors[key] = value.detach().to("cpu").contiguous().clone()
-        shapes.update({n: list(a.shape) for n, a in term.anchor.items()})
-    header = {"parameters": shapes, "num_tasks": len(terms), **meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_terms(
-    path: str | Path, model: nn.Module, weight_key: str, store: AnchorStore
-) -> tuple[list[AnchorTerm], dict[str, Any]]:
-    """The terms and header :func:`write_terms` saved, after checking they fit ``model``.
-
-    Every saved parameter must exist in ``model`` with the same shape; otherwise a
-    :class:`RetainError` names the first mismatching parameter.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise RetainError(f"{store.owner} file {str(path)!r} does not exist; check the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise RetainError(f"{str(path)!r} is not a safetensors file: {exc}") from exc
-    if raw is None:
-        raise RetainError(f"{str(path)!r} was not saved by {store.owner}; pass a file it saved")
-    header: dict[str, Any] = json.loads(raw)
-    named = dict(model.named_parameters())
-    saved_class = header.get("model_class", "another model")
-    for name, shape in header["parameters"].items():
-        param = named.get(name)
-        if param is None or list(param.shape) != list(shape):
-            found = "is missing" if param is None else f"has shape {list(param.shape)}"
-            raise RetainError(
-                f"{str(path)!r} belongs to a different model: its parameter {name!r} (shape "
-                f"{list(shape)}, from {saved_class}) {found} in {type(model).__name__}; "
-                "estimate the Fisher on this model"
-            )
-    terms = [
-        term_from_state(tensors, f"task{t}.", weight_key, store)
-        for t in range(int(header["num_tasks"]))
-    ]
-    return terms, header

@@ -25,16 +25,13 @@ from torch import Tensor, nn
 
 from retain.data.task import Task
 from retain.errors import RetainError
+from retain.strategies.anchor_files import read_terms, term_from_state, term_state, write_terms
 from retain.strategies.anchored import (
     AnchorStore,
     AnchorTerm,
     StorageDtype,
     check_pattern,
     check_storage_dtype,
-    read_terms,
-    term_from_state,
-    term_state,
-    write_terms,
 )
 from retain.strategies.base import StateDict, Strategy, check_strength, register_strategy
 from retain.strategies.params import select_parameters

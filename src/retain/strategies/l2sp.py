@@ -17,14 +17,13 @@ from torch import Tensor, nn
 
 from retain.data.task import Task
 from retain.errors import RetainError
+from retain.strategies.anchor_files import term_from_state, term_state
 from retain.strategies.anchored import (
     AnchorStore,
     AnchorTerm,
     StorageDtype,
     check_pattern,
     check_storage_dtype,
-    term_from_state,
-    term_state,
 )
 from retain.strategies.base import StateDict, Strategy, check_strength, register_strategy
 from retain.strategies.params import select_parameters
