@@ -41,6 +41,7 @@ def test_ls_lists_every_registry(capsys: pytest.CaptureFixture[str]) -> None:
         "layerwise_lr",
     ):
         assert f"  {name} " in out
+    assert "(strength=1000.0, fisher='empirical'" in out
 
 
 def test_version_and_help() -> None:

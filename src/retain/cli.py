@@ -98,7 +98,7 @@ def _cmd_ls() -> int:
     from retain.assets.datasets import DATASETS
     from retain.assets.models import MODELS
     from retain.evaluation.suites import PROBES, SUITES
-    from retain.strategies.base import STRATEGIES
+    from retain.strategies.base import STRATEGIES, parameters_line
 
     listings: list[tuple[str, list[tuple[str, str]]]] = [
         (title, [(e.name, e.description) for e in registry])
@@ -115,6 +115,8 @@ def _cmd_ls() -> int:
         width = max(len(name) for name, _ in entries)
         for name, description in entries:
             print(f"  {name.ljust(width)}  {description}")
+            if title == "strategies":
+                print(f"  {''.ljust(width)}    ({parameters_line(STRATEGIES.get(name))})")
     return 0
 
 

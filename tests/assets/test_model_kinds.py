@@ -87,3 +87,11 @@ def test_an_adapter_without_weights_fails_before_work(tiny_bert_dir: Path, tmp_p
     (folder / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(RetainError, match="does not record its base model"):
         check_model_reference(str(folder))
+
+
+def test_an_unknown_kind_suggests_the_right_one() -> None:
+    from retain.assets.models import load_model
+    from retain.errors import RetainError
+
+    with pytest.raises(RetainError, match="did you mean 'sequence-classification'"):
+        load_model("minilm-l6", kind="seq-classification")  # type: ignore[arg-type]

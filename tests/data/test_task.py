@@ -115,3 +115,33 @@ def test_pad_collate_stacks_one_label_per_example() -> None:
     assert batch["labels"].tolist() == [1, 2]
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_pad_collate_pads_every_per_token_key_and_accepts_lists() -> None:
+    batch = pad_collate(7)(
+        [
+            {"input_ids": [1, 2, 3], "token_type_ids": [0, 0, 0], "labels": 2},
+            {"input_ids": [4], "token_type_ids": [0], "labels": 0},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert batch["labels"].tolist() == [2, 0]
+
+
+def test_ragged_examples_without_pad_collate_say_how_to_fix_it() -> None:
+    with pytest.raises(RetainError, match="pad_collate"):
+        stack_collate([{"input_ids": torch.ones(3)}, {"input_ids": torch.ones(2)}])
+
+
+def test_a_label_outside_the_head_names_num_labels() -> None:
+    model = BertForSequenceClassification(tiny_bert_config(100, num_labels=2)).eval()
+    batch = {"input_ids": torch.randint(5, 100, (2, 4)), "labels": torch.tensor([1, 3])}
+    with pytest.raises(RetainError, match=r"label 3 is outside the head's 2 classes.*num_labels"):
+        batch_loss(Classification(), model, batch)
+
+
+def test_causal_lm_objective_on_a_classifier_is_refused() -> None:
+    model = BertForSequenceClassification(tiny_bert_config(100, num_labels=2)).eval()
+    with pytest.raises(RetainError, match="needs a causal LM"):
+        CausalLM().logits_and_targets(model, {"input_ids": torch.randint(5, 100, (2, 4))})

@@ -41,9 +41,15 @@ class Recorder(Strategy):
         self.tensor, self.count = state["tensor"], state["count"]
 
 
+class OtherRecorder(Recorder):
+    """A second recorder under its own name (a chain refuses a name listed twice)."""
+
+    name = "other_recorder"
+
+
 def test_hooks_run_in_list_order_and_train_data_composes() -> None:
     calls: list[tuple[str, str]] = []
-    both = Chain([Recorder("a", calls), Recorder("b", calls)])
+    both = Chain([Recorder("a", calls), OtherRecorder("b", calls)])
     task = Task("t", [{"x": torch.zeros(1)}])
     data = both.begin_task(nn.Linear(1, 1), task)
     both.after_backward(nn.Linear(1, 1))
@@ -58,17 +64,17 @@ def test_hooks_run_in_list_order_and_train_data_composes() -> None:
 
 def test_state_keys_are_prefixed_and_round_trip_through_safetensors(tmp_path: Path) -> None:
     calls: list[tuple[str, str]] = []
-    first = Chain([Recorder("a", calls), Recorder("b", calls)])
+    first = Chain([Recorder("a", calls), OtherRecorder("b", calls)])
     first.strategies[1].count = 7  # type: ignore[attr-defined]
     first.strategies[1].tensor = torch.tensor([5.0, 6.0])  # type: ignore[attr-defined]
     path = save_strategy_state(first, tmp_path / "state.safetensors")
     assert set(read_strategy_state(path)) == {
         "0.recorder.tensor",
         "0.recorder.count",
-        "1.recorder.tensor",
-        "1.recorder.count",
+        "1.other_recorder.tensor",
+        "1.other_recorder.count",
     }
-    second = Chain([Recorder("a", calls), Recorder("b", calls)])
+    second = Chain([Recorder("a", calls), OtherRecorder("b", calls)])
     load_strategy_state(second, path)
     assert second.strategies[1].count == 7  # type: ignore[attr-defined]
     assert torch.equal(second.strategies[1].tensor, torch.tensor([5.0, 6.0]))  # type: ignore[attr-defined]
@@ -101,6 +107,19 @@ def test_senseless_combinations_are_refused() -> None:
         chain("progressive", "ewc")
     with pytest.raises(RetainError, match="listed twice"):
         chain("warmup", "warmup")
+    with pytest.raises(RetainError, match="listed twice"):
+        chain("ewc", {"name": "ewc", "strength": 5.0})
+
+
+def test_a_skipped_prepare_is_refused_not_silently_ignored() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    task = Task("t", [{"x": torch.zeros(2)}])
+    strategies = chain({"name": "freeze", "params": "0.weight"})
+    with pytest.raises(RetainError, match=r"call model = strategies.prepare\(model\)"):
+        strategies.begin_task(model, task)
+    strategies.begin_task(strategies.prepare(model), task)
+    with pytest.raises(RetainError, match="as a string"):
+        build_strategy({"name": "ewc"})  # type: ignore[arg-type]
 
 
 def test_penalties_add_up() -> None:
@@ -113,7 +132,10 @@ def test_penalties_add_up() -> None:
         def penalty(self, model: nn.Module) -> torch.Tensor:
             return torch.tensor(self.value)
 
-    total = Chain([Const(1.5), Const(2.0)]).penalty(nn.Linear(1, 1))
+    class OtherConst(Const):
+        name = "other_const"
+
+    total = Chain([Const(1.5), OtherConst(2.0)]).penalty(nn.Linear(1, 1))
     assert total is not None
     assert total.item() == pytest.approx(3.5)
     assert Chain([]).penalty(nn.Linear(1, 1)) is None

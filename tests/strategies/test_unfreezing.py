@@ -11,7 +11,7 @@ from torch import nn
 from retain.data.task import Classification, Task
 from retain.errors import RetainError
 from retain.strategies.base import build_strategy
-from retain.strategies.chain import chain
+from retain.strategies.chain import Chain, chain
 from retain.strategies.state import load_strategy_state, save_strategy_state
 from retain.strategies.unfreezing import GradualUnfreezing
 from retain.training.loop import TrainConfig, make_optimizer, train_task
@@ -243,6 +243,7 @@ def _trainer(model: nn.Module, tmp_path: Path, **kwargs: object) -> object:
 
     strategy = kwargs.pop("strategy")
     task = _task(8)
+    Chain([strategy]).begin_task(model, task)  # type: ignore[list-item]
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=2,
@@ -265,7 +266,7 @@ def test_trainer_with_its_default_optimizer_is_refused(tmp_path: Path) -> None:
     strategy = GradualUnfreezing()
     model = strategy.prepare(_tiny_bert())
     trainer = _trainer(model, tmp_path, strategy=strategy)
-    with pytest.raises(RetainError, match="optimizer lacks"):
+    with pytest.raises(RetainError, match="needs the optimizer built from the strategies"):
         trainer.train()  # type: ignore[attr-defined]
 
 
@@ -273,9 +274,12 @@ def test_trainer_with_make_optimizer(tmp_path: Path) -> None:
     strategy = GradualUnfreezing()
     model = strategy.prepare(_tiny_bert())
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    strategy.on_task_start(model, _task(8))
-    optimizer = make_optimizer(model, strategy, TrainConfig(lr=1e-2))
-    trainer = _trainer(model, tmp_path, strategy=strategy, optimizers=(optimizer, None))
+    trainer = _trainer(
+        model,
+        tmp_path,
+        strategy=strategy,
+        optimizers=(make_optimizer(model, strategy, TrainConfig(lr=1e-2)), None),
+    )
     trainer.train()  # type: ignore[attr-defined]
     moved = {_part(n) for n, p in model.named_parameters() if not torch.equal(p, start[n])}
     assert moved == {HEAD, BLOCK1}

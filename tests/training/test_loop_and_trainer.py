@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from transformers import Trainer
 
 from retain.data.task import Task
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
-from retain.strategies.chain import Chain
+from retain.strategies.chain import Chain, chain
+from retain.training.hf import RetainCallback
 from retain.training.loop import TrainConfig, make_optimizer, train_task
-from training_helpers import random_task, tiny_classifier, train_with_trainer
+from training_helpers import random_task, tiny_classifier, train_with_trainer, trainer_args
 
 
 class Counter(Strategy):
@@ -104,3 +107,35 @@ def test_sgd_with_momentum_is_built_from_groups() -> None:
     optimizer = make_optimizer(tiny_classifier(), None, TrainConfig(optimizer="sgd", momentum=0.9))
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def _trainer(model: nn.Module, task: Task, strategies: Chain, tmp_path: Path, **kw: Any) -> Any:
+    config = TrainConfig(lr=1e-2, batch_size=8, shuffle=False)
+    return Trainer(
+        model=model,
+        args=trainer_args(tmp_path, config),
+        train_dataset=task.examples,  # type: ignore[arg-type]
+        callbacks=[RetainCallback(strategies, task)],
+        **kw,
+    )
+
+
+def test_trainer_set_ups_that_would_silently_ignore_a_strategy_are_refused(
+    tmp_path: Path,
+) -> None:
+    task = random_task("a")
+    model = tiny_classifier()
+    layerwise = chain({"name": "layerwise_lr", "decay": 0.5})
+    with pytest.raises(RetainError, match="begin_task"):
+        _trainer(model, task, layerwise, tmp_path).train()
+    layerwise.begin_task(model, task)
+    with pytest.raises(RetainError, match="needs the optimizer built from the strategies"):
+        _trainer(model, task, layerwise, tmp_path).train()
+
+    warm = chain({"name": "warmup", "warmup_steps": 1})
+    warm.begin_task(model, task)
+    optimizer = make_optimizer(model, warm, TrainConfig(lr=1e-2))
+    with pytest.raises(RetainError, match="uses its own"):
+        _trainer(model, task, warm, tmp_path, optimizers=(optimizer, None)).train()
+    scheduler = warm.lr_scheduler(optimizer, 3)
+    _trainer(model, task, warm, tmp_path, optimizers=(optimizer, scheduler)).train()

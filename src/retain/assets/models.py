@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 ModelKind = Literal["causal-lm", "encoder", "masked-lm", "sequence-classification"]
+_KINDS: tuple[str, ...] = ("causal-lm", "encoder", "masked-lm", "sequence-classification")
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,15 @@ def load_model(
     ``encoder``...); by default, the kind the model was saved as. A PEFT adapter folder is loaded
     on ``adapter_base`` (default: the base recorded in its ``adapter_config.json``) and merged, so
     probes see an ordinary model. Weights the head needs but the checkpoint lacks are an error,
-    never a silently random layer.
+    never a silently random layer, except the new head of an encoder loaded as
+    ``sequence-classification`` (pass ``num_labels=``; that head is what fine-tuning trains).
     """
+    if kind is not None and kind not in _KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(str(kind), _KINDS, n=1, cutoff=0.3)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RetainError(f"unknown model kind {kind!r}{hint} (kinds: {', '.join(_KINDS)})")
     kind = kind or default_kind(name_or_path)
     origin = check_model_reference(name_or_path, kind=kind, adapter_base=adapter_base)
     folder = _folder_for(name_or_path, origin)

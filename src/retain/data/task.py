@@ -86,7 +86,15 @@ class Classification:
             )
         inputs = {k: v for k, v in batch.items() if k != self.label_key}
         logits = self.forward(model, inputs) if self.forward else model_logits(model, inputs)
-        return logits, batch[self.label_key]
+        labels = batch[self.label_key]
+        classes = logits.shape[-1]
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= classes))
+        if bool(bad.any()):
+            raise RetainError(
+                f"label {int(labels[bad][0])} is outside the head's {classes} classes "
+                f"(0..{classes - 1}); load the model with num_labels= the number of classes"
+            )
+        return logits, labels
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,12 @@ class CausalLM:
             raise RetainError(f"causal-LM batch has no 'input_ids' (it has {sorted(batch)})")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model_logits(model, inputs)
+        if logits.dim() != 3:
+            raise RetainError(
+                f"{type(model).__name__} gives logits of shape {tuple(logits.shape)}, not "
+                "[batch, tokens, vocabulary]: the CausalLM objective needs a causal LM "
+                "(use Classification() for a classifier)"
+            )
         targets = batch.get("labels")
         if targets is None:
             targets = batch["input_ids"].clone()
@@ -138,35 +152,69 @@ def batch_loss(objective: Objective, model: nn.Module, batch: Batch) -> Tensor:
 
 
 def stack_collate(examples: Sequence[Example]) -> Batch:
-    """Stack same-shaped examples into a batch."""
+    """Stack same-shaped examples into a batch (lists and numbers become tensors)."""
     if not examples:
         raise RetainError("cannot collate an empty list of examples")
-    return {key: torch.stack([ex[key] for ex in examples]) for key in examples[0]}
+    batch: Batch = {}
+    for key in examples[0]:
+        values = [_as_tensor(ex, key) for ex in examples]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise RetainError(
+                f"examples have different shapes for {key!r} ({sorted(shapes)[:2]}, ...); "
+                "give the task collate=pad_collate(tokenizer.pad_token_id)"
+            )
+        batch[key] = torch.stack(values)
+    return batch
+
+
+def _as_tensor(example: Example, key: str) -> Tensor:
+    if key not in example:
+        raise RetainError(
+            f"an example lacks {key!r} while others have it; give every example the same keys"
+        )
+    value = example[key]
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise RetainError(
+            f"example value {key!r} is a {type(value).__name__} that is not a tensor; "
+            "store numbers, lists or tensors"
+        ) from exc
 
 
 def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
-    """Right-pad token sequences: ``input_ids`` with ``pad_token_id``, ``labels`` with -100,
-    ``attention_mask`` with 0; other keys, and one label per example, are stacked."""
+    """Right-pad token sequences to the longest in the batch: ``input_ids`` with
+    ``pad_token_id``, ``labels`` with -100, every other per-token key (``attention_mask``,
+    ``token_type_ids``, ...) with 0. Keys with one value per example (a class label) are stacked;
+    lists become tensors; a missing ``attention_mask`` is built from the lengths."""
 
     def collate(examples: Sequence[Example]) -> Batch:
         if not examples:
             raise RetainError("cannot collate an empty list of examples")
-        width = max(int(ex["input_ids"].shape[0]) for ex in examples)
-        fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+        if "input_ids" not in examples[0]:
+            raise RetainError("pad_collate needs 'input_ids' in every example")
+        rows = [{k: _as_tensor(ex, k) for k in examples[0]} for ex in examples]
+        lengths = [int(r["input_ids"].shape[0]) for r in rows]
+        width = max(lengths)
         batch: Batch = {}
-        for key in examples[0]:
-            if key in fill and examples[0][key].dim() == 1:  # scalar labels are stacked
-                rows = [
-                    functional.pad(ex[key], (0, width - ex[key].shape[0]), value=fill[key])
-                    for ex in examples
-                ]
-                batch[key] = torch.stack(rows)
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            per_token = values[0].dim() == 1 and all(
+                v.dim() == 1 and v.shape[0] == n for v, n in zip(values, lengths, strict=True)
+            )
+            if per_token:
+                fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+                batch[key] = torch.stack(
+                    [functional.pad(v, (0, width - v.shape[0]), value=fill) for v in values]
+                )
             else:
-                batch[key] = torch.stack([ex[key] for ex in examples])
+                batch[key] = stack_collate([{key: v} for v in values])[key]
         if "attention_mask" not in batch:
-            mask = [torch.ones(int(ex["input_ids"].shape[0]), dtype=torch.long) for ex in examples]
             batch["attention_mask"] = torch.stack(
-                [functional.pad(m, (0, width - m.shape[0])) for m in mask]
+                [(torch.arange(width) < n).long() for n in lengths]
             )
         return batch
 

@@ -29,6 +29,7 @@ lists); :mod:`retain.strategies.state` saves it as safetensors.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -49,10 +50,14 @@ __all__ = [
     "build_strategy",
     "check_strength",
     "load_builtin_strategies",
+    "overrides",
+    "parameters_line",
     "register_strategy",
 ]
 
 StateDict = dict[str, Any]
+#: Attribute on a model naming the strategies whose ``prepare`` ran on it.
+PREPARED_MARK = "_retain_prepared_by"
 ParamGroup = dict[str, Any]
 
 STRATEGIES: Registry[type[Strategy]] = Registry(
@@ -72,6 +77,23 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     #: True when the strategy unfreezes parameters later, so the optimizer must hold every one.
     needs_all_parameters_in_optimizer: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's ``prepare`` so the model records which strategies prepared it;
+        the hosts then refuse to train a model that skipped ``prepare`` (a silent no-op)."""
+        super().__init_subclass__(**kwargs)
+        original = cls.__dict__.get("prepare")
+        if original is None:
+            return
+
+        @functools.wraps(original)
+        def prepare(self: Strategy, model: nn.Module) -> nn.Module:
+            prepared: nn.Module = original(self, model)
+            marks = set(getattr(prepared, PREPARED_MARK, ()))
+            prepared.__dict__[PREPARED_MARK] = frozenset(marks | {self.name})
+            return prepared
+
+        cls.prepare = prepare  # type: ignore[method-assign]
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Wrap or freeze the model before any optimizer exists; return the model to train."""
@@ -127,6 +149,21 @@ class Strategy:
         return self.describe()
 
 
+def overrides(strategy: Strategy, hook: str) -> bool:
+    """True when ``strategy``'s class implements ``hook`` itself (not the no-op default)."""
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)
+
+
+def parameters_line(cls: type[Strategy]) -> str:
+    """The strategy's parameters with their defaults: ``"alpha=0.01, anchor='pretrained'"``."""
+    shown = []
+    for p in inspect.signature(cls).parameters.values():
+        if p.name == "self":
+            continue
+        shown.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}")
+    return ", ".join(shown)
+
+
 def register_strategy(description: str, aliases: tuple[str, ...] = ()) -> Callable[[S], S]:
     """Class decorator: register a strategy under its ``name`` with a one-line description."""
 
@@ -140,6 +177,11 @@ def register_strategy(description: str, aliases: tuple[str, ...] = ()) -> Callab
 def build_strategy(name: str, **params: Any) -> Strategy:
     """The registered strategy ``name`` built with ``params``; unknown names and parameters fail
     with a did-you-mean message."""
+    if not isinstance(name, str):
+        raise RetainError(
+            f"build_strategy takes the strategy name as a string, got {type(name).__name__}; "
+            "for a {'name': ..., **params} entry use retain.chain(entry)"
+        )
     cls = STRATEGIES.get(name)
     accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
     for key in params:

@@ -12,9 +12,21 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
 from retain.errors import RetainError
-from retain.strategies.base import ParamGroup, StateDict, Strategy, build_strategy
+from retain.strategies.base import (
+    PREPARED_MARK,
+    ParamGroup,
+    StateDict,
+    Strategy,
+    build_strategy,
+    overrides,
+)
 
-__all__ = ["Chain", "chain"]
+__all__ = ["BEGUN_MARK", "MADE_MARK", "Chain", "chain"]
+
+#: Set on each member by :meth:`Chain.begin_task` (the task's name); the Trainer callback checks it.
+BEGUN_MARK = "_retain_begun_task"
+#: Set on optimizers and schedulers built from the strategies; the Trainer callback checks it.
+MADE_MARK = "_retain_made"
 
 # Pairs that make no sense together, with the reason shown to the user.
 _CONFLICTS: dict[frozenset[str], str] = {
@@ -58,7 +70,7 @@ class Chain(Strategy):
                 reason = _CONFLICTS.get(frozenset({a, b}))
                 if reason:
                     raise RetainError(f"strategies {a!r} and {b!r} do not combine: {reason}")
-                if a == b and a in {"lora", "peft", "progressive", "layerwise_lr", "warmup"}:
+                if a == b:
                     raise RetainError(f"strategy {a!r} is listed twice; keep one")
 
     def __iter__(self) -> Iterator[Strategy]:
@@ -87,9 +99,26 @@ class Chain(Strategy):
         return task
 
     def begin_task(self, model: nn.Module, task: Task) -> Task:
-        """``on_task_start`` then ``train_data``: once per task, before the optimizer is built."""
+        """``on_task_start`` then ``train_data``: once per task, before the optimizer is built.
+
+        Refuses a model that skipped :meth:`prepare` when a member needs it (LoRA, freezing...),
+        which would otherwise train as plain fine-tuning without a word.
+        """
+        inner = getattr(model, "module", model)  # DDP / Accelerate wrappers hold the model
+        prepared: frozenset[str] = frozenset(
+            getattr(model, PREPARED_MARK, frozenset()) | getattr(inner, PREPARED_MARK, frozenset())
+        )
+        for s in self.strategies:
+            if overrides(s, "prepare") and s.name not in prepared:
+                raise RetainError(
+                    f"strategy {s.name!r} changes the model before training, but prepare() did "
+                    "not run on this model; call model = strategies.prepare(model) once first"
+                )
         self.on_task_start(model, task)
-        return self.train_data(task, model)
+        data = self.train_data(task, model)
+        for s in self.strategies:
+            s.__dict__[BEGUN_MARK] = task.name
+        return data
 
     def param_groups(self, model: nn.Module, lr: float) -> list[ParamGroup] | None:
         found = [(s, g) for s in self.strategies if (g := s.param_groups(model, lr)) is not None]
@@ -107,7 +136,11 @@ class Chain(Strategy):
         if len(found) > 1:
             names = ", ".join(s.name for s, _ in found)
             raise RetainError(f"strategies {names} each set a learning-rate schedule; keep one")
-        return found[0][1] if found else None
+        if not found:
+            return None
+        scheduler = found[0][1]
+        scheduler.__dict__[MADE_MARK] = True  # the Trainer callback checks it was passed on
+        return scheduler
 
     def after_backward(self, model: nn.Module) -> None:
         for s in self.strategies:

@@ -5,12 +5,20 @@ Per task::
     strategies = retain.chain("ewc", ...)
     model = strategies.prepare(model)                    # once, before any optimizer
     data = strategies.begin_task(model, task)            # anchors, adapters, replay mix
+    optimizer = make_optimizer(model, strategies, config)           # layer-wise lr groups
+    scheduler = strategies.lr_scheduler(optimizer, num_training_steps)  # warmup, or None
     trainer = Trainer(
         model=model, args=args, train_dataset=data.examples, data_collator=data.collate,
-        optimizers=(make_optimizer(model, strategies, config), None),  # layer-wise lr, unfreezing
+        optimizers=(optimizer, scheduler),
         callbacks=[RetainCallback(strategies, task)],
     )
     trainer.train()                                      # on_task_end runs at the end
+
+With ``scheduler`` None the Trainer applies its own (``args.lr_scheduler_type``, linear decay by
+default). The plain loop and the Trainer give the same weights when their settings match:
+``lr_scheduler_type="constant"`` (or the strategies' scheduler), ``max_grad_norm`` equal to
+``TrainConfig.max_grad_norm`` (0 disables clipping in the Trainer), and the same data order
+(``train_sampling_strategy="sequential"`` with ``TrainConfig(shuffle=False)``).
 
 Event mapping: ``on_pre_optimizer_step`` -> ``after_backward``, ``on_step_end`` -> ``on_step``,
 ``on_epoch_end`` -> ``on_epoch_end``, ``on_train_end`` -> ``on_task_end``.
@@ -22,9 +30,11 @@ Caveats:
 * With fp16 loss scaling the Trainer unscales before clipping; the callback sees unscaled
   gradients, as the penalty formulas assume. With DeepSpeed, whose engine owns the step,
   ``on_pre_optimizer_step`` is not a place to edit gradients: use the plain loop.
-* A Trainer builds its optimizer from parameters that require grad at construction time. A
-  strategy that unfreezes parameters later needs ``optimizers=(make_optimizer(...), None)``; the
-  callback checks this at ``on_train_begin``.
+* A Trainer builds its optimizer from parameters that require grad at construction time, in its
+  own groups. A strategy that sets parameter groups (``layerwise_lr``) or unfreezes parameters
+  later (``gradual_unfreezing``) needs ``make_optimizer``, and one that sets the schedule
+  (``warmup``) needs its scheduler passed; the callback refuses, at ``on_train_begin``, a set-up
+  that would silently ignore them, and one where ``begin_task`` was not called for the task.
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from retain.data.task import Task
 from retain.errors import RetainError
-from retain.strategies.base import Strategy
-from retain.strategies.chain import Chain
+from retain.strategies.base import Strategy, overrides
+from retain.strategies.chain import BEGUN_MARK, MADE_MARK, Chain
 
 __all__ = ["RetainCallback"]
 
@@ -48,7 +58,7 @@ class RetainCallback(TrainerCallback):
     ``task`` is the task's own data (not the replay mix), as in the plain loop.
     """
 
-    def __init__(self, strategies: Strategy, task: Task | None = None) -> None:
+    def __init__(self, strategies: Strategy, task: Task) -> None:
         self.strategies = strategies if isinstance(strategies, Chain) else Chain([strategies])
         self.task = task
         self._first_step = 0
@@ -60,21 +70,37 @@ class RetainCallback(TrainerCallback):
         control: TrainerControl,
         model: nn.Module | None = None,
         optimizer: Any = None,
+        lr_scheduler: Any = None,
         **kwargs: Any,
     ) -> None:
-        """Remember where this task's steps start; check the optimizer holds every parameter
-        when a strategy will unfreeze some."""
+        """Remember where this task's steps start, and refuse set-ups in which a strategy would
+        silently do nothing: ``begin_task`` not called for this task, the Trainer's own optimizer
+        where a strategy sets parameter groups or unfreezes parameters later, or the Trainer's
+        own schedule where a strategy sets one."""
         self._first_step = state.global_step
-        if self.strategies.needs_all_parameters_in_optimizer and optimizer is not None and model:
-            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            missing = [n for n, p in model.named_parameters() if id(p) not in held]
-            if missing:
-                raise RetainError(
-                    f"the Trainer's optimizer lacks {len(missing)} frozen parameters "
-                    f"({missing[0]!r}, ...) that a strategy unfreezes later; pass "
-                    "optimizers=(make_optimizer(model, strategies, config), None) "
-                    "(from retain.training.loop)"
-                )
+        members = self.strategies.strategies
+        begun = [s.name for s in members if s.__dict__.get(BEGUN_MARK) != self.task.name]
+        if begun:
+            raise RetainError(
+                f"strategies.begin_task(model, task) was not called for task {self.task.name!r} "
+                f"({begun[0]!r} has not begun it); call it and train on the data it returns"
+            )
+        wants_optimizer = [
+            s.name
+            for s in members
+            if overrides(s, "param_groups") or s.needs_all_parameters_in_optimizer
+        ]
+        if wants_optimizer and not _made_by_retain(optimizer):
+            raise RetainError(
+                f"strategy {wants_optimizer[0]!r} needs the optimizer built from the strategies; "
+                "pass optimizers=(make_optimizer(model, strategies, config), scheduler) "
+                "(from retain.training.loop) to the Trainer"
+            )
+        if any(overrides(s, "lr_scheduler") for s in members) and not _made_by_retain(lr_scheduler):
+            raise RetainError(
+                "a strategy sets the learning-rate schedule, but the Trainer uses its own; pass "
+                "optimizers=(optimizer, strategies.lr_scheduler(optimizer, num_training_steps))"
+            )
 
     def on_pre_optimizer_step(
         self,
@@ -118,8 +144,15 @@ class RetainCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Training of the task ended: Fisher estimation, buffer filling, anchor updates."""
-        if self.task is not None:
-            self.strategies.on_task_end(_required(model), self.task)
+        self.strategies.on_task_end(_required(model), self.task)
+
+
+def _made_by_retain(obj: Any) -> bool:
+    """True for an optimizer or scheduler built from the strategies (Accelerate may wrap it)."""
+    for candidate in (obj, getattr(obj, "optimizer", None), getattr(obj, "scheduler", None)):
+        if candidate is not None and getattr(candidate, "__dict__", {}).get(MADE_MARK):
+            return True
+    return False
 
 
 def _required(model: nn.Module | None) -> nn.Module:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from retain.data.task import Task, batch_loss
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
-from retain.strategies.chain import Chain, chain
+from retain.strategies.chain import MADE_MARK, Chain, chain
 
 __all__ = ["TaskLog", "TrainConfig", "make_optimizer", "train_task"]
 
@@ -58,6 +58,10 @@ class TrainConfig:
             raise RetainError(f"learning rate must be > 0, got {self.lr}")
         if self.batch_size < 1 or self.epochs < 1:
             raise RetainError("batch_size and epochs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise RetainError(
+                f"max_steps must be >= 1 (or None for whole epochs), got {self.max_steps}"
+            )
         if self.optimizer not in ("adamw", "sgd"):
             raise RetainError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
 
@@ -90,9 +94,13 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
         params = [p for p in model.parameters() if every or p.requires_grad]
         groups = [{"params": params}]
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    optimizer: Optimizer
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=config.momentum, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+        optimizer = torch.optim.SGD(groups, momentum=config.momentum, **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(groups, **kwargs)
+    optimizer.__dict__[MADE_MARK] = True  # the Trainer callback checks it was passed on
+    return optimizer
 
 
 def train_task(
