@@ -84,7 +84,7 @@ def test_state_keys_are_prefixed_and_round_trip_through_safetensors(tmp_path: Pa
 def test_state_from_another_chain_is_refused(tmp_path: Path) -> None:
     calls: list[tuple[str, str]] = []
     path = save_strategy_state(Chain([Recorder("a", calls)]), tmp_path / "s.safetensors")
-    with pytest.raises(RetainError, match="not in this chain"):
+    with pytest.raises(RetainError, match="not this chain"):
         load_strategy_state(Chain([]), path)
     with pytest.raises(RetainError, match="does not exist"):
         load_strategy_state(Chain([]), tmp_path / "missing.safetensors")
@@ -139,3 +139,12 @@ def test_penalties_add_up() -> None:
     assert total is not None
     assert total.item() == pytest.approx(3.5)
     assert Chain([]).penalty(nn.Linear(1, 1)) is None
+
+
+def test_state_loaded_into_another_order_names_the_order(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+    path = save_strategy_state(
+        Chain([Recorder("a", calls), OtherRecorder("b", calls)]), tmp_path / "s.safetensors"
+    )
+    with pytest.raises(RetainError, match=r"order \['recorder', 'other_recorder'\]"):
+        load_strategy_state(Chain([OtherRecorder("b", calls), Recorder("a", calls)]), path)

@@ -288,6 +288,9 @@ def test_fisher_file_round_trip_and_model_check(tmp_path: Path) -> None:
         EWC().load_fisher(path, MLP(hidden=9))
     with pytest.raises(RetainError, match="mode='separate'"):
         EWC(mode="online").load_fisher(path, model)
+    head_only = EWC(params=r"^head\.")
+    head_only.load_fisher(path, model)
+    assert all(set(t.anchor) == {"head.weight", "head.bias"} for t in head_only.terms)
 
 
 def test_offloaded_storage_stays_on_cpu_and_gives_the_same_gradient() -> None:

@@ -170,6 +170,16 @@ class Chain(Strategy):
         return state
 
     def load_state_dict(self, state: StateDict) -> None:
+        saved = {tuple(k.split(".", 2)[:2]) for k in state if k.count(".") >= 2}
+        ours = {(str(i), s.name) for i, s in enumerate(self.strategies)}
+        if saved and not saved <= ours:
+            order = [
+                name for _, name in sorted(saved, key=lambda p: int(p[0]) if p[0].isdigit() else -1)
+            ]
+            raise RetainError(
+                f"strategy state was saved from strategies in the order {order}, which is not "
+                f"this chain's {[s.name for s in self.strategies]}; list them as when it was saved"
+            )
         for i, s in enumerate(self.strategies):
             prefix = f"{i}.{s.name}."
             own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -199,9 +199,23 @@ class EWC(Strategy):
         """Replace the stored terms by those in ``path`` (from :meth:`save_fisher`).
 
         The file must come from the same model: a parameter missing from ``model`` or with
-        another shape raises :class:`RetainError` naming it.
+        another shape raises :class:`RetainError` naming it. With ``params`` set, only the
+        matching parameters of the file are kept.
         """
         terms, header = read_terms(path, model, "fisher", self._store)
+        if self.params is not None:
+            keep = set(
+                select_parameters(model, self.params, trainable_only=False, what="ewc params")
+            )
+            terms = [
+                AnchorTerm(
+                    {n: t for n, t in term.anchor.items() if n in keep},
+                    None
+                    if term.weight is None
+                    else {n: t for n, t in term.weight.items() if n in keep},
+                )
+                for term in terms
+            ]
         if self.mode == "online" and len(terms) > 1:
             raise RetainError(
                 f"{str(path)!r} holds {len(terms)} separate Fisher terms; load it with "
