@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from retain.evaluation.representation import KNNProbe, LinearProbe, pooled_embeddings
     from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
     from retain.evaluation.suites import PROBES, SUITES
+    from retain.evaluation.task_probe import TaskAccuracyProbe
     from retain.evaluation.zero_shot import ZeroShotClassification
     from retain.experiment.audit import AuditConfig, run_audit
     from retain.metrics import (
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from retain.strategies.state import load_strategy_state, save_strategy_state
     from retain.training.hf import RetainCallback
     from retain.training.loop import TrainConfig, make_optimizer, train_task
+    from retain.training.monitor import ForgettingMonitor, MonitorConfig
 
 try:
     __version__ = version("retain")
@@ -62,10 +64,12 @@ __all__ = [
     "ClassificationAccuracy",
     "Degradation",
     "EvalSuite",
+    "ForgettingMonitor",
     "KNNProbe",
     "LinearProbe",
     "LoadedModel",
     "MissingAssetError",
+    "MonitorConfig",
     "Perplexity",
     "Probe",
     "ProbeResult",
@@ -75,6 +79,7 @@ __all__ = [
     "Strategy",
     "SuiteResult",
     "Task",
+    "TaskAccuracyProbe",
     "TrainConfig",
     "UnknownNameError",
     "ZeroShotClassification",
@@ -104,6 +109,9 @@ __all__ = [
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
+    "ForgettingMonitor": "retain.training.monitor",
+    "MonitorConfig": "retain.training.monitor",
+    "TaskAccuracyProbe": "retain.evaluation.task_probe",
     "Task": "retain.data.task",
     "Classification": "retain.data.task",
     "CausalLM": "retain.data.task",

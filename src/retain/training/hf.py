@@ -20,6 +20,18 @@ default). The plain loop and the Trainer give the same weights when their settin
 ``TrainConfig.max_grad_norm`` (0 disables clipping in the Trainer), and the same data order
 (``train_sampling_strategy="sequential"`` with ``TrainConfig(shuffle=False)``).
 
+With ``monitor=ForgettingMonitor(...)`` the callback starts it at ``on_train_begin``, checks it
+every ``eval_every`` steps and at the last step (``on_step_end``, asking the Trainer to log there),
+sets ``control.should_training_stop`` when it says stop, and at ``on_train_end`` restores the best
+within-budget weights before ``on_task_end``. The figures (``monitor/<capability>/degradation``,
+``monitor/worst_degradation``, ``monitor/task_score``, ``monitor/within_budget``) are added to the
+``logs`` dict of the next ``on_log`` and to ``state.log_history``. The Trainer calls the reporting
+integrations of ``report_to`` *before* the callbacks passed to it, so to send the figures to
+TensorBoard or W&B pass the integration after this callback instead::
+
+    args = TrainingArguments(..., report_to="none")
+    callbacks = [RetainCallback(strategies, task, monitor), TensorBoardCallback()]
+
 Event mapping: ``on_pre_optimizer_step`` -> ``after_backward``, ``on_step_end`` -> ``on_step``,
 ``on_epoch_end`` -> ``on_epoch_end``, ``on_train_end`` -> ``on_task_end``.
 
@@ -48,6 +60,7 @@ from retain.data.task import Task
 from retain.errors import RetainError
 from retain.strategies.base import Strategy, overrides
 from retain.strategies.chain import BEGUN_MARK, MADE_MARK, Chain
+from retain.training.monitor import ForgettingMonitor, MonitorResult
 
 __all__ = ["RetainCallback"]
 
@@ -55,13 +68,20 @@ __all__ = ["RetainCallback"]
 class RetainCallback(TrainerCallback):
     """Calls the strategy hooks from ``Trainer`` events; ``task`` gets ``on_task_end`` at the end.
 
-    ``task`` is the task's own data (not the replay mix), as in the plain loop.
+    ``task`` is the task's own data (not the replay mix), as in the plain loop. ``monitor`` (one
+    per task) watches forgetting; its result is ``self.result`` after training.
     """
 
-    def __init__(self, strategies: Strategy, task: Task) -> None:
+    def __init__(
+        self, strategies: Strategy, task: Task, monitor: ForgettingMonitor | None = None
+    ) -> None:
         self.strategies = strategies if isinstance(strategies, Chain) else Chain([strategies])
         self.task = task
+        self.monitor = monitor
+        self.result: MonitorResult | None = None
         self._first_step = 0
+        self._checked = -1  # the task step of the latest check
+        self._unlogged = False  # a check whose figures were not logged yet
 
     def on_train_begin(
         self,
@@ -101,6 +121,8 @@ class RetainCallback(TrainerCallback):
                 "a strategy sets the learning-rate schedule, but the Trainer uses its own; pass "
                 "optimizers=(optimizer, strategies.lr_scheduler(optimizer, num_training_steps))"
             )
+        if self.monitor is not None and not self.monitor.started:
+            self.monitor.start(_required(model))
 
     def on_pre_optimizer_step(
         self,
@@ -121,8 +143,34 @@ class RetainCallback(TrainerCallback):
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        """An optimizer step was taken."""
-        self.strategies.on_step(state.global_step - self._first_step, _required(model))
+        """An optimizer step was taken: strategies' ``on_step``, then the monitor's check."""
+        step = state.global_step - self._first_step
+        self.strategies.on_step(step, _required(model))
+        if self.monitor is None:
+            return
+        every = self.monitor.config.eval_every
+        if (every and step % every == 0) or state.global_step >= state.max_steps:
+            self._checked, self._unlogged = step, True
+            control.should_log = True
+            if self.monitor.check(_required(model), step).stop:
+                control.should_training_stop = True
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add the latest monitor figures to ``logs`` and ``state.log_history`` (once each)."""
+        if self.monitor is None or not self._unlogged or logs is None:
+            return
+        figures = self.monitor.figures()
+        logs.update(figures)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(figures)
+        self._unlogged = False
 
     def on_epoch_end(
         self,
@@ -143,7 +191,13 @@ class RetainCallback(TrainerCallback):
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        """Training of the task ended: Fisher estimation, buffer filling, anchor updates."""
+        """Training of the task ended: the monitor restores the best weights (after a last check
+        if the final step was not checked), then Fisher estimation, buffer filling, anchors."""
+        if self.monitor is not None:
+            step = state.global_step - self._first_step
+            if self._checked != step:
+                self.monitor.check(_required(model), step)
+            self.result = self.monitor.finish(_required(model))
         self.strategies.on_task_end(_required(model), self.task)
 
 

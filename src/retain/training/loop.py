@@ -3,7 +3,11 @@
 Per optimizer step it computes the task loss (:func:`retain.data.task.batch_loss`), backpropagates,
 clips the gradient norm when asked, calls ``after_backward`` (so penalty gradients are added after
 clipping, exactly as in the Trainer), steps the optimizer and scheduler and calls ``on_step``.
-The full engine (task sequences, Accelerate, checkpoints, the monitor) builds on it.
+With a :class:`~retain.training.monitor.ForgettingMonitor` it evaluates the watched
+capabilities every ``eval_every`` steps and at the end, stops when forgetting exceeds the budget,
+and restores the best within-budget weights *before* ``on_task_end``, so Fisher information,
+anchors and replay buffers are computed on the weights the model keeps.
+The full engine (task sequences, Accelerate, checkpoints) builds on it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from retain.data.task import Task, batch_loss
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import MADE_MARK, Chain, chain
+from retain.training.monitor import ForgettingMonitor, MonitorResult
 
 __all__ = ["TaskLog", "TrainConfig", "make_optimizer", "train_task"]
 
@@ -68,10 +73,17 @@ class TrainConfig:
 
 @dataclass
 class TaskLog:
-    """What happened while training one task: the loss of every optimizer step."""
+    """What happened while training one task: the loss of every optimizer step.
+
+    ``stopped``/``stop_reason``: the forgetting monitor cut training short, and why; ``monitor``:
+    its :class:`~retain.training.monitor.MonitorResult` (None without a monitor).
+    """
 
     task: str
     losses: list[float] = field(default_factory=list)
+    stopped: bool = False
+    stop_reason: str = ""
+    monitor: MonitorResult | None = None
 
     @property
     def steps(self) -> int:
@@ -108,10 +120,14 @@ def train_task(
     task: Task,
     strategies: Strategy | list[Strategy] | None = None,
     config: TrainConfig | None = None,
+    monitor: ForgettingMonitor | None = None,
 ) -> TaskLog:
     """Train ``model`` in place on ``task`` with ``strategies``; returns the per-step losses.
 
     Call ``strategies.prepare(model)`` once before the first task (it may wrap the model).
+    ``monitor`` (one per task) is started before the first step, checked after every
+    ``eval_every``-th optimizer step (after ``on_step``) and once at the end; when it says stop,
+    training ends there. Its ``finish`` (restore the best weights) runs before ``on_task_end``.
     """
     config = config or TrainConfig()
     strat = _as_chain(strategies)
@@ -129,6 +145,10 @@ def train_task(
         total = min(total, config.max_steps)
     scheduler = strat.lr_scheduler(optimizer, total)
     log = TaskLog(task.name)
+    every = monitor.config.eval_every if monitor is not None else 0
+    checked = -1  # the step of the latest check
+    if monitor is not None and not monitor.started:
+        monitor.start(model)
     model.train()
     for epoch in range(1, config.epochs + 1):
         for indices in loader:
@@ -151,9 +171,19 @@ def train_task(
             optimizer.zero_grad(set_to_none=True)
             log.losses.append(float(loss.item()))
             strat.on_step(log.steps, model)
-        strat.on_epoch_end(epoch, model)
-        if log.steps >= total:
+            if monitor is not None and every and log.steps % every == 0:
+                checked = log.steps
+                decision = monitor.check(model, log.steps)
+                if decision.stop:
+                    log.stopped, log.stop_reason = True, decision.reason
+                    break
+        strat.on_epoch_end(epoch, model)  # also after a stop mid-epoch, as the Trainer does
+        if log.stopped or log.steps >= total:
             break
+    if monitor is not None:
+        if checked != log.steps:
+            monitor.check(model, log.steps)
+        log.monitor = monitor.finish(model)
     strat.on_task_end(model, task)
     return log
 
