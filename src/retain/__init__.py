@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from retain.training.hf import RetainCallback
     from retain.training.loop import TrainConfig, make_optimizer, train_task
     from retain.training.monitor import ForgettingMonitor, MonitorConfig
+    from retain.training.sequence import RunResult, fit_sequence
 
 try:
     __version__ = version("retain")
@@ -76,6 +77,7 @@ __all__ = [
     "PseudoPerplexity",
     "RetainCallback",
     "RetainError",
+    "RunResult",
     "Strategy",
     "SuiteResult",
     "Task",
@@ -92,6 +94,7 @@ __all__ = [
     "chain",
     "degradation",
     "estimate_fisher",
+    "fit_sequence",
     "forgetting",
     "forgetting_first_last",
     "forward_transfer",
@@ -109,6 +112,8 @@ __all__ = [
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
+    "fit_sequence": "retain.training.sequence",
+    "RunResult": "retain.training.sequence",
     "ForgettingMonitor": "retain.training.monitor",
     "MonitorConfig": "retain.training.monitor",
     "TaskAccuracyProbe": "retain.evaluation.task_probe",
