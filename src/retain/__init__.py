@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from retain.strategies.base import STRATEGIES, Strategy, build_strategy
     from retain.strategies.chain import Chain, chain
     from retain.strategies.state import load_strategy_state, save_strategy_state
+    from retain.training.budget import ForgettingBudget
     from retain.training.hf import RetainCallback
     from retain.training.loop import TrainConfig, make_optimizer, train_task
     from retain.training.monitor import ForgettingMonitor, MonitorConfig
@@ -65,6 +66,7 @@ __all__ = [
     "ClassificationAccuracy",
     "Degradation",
     "EvalSuite",
+    "ForgettingBudget",
     "ForgettingMonitor",
     "KNNProbe",
     "LinearProbe",
@@ -112,6 +114,7 @@ __all__ = [
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
+    "ForgettingBudget": "retain.training.budget",
     "fit_sequence": "retain.training.sequence",
     "RunResult": "retain.training.sequence",
     "ForgettingMonitor": "retain.training.monitor",
