@@ -7,14 +7,16 @@ A probe is any object with ``name``, ``higher_is_better``, ``metric`` and
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
-__all__ = ["Probe", "ProbeResult", "eval_mode", "model_device"]
+__all__ = ["Probe", "ProbeResult", "eval_mode", "model_device", "undisturbed"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,20 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def undisturbed(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """:func:`eval_mode` inside forked random state (torch CPU and the model's accelerator,
+    Python's ``random``, NumPy's global state), so evaluating during training changes nothing
+    the training run would otherwise draw."""
+    device = model_device(model)
+    devices = [device.index or 0] if device.type not in ("cpu", "meta") else []
+    device_type = device.type if devices else "cuda"
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=device_type), eval_mode(model):
+            yield model
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)

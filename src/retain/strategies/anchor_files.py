@@ -9,17 +9,15 @@ message naming the first parameter that does not match.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from retain.errors import RetainError
 from retain.strategies.anchored import AnchorStore, AnchorTerm
+from retain.tensor_files import read_safetensors, write_safetensors
 
 __all__ = ["read_terms", "term_from_state", "term_state", "write_terms"]
 
@@ -65,26 +63,14 @@ def write_terms(
 ) -> Path:
     """Save ``terms`` as ``task<t>.anchor.<name>`` / ``task<t>.<weight_key>.<name>`` tensors, with
     the parameter names and shapes and ``meta`` in the header, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors: dict[str, Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for t, term in enumerate(terms):
         for key, value in term_state(term, f"task{t}.", weight_key).items():
-            tensors[key] = value.detach().to("cpu").contiguous().clone()
+            tensors[key] = value
         shapes.update({n: list(a.shape) for n, a in term.anchor.items()})
     header = {"parameters": shapes, "num_tasks": len(terms), **meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_safetensors(path, tensors, {_META_KEY: json.dumps(header)})
 
 
 def read_terms(
@@ -95,18 +81,8 @@ def read_terms(
     Every saved parameter must exist in ``model`` with the same shape; otherwise a
     :class:`RetainError` names the first mismatching parameter.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise RetainError(f"{store.owner} file {str(path)!r} does not exist; check the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise RetainError(f"{str(path)!r} is not a safetensors file: {exc}") from exc
+    tensors, metadata = read_safetensors(path, store.owner)
+    raw = metadata.get(_META_KEY)
     if raw is None:
         raise RetainError(f"{str(path)!r} was not saved by {store.owner}; pass a file it saved")
     header: dict[str, Any] = json.loads(raw)

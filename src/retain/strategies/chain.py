@@ -21,7 +21,7 @@ from retain.strategies.base import (
     overrides,
 )
 
-__all__ = ["BEGUN_MARK", "MADE_MARK", "Chain", "chain"]
+__all__ = ["BEGUN_MARK", "MADE_MARK", "Chain", "as_chain", "chain"]
 
 #: Set on each member by :meth:`Chain.begin_task` (the task's name); the Trainer callback checks it.
 BEGUN_MARK = "_retain_begun_task"
@@ -216,3 +216,14 @@ def chain(*strategies: Strategy | str | dict[str, Any] | Sequence[Strategy]) -> 
         else:
             flat.extend(chain(*item).strategies)
     return Chain(flat)
+
+
+def as_chain(strategies: Strategy | Sequence[Strategy] | None) -> Chain:
+    """``strategies`` as a :class:`Chain` (None: the empty chain; a chain: itself)."""
+    if strategies is None:
+        return Chain([])
+    if isinstance(strategies, Chain):
+        return strategies
+    if isinstance(strategies, Strategy):
+        return Chain([strategies])
+    return chain(*strategies)

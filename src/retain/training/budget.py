@@ -26,18 +26,15 @@ NumPy's global state are restored), as the forgetting monitor does.
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
 from retain.errors import RetainError
-from retain.evaluation.base import eval_mode, model_device
+from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
 from retain.strategies.base import ParamGroup, StateDict, Strategy
 
@@ -230,16 +227,5 @@ class ForgettingBudget(Strategy):
         )
 
     def _evaluate(self, model: nn.Module) -> SuiteResult:
-        device = model_device(model)
-        devices = [device.index or 0] if device.type not in ("cpu", "meta") else []
-        device_type = device.type if devices else "cuda"
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            with (
-                torch.random.fork_rng(devices=devices, device_type=device_type),
-                eval_mode(model),
-            ):
-                return self.suite.evaluate(model, self.tokenizer)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        with undisturbed(model):
+            return self.suite.evaluate(model, self.tokenizer)

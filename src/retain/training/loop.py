@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from retain.data.task import Task, batch_loss
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
-from retain.strategies.chain import MADE_MARK, Chain, chain
+from retain.strategies.chain import MADE_MARK, Chain, as_chain
 from retain.training.monitor import ForgettingMonitor, MonitorResult
 
 __all__ = ["TaskLog", "TrainConfig", "make_optimizer", "train_task"]
@@ -130,7 +130,7 @@ def train_task(
     training ends there. Its ``finish`` (restore the best weights) runs before ``on_task_end``.
     """
     config = config or TrainConfig()
-    strat = _as_chain(strategies)
+    strat = as_chain(strategies)
     data = strat.begin_task(model, task)
     optimizer = make_optimizer(model, strat, config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -186,13 +186,3 @@ def train_task(
         log.monitor = monitor.finish(model)
     strat.on_task_end(model, task)
     return log
-
-
-def _as_chain(strategies: Strategy | list[Strategy] | None) -> Chain:
-    if strategies is None:
-        return Chain([])
-    if isinstance(strategies, Chain):
-        return strategies
-    if isinstance(strategies, Strategy):
-        return Chain([strategies])
-    return chain(*strategies)

@@ -31,17 +31,15 @@ The best checkpoint is a full ``state_dict`` copy in CPU memory (one model's siz
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from retain.errors import RetainError
-from retain.evaluation.base import eval_mode, model_device
+from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
 
 __all__ = ["Decision", "ForgettingMonitor", "MonitorConfig", "MonitorResult"]
@@ -232,20 +230,9 @@ class ForgettingMonitor:
         return out
 
     def _evaluate(self, model: nn.Module) -> tuple[SuiteResult, float | None]:
-        device = model_device(model)
-        devices = [device.index or 0] if device.type not in ("cpu", "meta") else []
-        device_type = device.type if devices else "cuda"
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            with (
-                torch.random.fork_rng(devices=devices, device_type=device_type),
-                eval_mode(model),
-            ):
-                result = self.suite.evaluate(model, self.tokenizer)
-                score = None if self.task_score is None else float(self.task_score(model))
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        with undisturbed(model):
+            result = self.suite.evaluate(model, self.tokenizer)
+            score = None if self.task_score is None else float(self.task_score(model))
         if score is not None and not math.isfinite(score):
             raise RetainError(f"task_score returned {score}; it must return a finite number")
         return result, score

@@ -34,7 +34,7 @@ from retain.metrics import (
     forward_transfer,
 )
 from retain.strategies.base import Strategy
-from retain.strategies.chain import Chain, chain
+from retain.strategies.chain import as_chain
 from retain.training.loop import TaskLog, TrainConfig, train_task
 
 __all__ = ["RunResult", "fit_sequence", "library_versions"]
@@ -92,16 +92,6 @@ class RunResult:
         write_json(Path(path), self.to_dict())
 
 
-def _as_chain(strategies: Strategy | Sequence[Strategy] | None) -> Chain:
-    if strategies is None:
-        return Chain([])
-    if isinstance(strategies, Chain):
-        return strategies
-    if isinstance(strategies, Strategy):
-        return Chain([strategies])
-    return chain(*strategies)
-
-
 def _log_dict(log: TaskLog) -> dict[str, Any]:
     return {
         "task": log.task,
@@ -149,7 +139,7 @@ def fit_sequence(
     names = _check_splits(splits)
     config = config or TrainConfig()
     torch.manual_seed(seed)
-    strat = _as_chain(strategies)
+    strat = as_chain(strategies)
     model = strat.prepare(model)
     seconds: dict[str, float] = {}
 
