@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["is_main_process"]
+__all__ = ["init_distributed", "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -22,3 +22,25 @@ def is_main_process() -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank()) == 0
     return os.environ.get("RANK", "0") == "0"
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group of ``accelerate launch`` / ``torchrun``; returns ``(rank, world)``.
+
+    When the environment names more than one process (``WORLD_SIZE > 1``) and no group exists yet,
+    Accelerate's ``PartialState`` initialises it (NCCL on GPUs, gloo on CPUs) and binds this
+    process to its local device. A group the caller initialised is used as it is; a plain run
+    returns ``(0, 1)``.
+    """
+    dist = torch.distributed
+    if (
+        dist.is_available()
+        and not dist.is_initialized()
+        and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    ):
+        from accelerate import PartialState
+
+        PartialState()
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1

@@ -38,6 +38,7 @@ __all__ = [
     "pad_collate",
     "per_sample_loss",
     "stack_collate",
+    "target_count",
 ]
 
 IGNORE_INDEX = -100
@@ -123,6 +124,34 @@ class CausalLM:
             if "attention_mask" in batch:
                 targets[batch["attention_mask"] == 0] = IGNORE_INDEX
         return logits[:, :-1], targets[:, 1:]
+
+
+def target_count(objective: Objective, batch: Batch) -> int:
+    """Number of target positions of ``batch`` (the denominator of its mean loss), without a model.
+
+    Classification: labels that are not ``-100``. Causal LM: predicted tokens, positions ``1..T-1``
+    that are not ignored (from ``labels``, else ``input_ids`` masked by ``attention_mask``). Any
+    other objective: one per sample.
+    """
+    if isinstance(objective, Classification):
+        labels = batch.get(objective.label_key)
+        if labels is None:
+            raise RetainError(
+                f"batch has no {objective.label_key!r} column (it has {sorted(batch)}); "
+                "add the labels or set Classification(label_key=...)"
+            )
+        return int((labels != IGNORE_INDEX).sum())
+    if isinstance(objective, CausalLM):
+        targets = batch.get("labels")
+        if targets is None:
+            if "input_ids" not in batch:
+                raise RetainError(f"causal-LM batch has no 'input_ids' (it has {sorted(batch)})")
+            mask = batch.get("attention_mask")
+            if mask is None:
+                return int(batch["input_ids"][:, 1:].numel())
+            return int((mask[:, 1:] != 0).sum())
+        return int((targets[:, 1:] != IGNORE_INDEX).sum())
+    return len(next(iter(batch.values())))
 
 
 def per_sample_loss(logits: Tensor, targets: Tensor) -> Tensor:

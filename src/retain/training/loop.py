@@ -7,27 +7,31 @@ With a :class:`~retain.training.monitor.ForgettingMonitor` it evaluates the watc
 capabilities every ``eval_every`` steps and at the end, stops when forgetting exceeds the budget,
 and restores the best within-budget weights *before* ``on_task_end``, so Fisher information,
 anchors and replay buffers are computed on the weights the model keeps.
-The full engine (task sequences, Accelerate, checkpoints) builds on it.
+Gradient accumulation, mixed precision and data parallelism live in :mod:`retain.training.steps`;
+task sequences, checkpoints and resume in :mod:`retain.training.sequence`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from retain.data.task import Task, batch_loss
+from retain.data.task import Task
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import MADE_MARK, Chain, as_chain
 from retain.training.monitor import ForgettingMonitor, MonitorResult
+from retain.training.steps import Precision, StepRunner, finite_or_raise
 
-__all__ = ["TaskLog", "TrainConfig", "make_optimizer", "train_task"]
+__all__ = ["TaskHooks", "TaskLog", "TrainConfig", "make_optimizer", "train_task"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,13 @@ class TrainConfig:
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         momentum: SGD momentum.
         max_grad_norm: clip the global gradient norm to this value (None: no clipping).
-        seed: seeds the data order.
+        seed: seeds the data order (:func:`~retain.training.sequence.fit_sequence` also seeds
+            everything else from it).
         shuffle: shuffle examples each epoch (False: dataset order, as Trainer's "sequential").
+        grad_accum: micro-batches per optimizer step and process (the step still sees
+            ``batch_size`` examples: :mod:`retain.training.steps`).
+        precision: ``"fp32"``, ``"bf16"`` (autocast, CPU or CUDA) or ``"fp16"`` (CUDA, loss
+            scaling).
     """
 
     lr: float = 1e-3
@@ -57,6 +66,8 @@ class TrainConfig:
     max_grad_norm: float | None = None
     seed: int = 0
     shuffle: bool = True
+    grad_accum: int = 1
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -67,20 +78,29 @@ class TrainConfig:
             raise RetainError(
                 f"max_steps must be >= 1 (or None for whole epochs), got {self.max_steps}"
             )
+        if self.grad_accum < 1:
+            raise RetainError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise RetainError(f"unknown precision {self.precision!r}; use 'fp32', 'bf16' or 'fp16'")
         if self.optimizer not in ("adamw", "sgd"):
             raise RetainError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
 
 
 @dataclass
 class TaskLog:
-    """What happened while training one task: the loss of every optimizer step.
+    """What happened while training one task: the loss and learning rate of every optimizer step.
 
-    ``stopped``/``stop_reason``: the forgetting monitor cut training short, and why; ``monitor``:
-    its :class:`~retain.training.monitor.MonitorResult` (None without a monitor).
+    ``losses[k]``: mean loss of step ``k + 1``'s global batch (nats per target); ``lrs[k]``: the
+    first parameter group's learning rate used by that step. ``stopped``/``stop_reason``: the
+    forgetting monitor cut training short, and why; ``monitor``: its
+    :class:`~retain.training.monitor.MonitorResult` (None without a monitor). ``epochs_done``:
+    epochs whose ``on_epoch_end`` has run.
     """
 
     task: str
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    epochs_done: int = 0
     stopped: bool = False
     stop_reason: str = ""
     monitor: MonitorResult | None = None
@@ -115,24 +135,55 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
     return optimizer
 
 
+@dataclass
+class TaskHooks:
+    """Engine hooks around :func:`train_task`; :func:`~retain.training.sequence.fit_sequence`
+    uses them for checkpoints and resume.
+
+    Attributes:
+        resume: called once the optimizer and scheduler exist; loads the saved state (weights,
+            optimizer, scheduler, strategies, monitor, RNG) and returns the log so far, whose
+            ``steps`` are skipped (their data order is replayed without computing anything).
+        after_step: called after every optimizer step (after ``on_step`` and the monitor check),
+            e.g. to write a checkpoint.
+        last_saved: describes the last complete checkpoint for error messages (``""``: none).
+    """
+
+    resume: Callable[[Optimizer, LRScheduler | None], TaskLog] | None = None
+    after_step: Callable[[TaskLog, Optimizer, LRScheduler | None], None] | None = None
+    last_saved: Callable[[], str] = field(default=lambda: "")
+
+
 def train_task(
     model: nn.Module,
     task: Task,
     strategies: Strategy | list[Strategy] | None = None,
     config: TrainConfig | None = None,
     monitor: ForgettingMonitor | None = None,
+    *,
+    progress: bool | None = None,
+    hooks: TaskHooks | None = None,
 ) -> TaskLog:
     """Train ``model`` in place on ``task`` with ``strategies``; returns the per-step losses.
 
     Call ``strategies.prepare(model)`` once before the first task (it may wrap the model).
-    ``monitor`` (one per task) is started before the first step, checked after every
-    ``eval_every``-th optimizer step (after ``on_step``) and once at the end; when it says stop,
-    training ends there. Its ``finish`` (restore the best weights) runs before ``on_task_end``.
+    Batches go to the model's device. One optimizer step takes ``config.batch_size`` examples
+    (across all processes, in ``config.grad_accum`` micro-batches each; see
+    :mod:`retain.training.steps`). ``monitor`` (one per task) is started before the first step,
+    checked after every ``eval_every``-th optimizer step (after ``on_step``) and once at the end;
+    when it says stop, training ends there. Its ``finish`` (restore the best weights) runs before
+    ``on_task_end``. A NaN or infinite loss raises a :class:`RetainError` naming the step before the
+    optimizer steps, so the weights (and the last checkpoint) are those of the last good step.
+    ``progress``: a tqdm bar with loss, learning rate and the latest forgetting figure (None: only
+    on a terminal, main process).
     """
     config = config or TrainConfig()
+    hooks = hooks or TaskHooks()
     strat = as_chain(strategies)
     data = strat.begin_task(model, task)
     optimizer = make_optimizer(model, strat, config)
+    runner = StepRunner(model, data, config.grad_accum, config.precision)
+    _check_batch(config, runner.world_size)
     generator = torch.Generator().manual_seed(config.seed)
     loader: DataLoader[int] = DataLoader(
         range(len(data.examples)),  # type: ignore[arg-type]  # any sized indexable works
@@ -144,45 +195,84 @@ def train_task(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     scheduler = strat.lr_scheduler(optimizer, total)
-    log = TaskLog(task.name)
+    log = hooks.resume(optimizer, scheduler) if hooks.resume is not None else TaskLog(task.name)
+    done = log.steps  # steps already taken before a resume
     every = monitor.config.eval_every if monitor is not None else 0
-    checked = -1  # the step of the latest check
     if monitor is not None and not monitor.started:
         monitor.start(model)
+    bar = _progress_bar(task.name, total, done, progress, runner.rank)
     model.train()
+    position = 0
     for epoch in range(1, config.epochs + 1):
         for indices in loader:
-            if log.steps >= total:
+            position += 1
+            if position > total:
                 break
-            batch = data.collate([data.examples[int(i)] for i in indices])
-            loss = batch_loss(data.objective, model, batch)
-            if not math.isfinite(loss.item()):
-                raise RetainError(
-                    f"task {task.name!r}: loss is {loss.item()} at step {log.steps + 1}; "
-                    "lower the learning rate or check the data"
-                )
-            loss.backward()  # type: ignore[no-untyped-call]
+            if position <= done:
+                continue  # replaying the data order of a resumed run
+            loss = runner.backward(indices.tolist())
+            finite_or_raise(loss, task.name, log.steps + 1, hooks.last_saved)
+            runner.unscale(optimizer)
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             strat.after_backward(model)
-            optimizer.step()
+            log.lrs.append(float(optimizer.param_groups[0]["lr"]))
+            runner.step(optimizer)
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            log.losses.append(float(loss.item()))
+            log.losses.append(loss)
             strat.on_step(log.steps, model)
             if monitor is not None and every and log.steps % every == 0:
-                checked = log.steps
                 decision = monitor.check(model, log.steps)
                 if decision.stop:
                     log.stopped, log.stop_reason = True, decision.reason
-                    break
-        strat.on_epoch_end(epoch, model)  # also after a stop mid-epoch, as the Trainer does
-        if log.stopped or log.steps >= total:
+            _advance(bar, log, monitor)
+            if hooks.after_step is not None:
+                hooks.after_step(log, optimizer, scheduler)
+            if log.stopped:
+                break
+        if epoch > log.epochs_done:
+            strat.on_epoch_end(epoch, model)  # also after a stop mid-epoch, as the Trainer does
+            log.epochs_done = epoch
+        if log.stopped or position >= total:
             break
+    if bar is not None:
+        bar.close()
     if monitor is not None:
-        if checked != log.steps:
+        latest = monitor.latest
+        if latest is None or latest["step"] != log.steps:
             monitor.check(model, log.steps)
         log.monitor = monitor.finish(model)
     strat.on_task_end(model, task)
     return log
+
+
+def _check_batch(config: TrainConfig, world_size: int) -> None:
+    parts = world_size * config.grad_accum
+    if config.batch_size < parts:
+        raise RetainError(
+            f"batch_size {config.batch_size} is smaller than {world_size} process(es) x "
+            f"{config.grad_accum} accumulation step(s); raise batch_size to at least {parts}"
+        )
+
+
+def _progress_bar(
+    name: str, total: int, done: int, show: bool | None, rank: int
+) -> tqdm[Any] | None:
+    if rank != 0 or show is False:
+        return None
+    return tqdm(
+        total=total, initial=done, desc=name, unit="step", disable=None if show is None else False
+    )
+
+
+def _advance(bar: tqdm[Any] | None, log: TaskLog, monitor: ForgettingMonitor | None) -> None:
+    if bar is None:
+        return
+    figures = {"loss": f"{log.losses[-1]:.4g}", "lr": f"{log.lrs[-1]:.2g}"}
+    latest = monitor.latest if monitor is not None else None
+    if latest is not None and latest["worst_degradation"] is not None:
+        figures["forget"] = f"{latest['worst_degradation']:+.1%}"
+    bar.set_postfix(figures, refresh=False)
+    bar.update(1)
