@@ -127,10 +127,10 @@ class EWC(Strategy):
         selected = select_parameters(model, self.params, what="ewc params")
         fisher = estimate_fisher(
             model,
-            task,
+            _my_share(task, self.fisher_samples),
             estimator=self.fisher,
             params=selected,
-            max_samples=self.fisher_samples,
+            max_samples=None,
             batch_size=self.fisher_batch_size,
         )
         self.consolidate(model, fisher)
@@ -287,3 +287,17 @@ def _check_choice(parameter: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
         raise RetainError(f"ewc {parameter} must be one of {options}, got {value!r}")
+
+
+def _my_share(task: Task, samples: int | None) -> Task:
+    """The first ``samples`` examples of ``task``, split across ranks (rank ``r`` of ``W`` takes
+    ``r, r + W, ...``) so ``estimate_fisher``'s all-reduced mean covers each sample once."""
+    examples = task.examples
+    n = len(examples) if samples is None else min(samples, len(examples))
+    dist = torch.distributed
+    rank, world = 0, 1
+    if dist.is_available() and dist.is_initialized():
+        rank, world = int(dist.get_rank()), int(dist.get_world_size())
+    if world == 1 and n == len(examples):
+        return task
+    return task.with_examples([examples[i] for i in range(rank, n, world)])
