@@ -7,6 +7,7 @@ explicit (:func:`retain.metrics.degradation`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,22 @@ class SuiteResult:
                 for name, s in self.scores.items()
             },
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuiteResult:
+        """The result :meth:`to_dict` described (wall times kept)."""
+        scores = {
+            name: CapabilityScore(
+                name,
+                str(s["metric"]),
+                bool(s["higher_is_better"]),
+                math.nan if s["score"] is None else float(s["score"]),
+                dict(s["details"]),
+                float(s["seconds"]),
+            )
+            for name, s in data["scores"].items()
+        }
+        return cls(str(data["suite"]), scores)
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,36 @@ class ForgettingMonitor:
         out[f"{prefix}within_budget"] = float(entry["within_budget"])
         return out
 
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(json, tensors)``: everything a resumed run needs (the suite's baseline included).
+
+        ``tensors`` holds the best within-budget weights; :meth:`load_state` restores both.
+        """
+        baseline = self.suite.baseline
+        meta = {
+            "history": [dict(h) for h in self.history],
+            "streak": self._streak,
+            "stop_reason": self._stop_reason,
+            "best_index": None
+            if self._best_entry is None
+            else self.history.index(self._best_entry),
+            "baseline": None if baseline is None else baseline.to_dict(),
+        }
+        return meta, dict(self._best or {})
+
+    def load_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state` (on a fresh monitor for the same suite and task)."""
+        if self.started:
+            raise RetainError("load_state needs a fresh ForgettingMonitor (this one has started)")
+        self.history = [dict(h) for h in meta["history"]]
+        self._streak = int(meta["streak"])
+        self._stop_reason = str(meta["stop_reason"])
+        index = meta["best_index"]
+        self._best_entry = None if index is None else self.history[int(index)]
+        self._best = dict(tensors) if tensors else None
+        if meta["baseline"] is not None:
+            self.suite.set_baseline(SuiteResult.from_dict(meta["baseline"]))
+
     def _evaluate(self, model: nn.Module) -> tuple[SuiteResult, float | None]:
         with undisturbed(model):
             result = self.suite.evaluate(model, self.tokenizer)

@@ -4,13 +4,30 @@
 after each task ``t``, scores *every* task's test data (seen and unseen), filling row ``t`` of
 ``R[t][i]``; the row scored before any training is the baseline ``b``. From ``R`` and ``b`` it
 computes ACC, BWT, FWT (Lopez-Paz & Ranzato 2017) and average forgetting (Chaudhry et al. 2018)
-with :mod:`retain.metrics`. :class:`RunResult` keeps all of it, with the per-task losses,
-timings, the strategies, the config, the seed and the library versions, and saves it as strict
-JSON (``NaN`` -> ``null``).
+with :mod:`retain.metrics`. With a capability ``suite`` it also scores the held-out capabilities
+before training and after each task, and with ``monitor`` it watches them during every task
+(:class:`~retain.training.monitor.ForgettingMonitor`, budgets relative to the model before the
+first task). :class:`RunResult` keeps all of it (per-step losses and learning rates, monitor
+histories, timings, the strategies, the resolved config, the seed and the library versions) and
+saves it as strict JSON (``NaN`` -> ``null``).
+
+Task kinds: a model with one head per task (task-incremental, e.g.
+:class:`retain.data.task_heads.TaskHeads`) exposes ``use_task(name)``, which is called before a
+task is trained or scored; a shared head (domain-incremental) needs nothing; causal-LM tasks use
+the :class:`~retain.data.task.CausalLM` objective and a score such as minus the perplexity. A
+strategy with per-task routing (``progressive``) is routed to each task it has trained.
+
+Checkpoints (``checkpoint_dir``): after every task (``tasks/step-<t>``) and every
+``checkpoint_every`` optimizer steps (``steps/step-<global step>``), through
+:mod:`retain.training.checkpoint` (safetensors, atomic). ``resume=True`` continues the newest one:
+it loads the checkpoint of the current task's start, calls ``begin_task`` exactly as the original
+run did, then loads the mid-task checkpoint (weights, optimizer, scheduler, strategies, monitor and
+RNG), so on CPU with a fixed seed the results equal an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -19,12 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from retain.data.permuted import TaskSplit
 from retain.data.task import Task
+from retain.distributed import init_distributed
 from retain.errors import RetainError
+from retain.evaluation.suite import EvalSuite, SuiteResult
 from retain.evaluation.task_accuracy import task_accuracy
 from retain.experiment.run_dir import write_json
 from retain.metrics import (
@@ -34,16 +56,19 @@ from retain.metrics import (
     forward_transfer,
 )
 from retain.strategies.base import Strategy
-from retain.strategies.chain import as_chain
-from retain.training.loop import TaskLog, TrainConfig, train_task
+from retain.strategies.chain import Chain, as_chain
+from retain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from retain.training.loop import TaskHooks, TaskLog, TrainConfig, train_task
+from retain.training.monitor import ForgettingMonitor, MonitorConfig
 
 __all__ = ["RunResult", "fit_sequence", "library_versions"]
 
-_PACKAGES = ("retain", "torch", "transformers", "peft")
+_PACKAGES = ("retain", "torch", "transformers", "peft", "accelerate")
+Score = Callable[[nn.Module, Task], float]
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of retain, torch, transformers and peft (``"not installed"`` when absent)."""
+    """Versions of retain, torch, transformers, peft and accelerate (``"not installed"``)."""
     found: dict[str, str] = {}
     for name in _PACKAGES:
         try:
@@ -64,12 +89,19 @@ class RunResult:
         baseline: ``b[i]``, the score on task ``i`` before any training.
         metrics: ``average_accuracy``, ``backward_transfer``, ``forward_transfer`` and
             ``average_forgetting`` of ``matrix`` (``NaN`` when undefined, e.g. ``T = 1``).
-        logs: per task ``{"task", "steps", "losses", "stopped", "stop_reason"}``.
+        logs: per task ``{"task", "steps", "losses", "lrs", "stopped", "stop_reason",
+            "monitor"}`` (``monitor``: the monitor's result with its per-evaluation history).
         strategies: the strategies' ``describe()``.
-        config: the :class:`TrainConfig` as a dict (per task the seed is ``seed * 1000 + t``).
-        seed: the ``torch.manual_seed`` set at the start.
+        config: the :class:`TrainConfig` as a dict (per task the data order is seeded with
+            ``seed * 1000 + t``).
+        seed: ``config.seed``, which seeds Python, NumPy and torch at the start.
+        suite: capability scores, ``{"name", "baseline": {capability: score}, "after":
+            [per task {capability: score}], "relative_degradation": [per task {capability:
+            (before - after)/|before| with the sign making positive = worse}]}``; empty without
+            a suite.
         seconds: wall-clock seconds, ``"train/<task>"``, ``"eval/<task>"`` and ``"eval/baseline"``.
         versions: library versions (:func:`library_versions`).
+        resumed: the checkpoints the run was resumed from (empty for an uninterrupted run).
     """
 
     tasks: list[str]
@@ -80,8 +112,10 @@ class RunResult:
     strategies: str
     config: dict[str, Any]
     seed: int
+    suite: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
+    resumed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain Python data (``NaN`` kept; :meth:`save` turns it into ``null``)."""
@@ -97,8 +131,11 @@ def _log_dict(log: TaskLog) -> dict[str, Any]:
         "task": log.task,
         "steps": log.steps,
         "losses": list(log.losses),
+        "lrs": list(log.lrs),
+        "epochs_done": log.epochs_done,
         "stopped": log.stopped,
         "stop_reason": log.stop_reason,
+        "monitor": None if log.monitor is None else log.monitor.to_dict(),
     }
 
 
@@ -116,64 +153,318 @@ def _check_splits(splits: Sequence[TaskSplit]) -> list[str]:
     return names
 
 
+def auto_device() -> torch.device:
+    """This process's accelerator (``cuda:LOCAL_RANK``) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def route(model: nn.Module, strategies: Chain, name: str) -> None:
+    """Send ``model``'s forward through task ``name``: its head and per-task adapters."""
+    for strategy in strategies:
+        use = getattr(strategy, "use_task", None)
+        if callable(use) and name in getattr(strategy, "tasks", ()):
+            use(model, name)
+    for module in model.modules():
+        use = getattr(module, "use_task", None)
+        if callable(use) and not isinstance(module, Strategy):
+            use(name)
+            return
+
+
+@dataclass
+class _Run:
+    """The state of one sequence run, saved in every checkpoint's position."""
+
+    names: list[str]
+    matrix: list[list[float]] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    suite_baseline: dict[str, Any] | None = None
+    suite_after: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+
+    def position(self, task: int, step: int, log: TaskLog | None) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(task=task, step=step, global_step=step + sum(x["steps"] for x in self.logs))
+        data["log"] = None if log is None else _log_dict(log)
+        return data
+
+    @classmethod
+    def from_position(cls, data: dict[str, Any]) -> _Run:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
 def fit_sequence(
     model: nn.Module,
     splits: Sequence[TaskSplit],
     strategies: Strategy | Sequence[Strategy] | None = None,
     config: TrainConfig | None = None,
-    score: Callable[[nn.Module, Task], float] = task_accuracy,
-    seed: int = 0,
+    score: Score = task_accuracy,
+    *,
+    suite: EvalSuite | None = None,
+    tokenizer: Any = None,
+    monitor: MonitorConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
 
-    Seeds ``torch.manual_seed(seed)``, calls ``strategies.prepare(model)`` once, scores every
-    test task (the baseline ``b``), then for each task ``t`` trains on ``splits[t].train`` with
+    Seeds Python, NumPy and torch with ``config.seed``, moves the model to ``device`` (None:
+    :func:`auto_device`), calls ``strategies.prepare(model)`` once, scores every test task (the
+    baseline ``b``) and the ``suite``, then for each task ``t`` trains on ``splits[t].train`` with
     ``replace(config, seed=config.seed * 1000 + t)`` (its own data order) and scores every test
-    task into row ``t`` of ``R``. Metrics (higher score is better): ``ACC = mean_i R[T-1, i]``,
-    ``BWT = mean_{i<T-1} (R[T-1, i] - R[i, i])``, ``FWT = mean_{i>=1} (R[i-1, i] - b[i])``
-    (Lopez-Paz & Ranzato, NeurIPS 2017) and average forgetting
-    ``mean_{i<T-1} (max_{t<T-1} R[t, i] - R[T-1, i])`` (Chaudhry et al., ECCV 2018).
-    ``progress``: a tqdm bar over tasks (None: only on a terminal).
+    task into row ``t`` of ``R`` and the suite. Metrics (higher score is better):
+    ``ACC = mean_i R[T-1, i]``, ``BWT = mean_{i<T-1} (R[T-1, i] - R[i, i])``,
+    ``FWT = mean_{i>=1} (R[i-1, i] - b[i])`` (Lopez-Paz & Ranzato, NeurIPS 2017) and average
+    forgetting ``mean_{i<T-1} (max_{t<T-1} R[t, i] - R[T-1, i])`` (Chaudhry et al., ECCV 2018).
+
+    ``monitor``: watch ``suite`` during each task (needs ``suite``; the new-task score for keeping
+    the best checkpoint is ``score`` on the task's test data). ``checkpoint_dir``,
+    ``checkpoint_every``, ``resume``: see the module docstring; a folder that already holds
+    checkpoints is refused unless ``resume`` is set. ``progress``: tqdm bars (None: on a terminal).
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
-    torch.manual_seed(seed)
+    if monitor is not None and suite is None:
+        raise RetainError("monitor= needs suite= (the capabilities it watches); pass an EvalSuite")
+    if checkpoint_every < 0:
+        raise RetainError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    boundary, mid = _existing(folder, resume)
+    init_distributed()
+    set_seed(config.seed)
+    model.to(auto_device() if device is None else torch.device(device))
     strat = as_chain(strategies)
     model = strat.prepare(model)
-    seconds: dict[str, float] = {}
-
-    def evaluate(label: str) -> list[float]:
-        start = time.perf_counter()
-        row = [float(score(model, split.test)) for split in splits]
-        seconds[f"eval/{label}"] = time.perf_counter() - start
-        return row
-
-    baseline = evaluate("baseline")
-    matrix: list[list[float]] = []
-    logs: list[dict[str, Any]] = []
+    run = _Run(names)
+    start_task = 0
+    if boundary is not None:
+        position, _ = load_checkpoint(boundary, model=model, strategies=strat)
+        run, start_task = _Run.from_position(position), int(position["task"])
+        run.resumed.append(str(boundary))
+        if suite is not None and suite.baseline is None and run.suite_baseline is not None:
+            suite.set_baseline(SuiteResult.from_dict(run.suite_baseline))
+    else:
+        _score_baseline(model, strat, splits, run, suite, tokenizer, score)
+        _save(folder, "tasks", model, strat, run.position(0, 0, None))
+    mid_task = None if mid is None else _task_of(mid)
     disable = None if progress is None else not progress
-    for t, split in enumerate(tqdm(splits, desc="tasks", unit="task", disable=disable)):
-        start = time.perf_counter()
-        log = train_task(model, split.train, strat, replace(config, seed=config.seed * 1000 + t))
-        seconds[f"train/{names[t]}"] = time.perf_counter() - start
-        logs.append(_log_dict(log))
-        matrix.append(evaluate(names[t]))
+    bar = tqdm(total=len(splits), initial=start_task, desc="tasks", unit="task", disable=disable)
+    for t in range(start_task, len(splits)):
+        split = splits[t]
+        route(model, strat, names[t])
+        watch = _monitor(monitor, suite, tokenizer, score, split.test)
+        resume_mid = mid if mid is not None and mid_task == t else None
+        hooks = _hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid)
+        begin = time.perf_counter()
+        log = train_task(
+            model,
+            split.train,
+            strat,
+            replace(config, seed=config.seed * 1000 + t),
+            watch,
+            progress=progress,
+            hooks=hooks,
+        )
+        run.seconds[f"train/{names[t]}"] = run.seconds.get(f"train/{names[t]}", 0.0) + (
+            time.perf_counter() - begin
+        )
+        run.logs.append(_log_dict(log))
+        run.matrix.append(_score_all(model, strat, splits, names, t, score, run, names[t]))
+        if suite is not None:
+            run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
+        _save(folder, "tasks", model, strat, run.position(t + 1, 0, None))
+        bar.update(1)
+    bar.close()
+    return model, _result(run, strat, config, suite)
+
+
+def _existing(folder: Path | None, resume: bool) -> tuple[Path | None, Path | None]:
+    if folder is None:
+        if resume:
+            raise RetainError("resume=True needs checkpoint_dir= (the folder of the run)")
+        return None, None
+    boundary = latest_checkpoint(folder / "tasks")
+    mid = latest_checkpoint(folder / "steps")
+    if boundary is not None and not resume:
+        raise RetainError(
+            f"{str(folder)!r} already holds checkpoints of a run; pass resume=True to continue it "
+            "or choose an empty folder"
+        )
+    if resume and boundary is None:
+        return None, None  # nothing saved yet: start from the beginning
+    return boundary, mid
+
+
+def _task_of(path: Path) -> int:
+    position, _ = load_checkpoint(path, model=None, rng=False)
+    return int(position["task"])
+
+
+def _save(
+    folder: Path | None, kind: str, model: nn.Module, strat: Chain, position: dict[str, Any]
+) -> None:
+    if folder is not None:
+        save_checkpoint(folder / kind, model=model, strategies=strat, position=position, keep=1)
+
+
+def _score_baseline(
+    model: nn.Module,
+    strat: Chain,
+    splits: Sequence[TaskSplit],
+    run: _Run,
+    suite: EvalSuite | None,
+    tokenizer: Any,
+    score: Score,
+) -> None:
+    run.baseline = _score_all(model, strat, splits, run.names, 0, score, run, "baseline")
+    if suite is not None:
+        if suite.baseline is None:
+            suite.set_baseline(suite.evaluate(model, tokenizer))
+        run.suite_baseline = suite.baseline.to_dict() if suite.baseline is not None else None
+
+
+def _score_all(
+    model: nn.Module,
+    strat: Chain,
+    splits: Sequence[TaskSplit],
+    names: list[str],
+    current: int,
+    score: Score,
+    run: _Run,
+    label: str,
+) -> list[float]:
+    begin = time.perf_counter()
+    row = []
+    for i, split in enumerate(splits):
+        route(model, strat, names[i])
+        row.append(float(score(model, split.test)))
+    route(model, strat, names[current])
+    run.seconds[f"eval/{label}"] = time.perf_counter() - begin
+    return row
+
+
+def _evaluate_suite(model: nn.Module, suite: EvalSuite, tokenizer: Any) -> dict[str, Any]:
+    from retain.evaluation.base import undisturbed
+
+    with undisturbed(model):
+        return suite.evaluate(model, tokenizer).to_dict()
+
+
+def _monitor(
+    config: MonitorConfig | None,
+    suite: EvalSuite | None,
+    tokenizer: Any,
+    score: Score,
+    test: Task,
+) -> ForgettingMonitor | None:
+    if config is None or suite is None:
+        return None
+    return ForgettingMonitor(suite, config, tokenizer, task_score=lambda m: score(m, test))
+
+
+def _hooks(
+    folder: Path | None,
+    every: int,
+    model: nn.Module,
+    strat: Chain,
+    run: _Run,
+    t: int,
+    watch: ForgettingMonitor | None,
+    resume_mid: Path | None,
+) -> TaskHooks:
+    saved: list[str] = []
+
+    def resume(path: Path) -> Callable[[Optimizer, LRScheduler | None], TaskLog]:
+        def load(optimizer: Optimizer, scheduler: LRScheduler | None) -> TaskLog:
+            position, tensors = load_checkpoint(
+                path, model=model, optimizer=optimizer, scheduler=scheduler, strategies=strat
+            )
+            run.resumed.append(str(path))
+            if watch is not None and position.get("monitor") is not None:
+                watch.load_state(position["monitor"], tensors)
+            saved.append(str(path))
+            return _task_log(position["log"])
+
+        return load
+
+    def after_step(log: TaskLog, optimizer: Optimizer, scheduler: LRScheduler | None) -> None:
+        if folder is None or not every or log.steps % every:
+            return
+        position = run.position(t, log.steps, log)
+        meta, tensors = watch.state() if watch is not None else (None, {})
+        position["monitor"] = meta
+        path = save_checkpoint(
+            folder / "steps",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            strategies=strat,
+            position=position,
+            tensors=tensors,
+            keep=1,
+        )
+        saved.append(str(path))
+
+    def last_saved() -> str:
+        return f"; the last checkpoint is {saved[-1]!r}" if saved else ""
+
+    return TaskHooks(
+        resume=None if resume_mid is None else resume(resume_mid),
+        after_step=after_step,
+        last_saved=last_saved,
+    )
+
+
+def _task_log(data: dict[str, Any]) -> TaskLog:
+    log = TaskLog(str(data["task"]))
+    log.losses = [float(x) for x in data["losses"]]
+    log.lrs = [float(x) for x in data["lrs"]]
+    log.epochs_done = int(data["epochs_done"])
+    log.stopped, log.stop_reason = bool(data["stopped"]), str(data["stop_reason"])
+    return log
+
+
+def _result(run: _Run, strat: Chain, config: TrainConfig, suite: EvalSuite | None) -> RunResult:
+    matrix = run.matrix
     metrics = {
         "average_accuracy": average_accuracy(matrix),
         "backward_transfer": backward_transfer(matrix),
-        "forward_transfer": forward_transfer(matrix, baseline),
+        "forward_transfer": forward_transfer(matrix, run.baseline),
         "average_forgetting": average_forgetting(matrix),
     }
-    result = RunResult(
-        tasks=names,
+    return RunResult(
+        tasks=run.names,
         matrix=matrix,
-        baseline=baseline,
+        baseline=run.baseline,
         metrics=metrics,
-        logs=logs,
+        logs=run.logs,
         strategies=strat.describe(),
         config=asdict(config),
-        seed=seed,
-        seconds=seconds,
+        seed=config.seed,
+        suite=_suite_summary(run, suite),
+        seconds=run.seconds,
+        resumed=run.resumed,
     )
-    return model, result
+
+
+def _suite_summary(run: _Run, suite: EvalSuite | None) -> dict[str, Any]:
+    if suite is None or run.suite_baseline is None:
+        return {}
+    before = SuiteResult.from_dict(run.suite_baseline)
+    after = [SuiteResult.from_dict(a) for a in run.suite_after]
+    relative = [
+        {c.name: c.change.relative_degradation for c in suite.compare(a, before)} for a in after
+    ]
+    return {
+        "name": suite.name,
+        "baseline": {n: s.score for n, s in before.scores.items()},
+        "after": [{n: s.score for n, s in a.scores.items()} for a in after],
+        "relative_degradation": relative,
+    }

@@ -1,0 +1,469 @@
+"""Training checkpoints that resume bit-identically: safetensors and JSON, never pickle.
+
+``save_checkpoint(directory, ...)`` writes ``directory/step-<n>/``::
+
+    checkpoint.json         manifest, written last: format version, retain/torch versions, save
+                            sequence number, world size, model fingerprint (each state-dict name,
+                            shape, dtype; tied-tensor aliases), optimizer and scheduler classes,
+                            strategy names, bytes + SHA-256 of each file
+    model.safetensors       model.state_dict(); a tensor tied to an earlier one is stored once
+    optimizer.safetensors   optimizer.state_dict(): tensors as ``state.<param index>.<name>``, the
+                            rest (param_groups, tuples, ints, None) as typed JSON in the header
+    scheduler.json          scheduler.state_dict() (LambdaLR drops its functions, as torch does)
+    strategies.safetensors  the strategy chain's state (:mod:`retain.strategies.state`)
+    tensors.safetensors     extra tensors, e.g. a monitor's best weights
+    position.json           where the loop is (task, step, epoch, ...)
+    rng.safetensors         torch CPU/CUDA, Python ``random`` and NumPy RNG states (one process);
+                            ``rng.<rank>.safetensors`` per rank under torch.distributed
+
+``n`` is ``position["global_step"]`` when given, else the save's sequence number. Everything is
+written into a hidden staging sibling ``.staging-step-<n>`` and renamed into place with
+``os.replace`` (atomic on one filesystem), so a kill at any moment leaves the previous complete
+checkpoints and at most a hidden staging folder, which :func:`latest_checkpoint` ignores and the
+next save deletes. Under torch.distributed with more than one process only rank 0 writes shared
+files and every rank writes its own RNG file into the staging folder, so ``directory`` must be on a
+filesystem every rank sees; a failure on any rank is raised on every rank (a flag all-reduce).
+
+Resuming exactly: build the model and strategies as for the original run and call
+``load_checkpoint(path, model=m, strategies=s, rng=False)``; begin the task the position names
+(``s.begin_task`` rebuilds the same training data from the restored state); build the optimizer and
+scheduler; then ``load_checkpoint(path, model=m, optimizer=o, scheduler=sch)`` restores their state,
+the weights again (undoing anything ``begin_task`` changed) and, last, the RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from retain.errors import RetainError
+from retain.strategies.base import Strategy
+from retain.strategies.chain import as_chain
+from retain.strategies.state import load_strategy_state, save_strategy_state
+from retain.tensor_files import read_safetensors, write_safetensors
+
+__all__ = ["capture_rng", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
+
+FORMAT, FORMAT_VERSION, MANIFEST = "retain.checkpoint", 1, "checkpoint.json"
+_NAME = re.compile(r"step-(\d+)")
+_MARKS = ("__tensor__", "__tuple__", "__float__", "__items__")
+_FIX = "resume with the same model and strategies"
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every global RNG state: ``torch.cpu`` (and ``torch.cuda.<i>`` per visible CUDA device) as
+    uint8 tensors, Python ``random`` as JSON ``{version, internal, gauss_next}``, NumPy's legacy
+    MT19937 as ``numpy.keys`` (624 words, int64 tensor) plus JSON ``{algorithm, pos, ...}``."""
+    state: dict[str, Any] = {"torch.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"torch.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    state["python"] = {"version": version, "internal": list(internal), "gauss_next": gauss}
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    state["numpy"] = {"algorithm": name, "pos": pos, "has_gauss": has_gauss, "gauss": cached}
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set every global RNG to ``state`` from :func:`capture_rng`. CUDA states are restored for
+    the devices both runs see (resuming on other hardware continues, not bit-identically)."""
+    missing = [k for k in ("torch.cpu", "python", "numpy", "numpy.keys") if k not in state]
+    if missing:
+        raise RetainError(f"RNG state lacks {missing[0]!r}; pass what capture_rng() returned")
+    torch.set_rng_state(state["torch.cpu"])
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        if f"torch.cuda.{i}" in state:
+            torch.cuda.set_rng_state(state[f"torch.cuda.{i}"], i)
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    keys = state["numpy.keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
+
+
+def _encode(value: Any, tensors: dict[str, Tensor], key: str) -> Any:
+    """JSON for ``value``; tensors go to ``tensors[key]``. Tuples, non-finite floats and dicts with
+    non-string keys are tagged so that :func:`_decode` restores the exact types."""
+    if torch.is_tensor(value):
+        while key in tensors:
+            key += "_"
+        tensors[key] = value
+        return {"__tensor__": key}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    at = (key + ".") if key else ""
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, tensors, f"{at}{i}") for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(m in value for m in _MARKS):
+            return {k: _encode(v, tensors, f"{at}{k}") for k, v in value.items()}
+        pairs = [[_encode(k, {}, ""), _encode(v, tensors, f"{at}{k}")] for k, v in value.items()]
+        return {"__items__": pairs}
+    raise RetainError(
+        f"checkpoint value {key!r} has type {type(value).__name__}; a checkpoint stores tensors, "
+        "numbers, strings, None, lists, tuples and dicts"
+    )
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of :func:`_encode`."""
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1 and next(iter(value)) in _MARKS:
+        ((mark, inner),) = value.items()
+        if mark == "__tensor__":
+            return tensors[inner]
+        if mark == "__float__":
+            return float(inner)
+        if mark == "__tuple__":
+            return tuple(_decode(v, tensors) for v in inner)
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in inner}
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def _write(path: Path, tree: Any, what: str) -> None:
+    """``tree`` as a ``.safetensors`` file (tensors plus typed JSON in the header) or as a
+    ``.json`` file (which must hold no tensors)."""
+    tensors: dict[str, Tensor] = {}
+    binary = path.suffix == ".safetensors"
+    tree = _encode(tree, tensors, "" if binary else what)
+    text = json.dumps(tree, indent=None if binary else 1, allow_nan=False)
+    if binary:
+        write_safetensors(path, tensors, {"retain.tree": text})
+    elif tensors:
+        raise RetainError(f"{what} holds tensor {next(iter(tensors))!r}; pass it in tensors=")
+    else:
+        path.write_text(text + "\n", encoding="utf-8")
+
+
+def _read(path: Path, what: str) -> Any:
+    """What :func:`_write` wrote to ``path``."""
+    try:
+        if path.suffix != ".safetensors":
+            return _decode(json.loads(path.read_text(encoding="utf-8")), {})
+        tensors, metadata = read_safetensors(path, what)
+        return _decode(json.loads(metadata["retain.tree"]), tensors)
+    except (OSError, KeyError, ValueError) as exc:
+        if isinstance(exc, RetainError):
+            raise
+        msg = f"{what} file {str(path)!r} is missing or corrupt ({exc}); use another checkpoint"
+        raise RetainError(msg) from exc
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def _model_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict without aliases (a tensor that is an earlier one: tied weights), and the
+    fingerprint: each name's shape and dtype, the aliases, the number of values."""
+    unique: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    entries = []
+    for name, t in _unwrap(model).state_dict().items():
+        if not torch.is_tensor(t):
+            raise RetainError(f"model state {name!r} is a {type(t).__name__}, not a tensor")
+        entries.append([name, list(t.shape), str(t.dtype).removeprefix("torch.")])
+        storage = t.untyped_storage().data_ptr()
+        ident = (t.device, storage, t.storage_offset(), t.shape, t.stride(), t.dtype)
+        if t.numel() and ident in seen:
+            aliases[name] = seen[ident]
+        else:
+            seen.setdefault(ident, name)
+            unique[name] = t
+    count = sum(t.numel() for t in unique.values())
+    info = {"class": type(_unwrap(model)).__name__, "parameters": count, "entries": entries}
+    return unique, {**info, "aliases": aliases}
+
+
+def _model_difference(saved: dict[str, Any], mine: dict[str, Any]) -> str | None:
+    theirs = {e[0]: e[1:] for e in saved["entries"]}
+    ours = {e[0]: e[1:] for e in mine["entries"]}
+    for name, spec in theirs.items():
+        if name not in ours:
+            return f"{name!r} is missing here"
+        if ours[name] != spec:
+            return f"{name!r} is {spec[0]} {spec[1]} there, {ours[name][0]} {ours[name][1]} here"
+    extra = [n for n in ours if n not in theirs]
+    if extra:
+        return f"{extra[0]!r} is not in the checkpoint"
+    if saved["aliases"] != mine["aliases"]:
+        return f"tied tensors differ: {saved['aliases']} there, {mine['aliases']} here"
+    return None
+
+
+def _file_info(path: Path, sync: bool = False) -> dict[str, Any]:
+    """Size and SHA-256 of ``path``; ``sync`` also flushes it to disk."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _checkpoints(directory: Path) -> list[tuple[tuple[int, int], Path]]:
+    """Complete checkpoints in ``directory``, oldest first (by save sequence, then step): a
+    ``step-<n>`` folder with a valid manifest and every file it lists at its recorded size."""
+    found = []
+    for child in directory.iterdir() if directory.is_dir() else ():
+        match = _NAME.fullmatch(child.name)
+        try:
+            manifest = json.loads((child / MANIFEST).read_text(encoding="utf-8")) if match else {}
+            if not match or manifest.get("format") != FORMAT:
+                continue
+            files = manifest["files"].items()
+            if all((child / f).stat().st_size == info["bytes"] for f, info in files):
+                found.append(((int(manifest["sequence"]), int(match.group(1))), child))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The most recently saved complete checkpoint in ``directory`` (None when there is none);
+    staging folders and folders without a valid manifest are ignored."""
+    found = _checkpoints(Path(directory))
+    return found[-1][1] if found else None
+
+
+def _phase(world: int, cleanup: Path | None, work: Callable[[], None]) -> None:
+    """Run ``work``; when it failed on any rank (one flag all-reduce under torch.distributed),
+    delete ``cleanup`` and raise on every rank, so no rank waits for a failed one."""
+    error: Exception | None = None
+    try:
+        work()
+    except Exception as exc:
+        error = exc
+    failed = error is not None
+    if world > 1:
+        dist = torch.distributed
+        nccl = dist.get_backend() == "nccl"
+        flag = torch.tensor([int(failed)], device="cuda" if nccl else "cpu")
+        dist.all_reduce(flag)
+        failed = bool(flag.item())
+    if failed:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if error is not None:
+            raise error
+        raise RetainError("another process failed while writing the checkpoint; see its error")
+
+
+def _rng_file(rank: int, world: int) -> str:
+    return f"rng.{rank}.safetensors" if world > 1 else "rng.safetensors"
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: Optimizer | None = None,
+    scheduler: Any | None = None,
+    strategies: Strategy | Sequence[Strategy] | None = None,
+    position: dict[str, Any],
+    tensors: dict[str, Tensor] | None = None,
+    keep: int | None = None,
+) -> Path:
+    """Write a complete checkpoint to ``directory/step-<n>/`` atomically and return its path.
+
+    ``n`` is ``position["global_step"]`` (an int) when present, else this save's sequence number
+    (one more than the newest checkpoint's). A checkpoint of the same name is replaced. ``keep=K``
+    then deletes all but the K most recently saved complete checkpoints. Under torch.distributed
+    every rank must call it (it is collective); see the module docstring for the layout.
+    """
+    directory = Path(directory)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise RetainError(f"keep must be a whole number >= 1 (or None to keep all), got {keep!r}")
+    if not isinstance(position, dict) or not all(isinstance(k, str) for k in position):
+        raise RetainError("position must be a dict with string keys (task, step, epoch, ...)")
+    step = position.get("global_step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise RetainError(f"position['global_step'] must be a whole number >= 0, got {step!r}")
+    rank, world = _world()
+    found = _checkpoints(directory)
+    sequence = found[-1][0][0] + 1 if found else 1
+    name = f"step-{sequence if step is None else step}"
+    final, staging = directory / name, directory / f".staging-{name}"
+    chain = None if strategies is None else as_chain(strategies)
+    manifest: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+
+    def begin() -> None:
+        if rank == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob(".staging-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging.mkdir()
+
+    def write() -> None:
+        _write(staging / _rng_file(rank, world), capture_rng(), "RNG state")
+        if rank != 0:
+            return
+        unique, manifest["model"] = _model_state(model)
+        write_safetensors(staging / "model.safetensors", unique, {"format": "pt"})
+        for what, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+            manifest[what] = None if obj is None else {"class": type(obj).__name__}
+            if obj is not None:
+                suffix = "safetensors" if what == "optimizer" else "json"
+                _write(staging / f"{what}.{suffix}", obj.state_dict(), what)
+        manifest["strategies"] = None if chain is None else [s.name for s in chain]
+        if chain is not None:
+            save_strategy_state(chain, staging / "strategies.safetensors")
+        if tensors:
+            _write(staging / "tensors.safetensors", dict(tensors), "tensors")
+        _write(staging / "position.json", position, "position")
+
+    def publish() -> None:
+        if rank != 0:
+            return
+        from retain import __version__
+
+        files = {p.name: _file_info(p, sync=True) for p in sorted(staging.iterdir())}
+        manifest.update(sequence=sequence, world_size=world, files=files)
+        manifest.update(retain_version=__version__, torch_version=torch.__version__)
+        _write(staging / MANIFEST, manifest, "manifest")
+        _file_info(staging / MANIFEST, sync=True)
+        old = directory / f".staging-{name}-replaced"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)  # the commit point: atomic on one filesystem
+        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # make the rename durable where directories sync
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for _, older in _checkpoints(directory)[:-keep] if keep is not None else ():
+            trash = directory / f".staging-{older.name}-deleted"
+            os.replace(older, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    _phase(world, None, begin)
+    _phase(world, staging if rank == 0 else None, write)
+    _phase(world, staging if rank == 0 else None, publish)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module | None,
+    optimizer: Optimizer | None = None,
+    scheduler: Any | None = None,
+    strategies: Strategy | Sequence[Strategy] | None = None,
+    rng: bool = True,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Restore what :func:`save_checkpoint` wrote into the objects given (None: left alone) and
+    return ``(position, tensors)`` (the extra tensors, on CPU); ``rng`` restores this rank's RNG.
+
+    First checks, raising :class:`RetainError` before anything changes: the manifest, each file's
+    size and SHA-256, the model's state-dict names, shapes, dtypes and ties, the optimizer's and
+    scheduler's classes, the strategy names in order, and (with ``rng``) the number of processes.
+    """
+    path = Path(path)
+    manifest = _read(path / MANIFEST, "checkpoint manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RetainError(f"{str(path)!r} is not a retain checkpoint; pass a step-<n> folder")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        raise RetainError(f"checkpoint {str(path)!r} has format {version}, not {FORMAT_VERSION}")
+    for name, info in manifest["files"].items():
+        if not (path / name).is_file() or _file_info(path / name) != info:
+            raise RetainError(
+                f"checkpoint file {str(path / name)!r} is missing, truncated or corrupt (size or "
+                "SHA-256 differs from the manifest); resume from another checkpoint"
+            )
+    rank, world = _world()
+    if model is not None:
+        saved, (_, mine) = manifest["model"], _model_state(model)
+        diff = _model_difference(saved, mine)
+        if diff is not None:
+            raise RetainError(
+                f"checkpoint {str(path)!r} was saved from a model with {saved['parameters']:,} "
+                f"parameters in {len(saved['entries'])} tensors; this model has "
+                f"{mine['parameters']:,} in {len(mine['entries'])} ({diff}); {_FIX}"
+            )
+    for what, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+        kind = (manifest.get(what) or {}).get("class")
+        if obj is not None and kind != type(obj).__name__:
+            raise RetainError(
+                f"checkpoint {str(path)!r} holds {kind or 'no'} {what} state, not "
+                f"{type(obj).__name__}; build the {what} as when the checkpoint was saved"
+            )
+    chain = None if strategies is None else as_chain(strategies)
+    if chain is not None and (manifest["strategies"] or []) != [s.name for s in chain]:
+        raise RetainError(
+            f"checkpoint {str(path)!r} was saved with strategies {manifest['strategies'] or []}; "
+            f"these are {[s.name for s in chain]}; {_FIX}"
+        )
+    if rng and manifest["world_size"] != world:
+        raise RetainError(
+            f"checkpoint {str(path)!r} was saved by {manifest['world_size']} process(es); this "
+            f"run has {world}; resume with as many processes (or pass rng=False)"
+        )
+    position = _read(path / "position.json", "checkpoint position")
+    extra: dict[str, Tensor] = {}
+    if (path / "tensors.safetensors").is_file():
+        extra = _read(path / "tensors.safetensors", "checkpoint tensors")
+    opt_state: Any = (
+        None if optimizer is None else _read(path / "optimizer.safetensors", "optimizer")
+    )
+    sch_state = None if scheduler is None else _read(path / "scheduler.json", "scheduler")
+    rng_state = _read(path / _rng_file(rank, world), "RNG state") if rng else None
+    if model is not None:
+        unique, _ = read_safetensors(path / "model.safetensors", "checkpoint model")
+        aliases = manifest["model"]["aliases"]
+        full = {e[0]: unique[aliases.get(e[0], e[0])] for e in manifest["model"]["entries"]}
+    if chain is not None and manifest["strategies"] is not None:
+        load_strategy_state(chain, path / "strategies.safetensors")
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = f"optimizer state in {str(path)!r} does not fit this optimizer ({exc}); {_FIX}"
+            raise RetainError(msg) from exc
+    if scheduler is not None:
+        scheduler.load_state_dict(sch_state)
+    if model is not None:
+        _unwrap(model).load_state_dict(full, strict=True)
+    if rng_state is not None:
+        restore_rng(rng_state)
+    return position, extra
