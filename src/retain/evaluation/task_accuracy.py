@@ -1,14 +1,16 @@
-"""Accuracy of a classifier on a :class:`~retain.data.task.Task`, through the task's objective."""
+"""Scores of a model on a :class:`~retain.data.task.Task` through the task's objective: accuracy,
+mean loss, minus the loss (a higher-is-better score for causal-LM sequences)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from retain.data.task import IGNORE_INDEX, Task
 from retain.evaluation.base import eval_mode
 
-__all__ = ["task_accuracy"]
+__all__ = ["negative_loss", "task_accuracy", "task_loss"]
 
 
 def task_accuracy(model: nn.Module, task: Task, batch_size: int = 256) -> float:
@@ -24,3 +26,33 @@ def task_accuracy(model: nn.Module, task: Task, batch_size: int = 256) -> float:
             correct += int(((logits.argmax(-1) == targets) & valid).sum())
             total += int(valid.sum())
     return correct / total if total else float("nan")
+
+
+def task_loss(model: nn.Module, task: Task, batch_size: int = 256) -> float:
+    """Mean cross-entropy over every target position of ``task``, in nats per target (token).
+
+    ``exp(task_loss)`` is the perplexity of a causal-LM task. Eval mode, ``no_grad``, mode restored.
+    """
+    total = count = 0.0
+    with eval_mode(model), torch.no_grad():
+        for batch in task.batches(batch_size):
+            logits, targets = task.objective.logits_and_targets(model, batch)
+            total += float(
+                functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(),
+                    targets.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+            )
+            count += int((targets != IGNORE_INDEX).sum())
+    return total / count if count else float("nan")
+
+
+def negative_loss(model: nn.Module, task: Task) -> float:
+    """``-task_loss``: a higher-is-better score for causal-LM task sequences (nats per token).
+
+    With it, ``R[t][i]`` differences are changes in mean log-likelihood per token, so BWT < 0 is
+    forgetting measured in nats.
+    """
+    return -task_loss(model, task)

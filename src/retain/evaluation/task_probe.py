@@ -42,6 +42,27 @@ class TaskAccuracyProbe:
         return f"TaskAccuracyProbe({self.name!r}, task={self.task.name!r})"
 
     def evaluate(self, model: nn.Module, tokenizer: Any = None) -> ProbeResult:
-        """Accuracy of ``model`` on the task (eval mode, no gradients, mode restored)."""
-        score = task_accuracy(model, self.task, batch_size=self.batch_size)
+        """Accuracy of ``model`` on the task (eval mode, no gradients, mode restored).
+
+        A model with one head per task (a module with ``use_task`` and ``active_task``, such as
+        :class:`retain.data.task_heads.TaskHeads`) is routed through the task's head for the
+        evaluation, then back to the head it was using.
+        """
+        heads = _task_router(model)
+        previous = None if heads is None else heads.active_task
+        if heads is not None:
+            heads.use_task(self.task.name)
+        try:
+            score = task_accuracy(model, self.task, batch_size=self.batch_size)
+        finally:
+            if heads is not None and previous is not None:
+                heads.use_task(previous)
         return ProbeResult(score, {"n": len(self.task.examples)})
+
+
+def _task_router(model: nn.Module) -> Any:
+    """The first module of ``model`` that routes by task (``use_task`` and ``active_task``)."""
+    for module in model.modules():
+        if callable(getattr(module, "use_task", None)) and hasattr(module, "active_task"):
+            return module
+    return None

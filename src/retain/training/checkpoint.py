@@ -180,13 +180,12 @@ def _world() -> tuple[int, int]:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
+        inner = model.module if isinstance(model, wrappers) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 def _model_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -394,9 +393,10 @@ def load_checkpoint(
     """Restore what :func:`save_checkpoint` wrote into the objects given (None: left alone) and
     return ``(position, tensors)`` (the extra tensors, on CPU); ``rng`` restores this rank's RNG.
 
-    First checks, raising :class:`RetainError` before anything changes: the manifest, each file's
-    size and SHA-256, the model's state-dict names, shapes, dtypes and ties, the optimizer's and
-    scheduler's classes, the strategy names in order, and (with ``rng``) the number of processes.
+    First checks, raising :class:`RetainError` before anything changes: the manifest, the model's
+    state-dict names, shapes, dtypes and ties, the optimizer's and scheduler's classes, the
+    strategy names in order, (with ``rng``) the number of processes, and the size and SHA-256 of
+    each file this call reads.
     """
     path = Path(path)
     manifest = _read(path / MANIFEST, "checkpoint manifest")
@@ -405,12 +405,6 @@ def load_checkpoint(
     if manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version")
         raise RetainError(f"checkpoint {str(path)!r} has format {version}, not {FORMAT_VERSION}")
-    for name, info in manifest["files"].items():
-        if not (path / name).is_file() or _file_info(path / name) != info:
-            raise RetainError(
-                f"checkpoint file {str(path / name)!r} is missing, truncated or corrupt (size or "
-                "SHA-256 differs from the manifest); resume from another checkpoint"
-            )
     rank, world = _world()
     if model is not None:
         saved, (_, mine) = manifest["model"], _model_state(model)
@@ -439,6 +433,16 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} was saved by {manifest['world_size']} process(es); this "
             f"run has {world}; resume with as many processes (or pass rng=False)"
         )
+    given = {"model": model, "optimizer": optimizer, "strategies": chain, "scheduler": scheduler}
+    reads = {f for f in manifest["files"] if given.get(f.split(".")[0]) is not None}
+    reads |= {"position.json", "tensors.safetensors"} | ({_rng_file(rank, world)} if rng else set())
+    for name in reads:
+        info = manifest["files"].get(name)
+        if info is not None and (not (path / name).is_file() or _file_info(path / name) != info):
+            raise RetainError(
+                f"checkpoint file {str(path / name)!r} is missing, truncated or corrupt (size or "
+                "SHA-256 differs from the manifest); resume from another checkpoint"
+            )
     position = _read(path / "position.json", "checkpoint position")
     extra: dict[str, Tensor] = {}
     if (path / "tensors.safetensors").is_file():

@@ -46,8 +46,10 @@ from retain.data.permuted import TaskSplit
 from retain.data.task import Task
 from retain.distributed import init_distributed
 from retain.errors import RetainError
+from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
 from retain.evaluation.task_accuracy import task_accuracy
+from retain.evaluation.task_probe import TaskAccuracyProbe
 from retain.experiment.run_dir import write_json
 from retain.metrics import (
     average_accuracy,
@@ -224,15 +226,15 @@ def fit_sequence(
     ``FWT = mean_{i>=1} (R[i-1, i] - b[i])`` (Lopez-Paz & Ranzato, NeurIPS 2017) and average
     forgetting ``mean_{i<T-1} (max_{t<T-1} R[t, i] - R[T-1, i])`` (Chaudhry et al., ECCV 2018).
 
-    ``monitor``: watch ``suite`` during each task (needs ``suite``; the new-task score for keeping
-    the best checkpoint is ``score`` on the task's test data). ``checkpoint_dir``,
+    ``monitor``: watch ``suite`` during each task (against the model before the sequence) and
+    the held-out accuracy of every earlier task (against its accuracy when the task starts, probe
+    ``task/<name>``); the new-task score for keeping the best checkpoint is ``score`` on the
+    task's test data. ``checkpoint_dir``,
     ``checkpoint_every``, ``resume``: see the module docstring; a folder that already holds
     checkpoints is refused unless ``resume`` is set. ``progress``: tqdm bars (None: on a terminal).
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
-    if monitor is not None and suite is None:
-        raise RetainError("monitor= needs suite= (the capabilities it watches); pass an EvalSuite")
     if checkpoint_every < 0:
         raise RetainError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -259,7 +261,7 @@ def fit_sequence(
     for t in range(start_task, len(splits)):
         split = splits[t]
         route(model, strat, names[t])
-        watch = _monitor(monitor, suite, tokenizer, score, split.test)
+        watch = _monitor(monitor, suite, tokenizer, score, splits, t, model)
         resume_mid = mid if mid is not None and mid_task == t else None
         hooks = _hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid)
         begin = time.perf_counter()
@@ -351,8 +353,6 @@ def _score_all(
 
 
 def _evaluate_suite(model: nn.Module, suite: EvalSuite, tokenizer: Any) -> dict[str, Any]:
-    from retain.evaluation.base import undisturbed
-
     with undisturbed(model):
         return suite.evaluate(model, tokenizer).to_dict()
 
@@ -362,11 +362,27 @@ def _monitor(
     suite: EvalSuite | None,
     tokenizer: Any,
     score: Score,
-    test: Task,
+    splits: Sequence[TaskSplit],
+    t: int,
+    model: nn.Module,
 ) -> ForgettingMonitor | None:
-    if config is None or suite is None:
+    """Task ``t``'s monitor: ``suite`` (against its baseline, the model before the sequence) plus
+    the held-out accuracy of every earlier task (against its accuracy when task ``t`` starts)."""
+    if config is None:
         return None
-    return ForgettingMonitor(suite, config, tokenizer, task_score=lambda m: score(m, test))
+    earlier = [TaskAccuracyProbe(f"task/{s.train.name}", s.test) for s in splits[:t]]
+    probes = [] if suite is None else suite.probes
+    if not probes and not earlier:
+        return None  # the first task without a suite: nothing to watch yet
+    watched = EvalSuite("monitor", [*probes, *earlier])
+    if suite is None or suite.baseline is not None:
+        scores = {} if suite is None or suite.baseline is None else dict(suite.baseline.scores)
+        if earlier:
+            with undisturbed(model):
+                scores.update(EvalSuite("earlier", earlier).evaluate(model, tokenizer).scores)
+        watched.set_baseline(SuiteResult(watched.name, scores))
+    test = splits[t].test
+    return ForgettingMonitor(watched, config, tokenizer, task_score=lambda m: score(m, test))
 
 
 def _hooks(
