@@ -27,8 +27,8 @@ demo: setup
 	$(OFFLINE) $(BIN)/retain demo --out demo-out --overwrite
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 pytest: setup
