@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from retain.assets.datasets import DATASETS, load_dataset
     from retain.assets.models import MODELS, LoadedModel, load_model
+    from retain.data.permuted import TaskSplit
     from retain.data.task import CausalLM, Classification, Task
+    from retain.data.task_heads import TaskHeads
+    from retain.data.text import causal_lm_task, text_classification_task
     from retain.diagnostics.fisher import estimate_fisher
     from retain.errors import MissingAssetError, RetainError, UnknownNameError
     from retain.evaluation.accuracy import ClassificationAccuracy
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from retain.evaluation.representation import KNNProbe, LinearProbe, pooled_embeddings
     from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
     from retain.evaluation.suites import PROBES, SUITES
+    from retain.evaluation.task_accuracy import negative_loss, task_accuracy
     from retain.evaluation.task_probe import TaskAccuracyProbe
     from retain.evaluation.zero_shot import ZeroShotClassification
     from retain.experiment.audit import AuditConfig, run_audit
@@ -42,8 +46,9 @@ if TYPE_CHECKING:
     from retain.strategies.chain import Chain, chain
     from retain.strategies.state import load_strategy_state, save_strategy_state
     from retain.training.budget import ForgettingBudget
+    from retain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from retain.training.hf import RetainCallback
-    from retain.training.loop import TrainConfig, make_optimizer, train_task
+    from retain.training.loop import TaskHooks, TrainConfig, make_optimizer, train_task
     from retain.training.monitor import ForgettingMonitor, MonitorConfig
     from retain.training.sequence import RunResult, fit_sequence
 
@@ -84,6 +89,9 @@ __all__ = [
     "SuiteResult",
     "Task",
     "TaskAccuracyProbe",
+    "TaskHeads",
+    "TaskHooks",
+    "TaskSplit",
     "TrainConfig",
     "UnknownNameError",
     "ZeroShotClassification",
@@ -93,6 +101,7 @@ __all__ = [
     "average_forgetting_first_last",
     "backward_transfer",
     "build_strategy",
+    "causal_lm_task",
     "chain",
     "degradation",
     "estimate_fisher",
@@ -100,21 +109,37 @@ __all__ = [
     "forgetting",
     "forgetting_first_last",
     "forward_transfer",
+    "latest_checkpoint",
+    "load_checkpoint",
     "load_dataset",
     "load_model",
     "load_strategy_state",
     "make_optimizer",
+    "negative_loss",
     "perplexity_ratio",
     "pooled_embeddings",
     "run_audit",
+    "save_checkpoint",
     "save_strategy_state",
     "strided_log_likelihood",
+    "task_accuracy",
+    "text_classification_task",
     "train_task",
 ]
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
 _LAZY = {
     "ForgettingBudget": "retain.training.budget",
+    "TaskHooks": "retain.training.loop",
+    "latest_checkpoint": "retain.training.checkpoint",
+    "load_checkpoint": "retain.training.checkpoint",
+    "save_checkpoint": "retain.training.checkpoint",
+    "negative_loss": "retain.evaluation.task_accuracy",
+    "task_accuracy": "retain.evaluation.task_accuracy",
+    "TaskSplit": "retain.data.permuted",
+    "causal_lm_task": "retain.data.text",
+    "text_classification_task": "retain.data.text",
+    "TaskHeads": "retain.data.task_heads",
     "fit_sequence": "retain.training.sequence",
     "RunResult": "retain.training.sequence",
     "ForgettingMonitor": "retain.training.monitor",
