@@ -187,7 +187,8 @@ class ForgettingMonitor:
             return Decision(False)
         self._stop_reason = (
             f"capability {entry['worst_capability']!r} degraded "
-            f"{_pct(entry['worst_degradation'])} > budget {_pct(self.config.max_degradation)} "
+            f"{_pct(entry['worst_degradation'], self.config.max_degradation)} > budget "
+            f"{_pct(self.config.max_degradation)} "
             f"for {self._streak} evaluation(s) at step {step}"
         )
         return Decision(True, self._stop_reason)
@@ -311,8 +312,13 @@ def _finite(value: float) -> float | None:
     return value + 0.0 if math.isfinite(value) else None  # + 0.0 turns -0.0 into 0.0
 
 
-def _pct(value: float | None) -> str:
-    return "an unbounded amount" if value is None else f"{value:.1%}"
+def _pct(value: float | None, budget: float | None = None) -> str:
+    """``value`` as a percentage, with two decimals where one would show it equal to ``budget``."""
+    if value is None:
+        return "an unbounded amount"
+    if budget is not None and f"{value:.1%}" == f"{budget:.1%}":
+        return f"{value:.2%}"
+    return f"{value:.1%}"
 
 
 def _same_weights(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
