@@ -29,7 +29,13 @@ from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import MADE_MARK, Chain, as_chain
 from retain.training.monitor import ForgettingMonitor, MonitorResult
-from retain.training.steps import Precision, StepRunner, finite_or_raise
+from retain.training.steps import (
+    Precision,
+    StepRunner,
+    check_precision,
+    finite_or_raise,
+    world,
+)
 
 __all__ = ["TaskHooks", "TaskLog", "TrainConfig", "make_optimizer", "train_task"]
 
@@ -180,10 +186,11 @@ def train_task(
     config = config or TrainConfig()
     hooks = hooks or TaskHooks()
     strat = as_chain(strategies)
+    _check_batch(config, world()[1])  # before begin_task changes any strategy state
+    check_precision(config.precision, model)
     data = strat.begin_task(model, task)
     optimizer = make_optimizer(model, strat, config)
     runner = StepRunner(model, data, config.grad_accum, config.precision)
-    _check_batch(config, runner.world_size)
     generator = torch.Generator().manual_seed(config.seed)
     loader: DataLoader[int] = DataLoader(
         range(len(data.examples)),  # type: ignore[arg-type]  # any sized indexable works

@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 from retain.data.task import IGNORE_INDEX, Batch, Task, batch_loss, target_count
 from retain.errors import RetainError
 
-__all__ = ["Precision", "StepRunner", "finite_or_raise", "world"]
+__all__ = ["Precision", "StepRunner", "check_precision", "finite_or_raise", "world"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -74,13 +74,7 @@ class StepRunner:
             raise RetainError(f"grad_accum must be >= 1, got {self.grad_accum}")
         self.rank, self.world_size = world()
         self.device = _model_device(self.model)
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise RetainError(f"unknown precision {self.precision!r}; use 'fp32', 'bf16' or 'fp16'")
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise RetainError(
-                f"precision 'fp16' needs a CUDA device (the model is on {self.device}); "
-                "use 'bf16' or 'fp32'"
-            )
+        check_precision(self.precision, self.model)
         enabled = self.precision == "fp16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=enabled) if enabled else None
 
@@ -173,6 +167,17 @@ class StepRunner:
             for g in same:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
+
+
+def check_precision(precision: str, model: nn.Module) -> None:
+    """Refuse an unknown ``precision`` and ``"fp16"`` on a model that is not on a CUDA device."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise RetainError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'fp16'")
+    device = _model_device(model)
+    if precision == "fp16" and device.type != "cuda":
+        raise RetainError(
+            f"precision 'fp16' needs a CUDA device (the model is on {device}); use 'bf16' or 'fp32'"
+        )
 
 
 def _split(indices: list[int], parts: int) -> list[list[int]]:
