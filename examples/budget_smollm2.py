@@ -131,6 +131,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-naive", action="store_true", help="skip the naive arm")
     p.add_argument("--every", type=int, default=4, help="steps between controller updates")
+    p.add_argument("--proportional-gain", type=float, help="PI k_p (default: the library's)")
+    p.add_argument("--integral-gain", type=float, help="PI k_i (default: the library's)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=64, help="max tokens per example")
@@ -170,7 +172,12 @@ def run_arm(
     if arm.startswith("l2sp"):
         strategies.append(L2SP(alpha=float(arm.split("=")[1])))
     elif arm.startswith("budget"):
-        controller: Controller = "pi" if arm.endswith("pi") else "multiplicative"
+        controller: Controller = "pi" if arm.startswith("budget pi") else "multiplicative"
+        gains = (
+            {"proportional_gain": args.proportional_gain, "integral_gain": args.integral_gain}
+            if controller == "pi"
+            else {}
+        )
         suite = EvalSuite("control", [Perplexity("control", control, max_length=max_len)])
         budget = ForgettingBudget(
             L2SP(alpha=args.start_alpha),
@@ -179,6 +186,7 @@ def run_arm(
             every=args.every,
             tokenizer=tok,
             controller=controller,
+            **gains,
         )
         strategies.append(budget)
     config = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps, seed=seed)
@@ -250,7 +258,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     del model
     arms = [("naive", s) for s in args.seeds if not args.no_naive]
     arms += [(f"l2sp a={a:g}", s) for a in args.alphas for s in args.scan_seeds]
-    arms += [(f"budget {c}", s) for c in args.controllers for s in args.seeds]
+    pi_label = "".join(
+        f" {name}={value:g}"
+        for name, value in (("kp", args.proportional_gain), ("ki", args.integral_gain))
+        if value is not None
+    )
+    arms += [
+        (f"budget {c}{pi_label if c == 'pi' else ''}", s)
+        for c in args.controllers
+        for s in args.seeds
+    ]
     report_json: dict[str, Any] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "before": before,
