@@ -30,10 +30,14 @@ Arms:
   with the ``--controllers`` laws, updating the strength every ``--every`` steps.
 
 Every arm also records the report-set degradation every ``--watch-every`` steps (evaluated in
-forked RNG state, so it does not change training). Run (about 40 minutes on 2 busy CPU cores)::
+forked RNG state, so it does not change training). One arm takes about 2 minutes on 2 idle CPU
+cores (10-25 minutes when other jobs share them). The figures reported for the issue come from
+these two runs (every arm is independent and seeded, so they can also run in pieces)::
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python examples/budget_smollm2.py \\
-        --seeds 0 --steps 40 --budget 0.10 --out budget_smollm2.json
+        --seeds 0 1 2 --scan-seeds 0 1 2 --alphas 1 10 --out budget_smollm2.json
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python examples/budget_smollm2.py \\
+        --seeds 0 --no-naive --alphas 0.1 100 --controllers --out budget_smollm2_scan.json
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,22 +39,27 @@ def random_task(name: str, n: int = 24, seed: int = 1) -> Task:
     return Task(name, examples)
 
 
-def trainer_args(tmp_path: Path, config: TrainConfig) -> TrainingArguments:
+def trainer_settings(tmp_path: Path, config: TrainConfig) -> dict[str, Any]:
     """Trainer settings equal to ``config`` (sequential order, no clipping, constant lr)."""
-    return TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        learning_rate=config.lr,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        train_sampling_strategy="sequential",
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    return {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": config.batch_size,
+        "num_train_epochs": config.epochs,
+        "learning_rate": config.lr,
+        "lr_scheduler_type": "constant",
+        "max_grad_norm": 0.0,
+        "train_sampling_strategy": "sequential",
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+
+
+def trainer_args(tmp_path: Path, config: TrainConfig) -> TrainingArguments:
+    """:func:`trainer_settings` as ``TrainingArguments``."""
+    return TrainingArguments(**trainer_settings(tmp_path, config))
 
 
 def train_with_trainer(

@@ -20,6 +20,7 @@ from retain.training.hf import RetainCallback
 from retain.training.loop import TrainConfig, make_optimizer, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
 from tiny_models import bert_tokenizer, tiny_llama_config
+from training_helpers import trainer_settings
 
 trl = pytest.importorskip("trl")
 
@@ -43,20 +44,8 @@ def sft(
     data = strategies.begin_task(model, task)
     optimizer = make_optimizer(model, strategies, config)
     rows = {"input_ids": [ex["input_ids"].tolist() for ex in data.examples]}
-    args = trl.SFTConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        learning_rate=config.lr,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        train_sampling_strategy="sequential",
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    settings = trainer_settings(out, config)
+    args = trl.SFTConfig(**{**settings, "logging_strategy": "steps", "logging_steps": 1})
     trainer = trl.SFTTrainer(
         model=model,
         args=args,

@@ -38,6 +38,7 @@ __all__ = [
     "pad_collate",
     "per_sample_loss",
     "stack_collate",
+    "summed_loss",
     "target_count",
 ]
 
@@ -168,6 +169,20 @@ def per_sample_loss(logits: Tensor, targets: Tensor) -> Tensor:
     ).reshape(n, -1)
     valid = (targets.reshape(n, -1) != IGNORE_INDEX).to(flat.dtype)
     return flat.sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+
+
+def summed_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy summed over every non-ignored position, in nats (float32).
+
+    ``summed_loss / target_count`` is :func:`batch_loss`; the engine divides by the count of a
+    whole global batch, evaluation by the count of a whole task.
+    """
+    return functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
 
 
 def batch_loss(objective: Objective, model: nn.Module, batch: Batch) -> Tensor:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from retain.errors import RetainError
 
-__all__ = ["Pooling", "TaskHeads", "head_seed"]
+__all__ = ["Pooling", "TaskHeads", "head_seed", "task_router"]
 
 Pooling = Literal["cls", "mean"]
 _INIT_STD = 0.02  # BertConfig.initializer_range, the std Hugging Face uses for classifier heads
@@ -234,3 +234,15 @@ class TaskHeads(nn.Module):
                 "TaskHeads(encoder, hidden_size=...) yourself"
             )
         return cls(encoder, hidden, heads, pooling=pooling, dropout=dropout).eval()
+
+
+def task_router(model: nn.Module) -> Any:
+    """The first module of ``model`` that routes by task (a callable ``use_task``), or None.
+
+    :class:`TaskHeads` is one; the engine and ``TaskAccuracyProbe`` find the router of a
+    (possibly wrapped) model with it.
+    """
+    for module in model.modules():
+        if callable(getattr(module, "use_task", None)):
+            return module
+    return None

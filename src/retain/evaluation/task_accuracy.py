@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional
 
-from retain.data.task import IGNORE_INDEX, Task
+from retain.data.task import IGNORE_INDEX, Task, summed_loss
 from retain.evaluation.base import eval_mode
 
 __all__ = ["negative_loss", "task_accuracy", "task_loss"]
@@ -37,14 +36,7 @@ def task_loss(model: nn.Module, task: Task, batch_size: int = 256) -> float:
     with eval_mode(model), torch.no_grad():
         for batch in task.batches(batch_size):
             logits, targets = task.objective.logits_and_targets(model, batch)
-            total += float(
-                functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(),
-                    targets.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-            )
+            total += float(summed_loss(logits, targets))
             count += int((targets != IGNORE_INDEX).sum())
     return total / count if count else float("nan")
 

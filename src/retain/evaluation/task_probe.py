@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from retain.data.task import Task
+from retain.data.task_heads import task_router
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult
 from retain.evaluation.task_accuracy import task_accuracy
@@ -48,7 +49,9 @@ class TaskAccuracyProbe:
         :class:`retain.data.task_heads.TaskHeads`) is routed through the task's head for the
         evaluation, then back to the head it was using.
         """
-        heads = _task_router(model)
+        heads = task_router(model)
+        if heads is not None and not hasattr(heads, "active_task"):
+            heads = None  # no way to route back afterwards: evaluate as the model is
         previous = None if heads is None else heads.active_task
         if heads is not None:
             heads.use_task(self.task.name)
@@ -58,11 +61,3 @@ class TaskAccuracyProbe:
             if heads is not None and previous is not None:
                 heads.use_task(previous)
         return ProbeResult(score, {"n": len(self.task.examples)})
-
-
-def _task_router(model: nn.Module) -> Any:
-    """The first module of ``model`` that routes by task (``use_task`` and ``active_task``)."""
-    for module in model.modules():
-        if callable(getattr(module, "use_task", None)) and hasattr(module, "active_task"):
-            return module
-    return None

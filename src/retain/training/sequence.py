@@ -38,12 +38,11 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from retain.data.permuted import TaskSplit
 from retain.data.task import Task
+from retain.data.task_heads import task_router
 from retain.distributed import init_distributed
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
@@ -59,9 +58,17 @@ from retain.metrics import (
 )
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain
-from retain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from retain.training.loop import TaskHooks, TaskLog, TrainConfig, train_task
+from retain.training.checkpoint import load_checkpoint
+from retain.training.loop import TrainConfig, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
+from retain.training.sequence_state import (
+    RunState,
+    checkpoint_task,
+    existing_checkpoints,
+    log_dict,
+    save_checkpoint_of,
+    task_hooks,
+)
 
 __all__ = ["RunResult", "fit_sequence", "library_versions"]
 
@@ -128,19 +135,6 @@ class RunResult:
         write_json(Path(path), self.to_dict())
 
 
-def _log_dict(log: TaskLog) -> dict[str, Any]:
-    return {
-        "task": log.task,
-        "steps": log.steps,
-        "losses": list(log.losses),
-        "lrs": list(log.lrs),
-        "epochs_done": log.epochs_done,
-        "stopped": log.stopped,
-        "stop_reason": log.stop_reason,
-        "monitor": None if log.monitor is None else log.monitor.to_dict(),
-    }
-
-
 def _check_splits(splits: Sequence[TaskSplit]) -> list[str]:
     if len(splits) == 0:
         raise RetainError("fit_sequence needs at least one task; pass a non-empty list of splits")
@@ -168,35 +162,9 @@ def route(model: nn.Module, strategies: Chain, name: str) -> None:
         use = getattr(strategy, "use_task", None)
         if callable(use) and name in getattr(strategy, "tasks", ()):
             use(model, name)
-    for module in model.modules():
-        use = getattr(module, "use_task", None)
-        if callable(use) and not isinstance(module, Strategy):
-            use(name)
-            return
-
-
-@dataclass
-class _Run:
-    """The state of one sequence run, saved in every checkpoint's position."""
-
-    names: list[str]
-    matrix: list[list[float]] = field(default_factory=list)
-    baseline: list[float] = field(default_factory=list)
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    suite_baseline: dict[str, Any] | None = None
-    suite_after: list[dict[str, Any]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    resumed: list[str] = field(default_factory=list)
-
-    def position(self, task: int, step: int, log: TaskLog | None) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(task=task, step=step, global_step=step + sum(x["steps"] for x in self.logs))
-        data["log"] = None if log is None else _log_dict(log)
-        return data
-
-    @classmethod
-    def from_position(cls, data: dict[str, Any]) -> _Run:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+    router = task_router(model)
+    if router is not None:
+        router.use_task(name)
 
 
 def fit_sequence(
@@ -238,24 +206,24 @@ def fit_sequence(
     if checkpoint_every < 0:
         raise RetainError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    boundary, mid = _existing(folder, resume)
+    boundary, mid = existing_checkpoints(folder, resume)
     init_distributed()
     set_seed(config.seed)
     model.to(auto_device() if device is None else torch.device(device))
     strat = as_chain(strategies)
     model = strat.prepare(model)
-    run = _Run(names)
+    run = RunState(names)
     start_task = 0
     if boundary is not None:
         position, _ = load_checkpoint(boundary, model=model, strategies=strat)
-        run, start_task = _Run.from_position(position), int(position["task"])
+        run, start_task = RunState.from_position(position), int(position["task"])
         run.resumed.append(str(boundary))
         if suite is not None and suite.baseline is None and run.suite_baseline is not None:
             suite.set_baseline(SuiteResult.from_dict(run.suite_baseline))
     else:
         _score_baseline(model, strat, splits, run, suite, tokenizer, score)
-        _save(folder, "tasks", model, strat, run.position(0, 0, None))
-    mid_task = None if mid is None else _task_of(mid)
+        save_checkpoint_of(folder, "tasks", model, strat, run.position(0, 0, None))
+    mid_task = None if mid is None else checkpoint_task(mid)
     disable = None if progress is None else not progress
     bar = tqdm(total=len(splits), initial=start_task, desc="tasks", unit="task", disable=disable)
     for t in range(start_task, len(splits)):
@@ -263,7 +231,7 @@ def fit_sequence(
         route(model, strat, names[t])
         watch = _monitor(monitor, suite, tokenizer, score, splits, t, model)
         resume_mid = mid if mid is not None and mid_task == t else None
-        hooks = _hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid)
+        hooks = task_hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid)
         begin = time.perf_counter()
         log = train_task(
             model,
@@ -277,50 +245,21 @@ def fit_sequence(
         run.seconds[f"train/{names[t]}"] = run.seconds.get(f"train/{names[t]}", 0.0) + (
             time.perf_counter() - begin
         )
-        run.logs.append(_log_dict(log))
+        run.logs.append(log_dict(log))
         run.matrix.append(_score_all(model, strat, splits, names, t, score, run, names[t]))
         if suite is not None:
             run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
-        _save(folder, "tasks", model, strat, run.position(t + 1, 0, None))
+        save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
         bar.update(1)
     bar.close()
     return model, _result(run, strat, config, suite)
-
-
-def _existing(folder: Path | None, resume: bool) -> tuple[Path | None, Path | None]:
-    if folder is None:
-        if resume:
-            raise RetainError("resume=True needs checkpoint_dir= (the folder of the run)")
-        return None, None
-    boundary = latest_checkpoint(folder / "tasks")
-    mid = latest_checkpoint(folder / "steps")
-    if boundary is not None and not resume:
-        raise RetainError(
-            f"{str(folder)!r} already holds checkpoints of a run; pass resume=True to continue it "
-            "or choose an empty folder"
-        )
-    if resume and boundary is None:
-        return None, None  # nothing saved yet: start from the beginning
-    return boundary, mid
-
-
-def _task_of(path: Path) -> int:
-    position, _ = load_checkpoint(path, model=None, rng=False)
-    return int(position["task"])
-
-
-def _save(
-    folder: Path | None, kind: str, model: nn.Module, strat: Chain, position: dict[str, Any]
-) -> None:
-    if folder is not None:
-        save_checkpoint(folder / kind, model=model, strategies=strat, position=position, keep=1)
 
 
 def _score_baseline(
     model: nn.Module,
     strat: Chain,
     splits: Sequence[TaskSplit],
-    run: _Run,
+    run: RunState,
     suite: EvalSuite | None,
     tokenizer: Any,
     score: Score,
@@ -339,7 +278,7 @@ def _score_all(
     names: list[str],
     current: int,
     score: Score,
-    run: _Run,
+    run: RunState,
     label: str,
 ) -> list[float]:
     begin = time.perf_counter()
@@ -385,69 +324,7 @@ def _monitor(
     return ForgettingMonitor(watched, config, tokenizer, task_score=lambda m: score(m, test))
 
 
-def _hooks(
-    folder: Path | None,
-    every: int,
-    model: nn.Module,
-    strat: Chain,
-    run: _Run,
-    t: int,
-    watch: ForgettingMonitor | None,
-    resume_mid: Path | None,
-) -> TaskHooks:
-    saved: list[str] = []
-
-    def resume(path: Path) -> Callable[[Optimizer, LRScheduler | None], TaskLog]:
-        def load(optimizer: Optimizer, scheduler: LRScheduler | None) -> TaskLog:
-            position, tensors = load_checkpoint(
-                path, model=model, optimizer=optimizer, scheduler=scheduler, strategies=strat
-            )
-            run.resumed.append(str(path))
-            if watch is not None and position.get("monitor") is not None:
-                watch.load_state(position["monitor"], tensors)
-            saved.append(str(path))
-            return _task_log(position["log"])
-
-        return load
-
-    def after_step(log: TaskLog, optimizer: Optimizer, scheduler: LRScheduler | None) -> None:
-        if folder is None or not every or log.steps % every:
-            return
-        position = run.position(t, log.steps, log)
-        meta, tensors = watch.state() if watch is not None else (None, {})
-        position["monitor"] = meta
-        path = save_checkpoint(
-            folder / "steps",
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            strategies=strat,
-            position=position,
-            tensors=tensors,
-            keep=1,
-        )
-        saved.append(str(path))
-
-    def last_saved() -> str:
-        return f"; the last checkpoint is {saved[-1]!r}" if saved else ""
-
-    return TaskHooks(
-        resume=None if resume_mid is None else resume(resume_mid),
-        after_step=after_step,
-        last_saved=last_saved,
-    )
-
-
-def _task_log(data: dict[str, Any]) -> TaskLog:
-    log = TaskLog(str(data["task"]))
-    log.losses = [float(x) for x in data["losses"]]
-    log.lrs = [float(x) for x in data["lrs"]]
-    log.epochs_done = int(data["epochs_done"])
-    log.stopped, log.stop_reason = bool(data["stopped"]), str(data["stop_reason"])
-    return log
-
-
-def _result(run: _Run, strat: Chain, config: TrainConfig, suite: EvalSuite | None) -> RunResult:
+def _result(run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite | None) -> RunResult:
     matrix = run.matrix
     metrics = {
         "average_accuracy": average_accuracy(matrix),
@@ -470,7 +347,7 @@ def _result(run: _Run, strat: Chain, config: TrainConfig, suite: EvalSuite | Non
     )
 
 
-def _suite_summary(run: _Run, suite: EvalSuite | None) -> dict[str, Any]:
+def _suite_summary(run: RunState, suite: EvalSuite | None) -> dict[str, Any]:
     if suite is None or run.suite_baseline is None:
         return {}
     before = SuiteResult.from_dict(run.suite_baseline)

@@ -37,10 +37,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional
 from torch.optim import Optimizer
 
-from retain.data.task import IGNORE_INDEX, Batch, Task, batch_loss, target_count
+from retain.data.task import IGNORE_INDEX, Batch, Task, batch_loss, summed_loss, target_count
 from retain.errors import RetainError
 
 __all__ = ["Precision", "StepRunner", "check_precision", "finite_or_raise", "world"]
@@ -111,13 +110,7 @@ class StepRunner:
         for batch in micro:
             with self.autocast():
                 logits, targets = self.task.objective.logits_and_targets(self.model, batch)
-                summed = functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(),
-                    targets.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-            loss = summed / total
+                loss = summed_loss(logits, targets) / total
             self._backward(loss)
             mine += float(loss.item())
         self._sync_gradients()
