@@ -1,4 +1,5 @@
-"""The ``retain`` command line: ``audit``, ``ls``, ``demo`` (more commands arrive with the runner).
+"""The ``retain`` command line: ``audit``, ``ls``, and the experiment commands ``run``,
+``validate``, ``sweep``, ``report``, ``demo`` (:mod:`retain.cli_experiment`).
 
 A user mistake (wrong path, unknown name, missing column) prints one line ``retain: error: ...``
 naming the problem and the fix, and exits with code 2; nothing half-written is left behind.
@@ -79,18 +80,13 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N"
     )
 
-    sub.add_parser("ls", help="list models, datasets, probes, suites and strategies")
-
-    demo = sub.add_parser(
-        "demo",
-        help="fine-tune SmolLM2 briefly on SMS messages, then audit what it forgot",
+    sub.add_parser(
+        "ls", help="list models, datasets, probes, suites, strategies and shipped configs"
     )
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="run directory")
-    demo.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
-    demo.add_argument("--steps", type=int, default=40, help="optimizer steps (default 40)")
-    demo.add_argument("--quick", action="store_true", help="small audit probe sets")
-    demo.add_argument("--fresh", action="store_true", help="fine-tune again, ignore the cache")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    from retain.cli_experiment import add_experiment_commands
+
+    add_experiment_commands(sub)
     return parser
 
 
@@ -117,6 +113,11 @@ def _cmd_ls() -> int:
             print(f"  {name.ljust(width)}  {description}")
             if title == "strategies":
                 print(f"  {''.ljust(width)}    ({parameters_line(STRATEGIES.get(name))})")
+    from retain.experiment.shipped import shipped_configs
+
+    print("configs (retain run NAME, retain validate NAME):")
+    for name, path in shipped_configs().items():
+        print(f"  {name}  {path}")
     return 0
 
 
@@ -143,24 +144,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from retain.demo import DemoConfig, run_demo
-    from retain.report.audit_report import audit_table
-
-    config = DemoConfig(
-        lr=args.lr,
-        steps=args.steps,
-        out=args.out,
-        size="quick" if args.quick else "full",
-        overwrite=args.overwrite,
-        fresh=args.fresh,
-    )
-    results = run_demo(config, progress=_say)
-    print(audit_table(results))
-    _say(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``retain`` console script; returns the exit code."""
     parser = _parser()
@@ -177,8 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_ls()
         if args.command == "audit":
             return _cmd_audit(args)
-        if args.command == "demo":
-            return _cmd_demo(args)
+        from retain.cli_experiment import run_command
+
+        code = run_command(args)
+        if code is not None:
+            return code
         parser.print_help()
         return 0
     except RetainError as err:

@@ -182,6 +182,7 @@ def fit_sequence(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    after_task: Callable[[int, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
 
@@ -200,6 +201,8 @@ def fit_sequence(
     task's test data. ``checkpoint_dir``,
     ``checkpoint_every``, ``resume``: see the module docstring; a folder that already holds
     checkpoints is refused unless ``resume`` is set. ``progress``: tqdm bars (None: on a terminal).
+    ``after_task(t, model)``: called after task ``t`` is trained and scored, before its
+    checkpoint (tasks finished before a resume are not called again).
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
@@ -249,6 +252,8 @@ def fit_sequence(
         run.matrix.append(_score_all(model, strat, splits, names, t, score, run, names[t]))
         if suite is not None:
             run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
+        if after_task is not None:
+            after_task(t, model)
         save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
         bar.update(1)
     bar.close()

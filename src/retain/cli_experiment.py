@@ -1,0 +1,183 @@
+"""The experiment commands of the ``retain`` CLI: ``run``, ``validate``, ``sweep``, ``report``,
+``demo``. Each takes a YAML config (a file, or a shipped config's name such as ``demo``) and
+``key=value`` overrides; see :mod:`retain.experiment.config`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_experiment_commands", "run_command"]
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file, or a shipped config's name (retain ls)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override settings, e.g. training.lr=3e-4 tasks.0.train=100",
+    )
+
+
+def add_experiment_commands(sub: Any) -> None:
+    """Register run, validate, sweep, report and demo on the CLI's subparsers."""
+    run = sub.add_parser(
+        "run",
+        help="train a config's task sequence; write results.json, checkpoints and report.html",
+        description="Train the task sequence of CONFIG with its first seed (or --seed) into a "
+        "run directory. Re-running into it resumes an unfinished run of the same config and "
+        "refuses anything else unless --overwrite.",
+    )
+    _config_args(run)
+    run.add_argument("--out", type=Path, help="run directory (default: the config's out)")
+    run.add_argument("--seed", type=int, help="seed (default: the config's first seed)")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a config without training (names, datasets, columns, parameter regexes)",
+    )
+    _config_args(validate)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run strategy variants over seeds and compare them (table + Pareto plot)",
+        description="Run each variant (--strategies, --grid) with each seed, then write "
+        "comparison.json and report.html. Finished runs of an earlier sweep are reused.",
+    )
+    _config_args(sweep)
+    sweep.add_argument(
+        "--strategies", help="comma-separated variants: naive, strategy names, sweep.variants"
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="STRATEGY.PARAM=V1,V2",
+        help="one variant per value, e.g. ewc.strength=1e2,1e3,1e4 (repeatable)",
+    )
+    sweep.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: the config's out)")
+    sweep.add_argument("--overwrite", action="store_true", help="run every variant afresh")
+
+    report = sub.add_parser(
+        "report",
+        help="regenerate report.html of run directories; several give one comparison",
+    )
+    report.add_argument("dirs", nargs="+", type=Path, help="run directories or sweep folders")
+    report.add_argument(
+        "--out",
+        type=Path,
+        help="comparison folder (several runs; default: the single folder given)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="MiniLM on TREC -> Rotten Tomatoes -> SMS: naive vs five mitigations (~5 min)",
+        description="The shipped demo config (retain run demo): a real pretrained model on a "
+        "real task sequence, naive fine-tuning against five mitigation strategies.",
+    )
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="override demo settings")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
+    demo.add_argument("--seeds", help="a count or a list (default: the config's)")
+    demo.add_argument("--overwrite", action="store_true", help="run every variant afresh")
+
+
+def _rows(folders: list[Path]) -> list[dict[str, Any]]:
+    from retain.report.summary import aggregate
+
+    results = [json.loads((f / "results.json").read_text(encoding="utf-8")) for f in folders]
+    return aggregate(results)
+
+
+def _sweep(args: argparse.Namespace, config_name: str) -> int:
+    from retain.experiment.config import load_config
+    from retain.experiment.sweep import SweepSpec, parse_seeds, run_sweep
+    from retain.report.terminal import comparison_table
+    from retain.report.write import find_run_dirs
+
+    config = load_config(config_name, args.overrides)
+    names = None
+    if getattr(args, "strategies", None):
+        names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    spec = SweepSpec(
+        config,
+        strategies=names,
+        grid=getattr(args, "grid", []),
+        seeds=parse_seeds(args.seeds) if args.seeds else None,
+        out=args.out,
+        overwrite=args.overwrite,
+        say=_say,
+    )
+    report = run_sweep(spec)
+    print(comparison_table(_rows(find_run_dirs([report.parent]))))
+    print(f"report: {report}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from retain.experiment.config import load_config
+    from retain.experiment.runner import RunSpec, run_experiment
+    from retain.report.terminal import run_table
+
+    config = load_config(args.config, args.overrides)
+    if args.seed is not None:
+        config = config.model_copy(update={"seeds": [args.seed]})
+    results = run_experiment(RunSpec(config, out=args.out, overwrite=args.overwrite, say=_say))
+    print(run_table(results))
+    out = args.out or config.output_dir()
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from retain.experiment.build import validate_experiment
+    from retain.experiment.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    for line in validate_experiment(config):
+        print(f"ok: {line}")
+    print(f"{args.config}: valid")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from retain.report.write import find_run_dirs, write_comparison_report, write_run_report
+
+    runs = find_run_dirs(args.dirs)
+    if len(runs) == 1 and args.out is None:
+        print(f"report: {write_run_report(runs[0])}")
+        return 0
+    for run in runs:
+        write_run_report(run)
+    out = args.out or (args.dirs[0] if len(args.dirs) == 1 else None)
+    if out is None:
+        from retain.errors import RetainError
+
+        raise RetainError("several folders give one comparison: name its folder with --out DIR")
+    print(f"report: {write_comparison_report(runs, out)}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int | None:
+    """Run an experiment command; None when ``args.command`` is not one of them."""
+    if args.command == "run":
+        return _run(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "sweep":
+        return _sweep(args, args.config)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "demo":
+        args.strategies, args.grid = None, []
+        return _sweep(args, "demo")
+    return None

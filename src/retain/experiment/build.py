@@ -1,0 +1,344 @@
+"""Turn a validated :class:`~retain.experiment.config.ExperimentConfig` into live objects.
+
+:func:`build_experiment` loads the model and tokenizer, the task splits (with the columns and
+sizes the config names), the capability suite and the strategies (a budget wraps its ``ewc`` or
+``l2sp`` entry), and the :class:`~retain.training.loop.TrainConfig` of one seed.
+:func:`validate_experiment` does all of it except training, and also checks that every
+parameter regex of a strategy matches parameters of the model, so ``retain validate`` catches
+what would otherwise fail minutes into a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from retain.data.permuted import TaskSplit
+from retain.data.task import Task
+from retain.data.text import causal_lm_task, text_classification_task
+from retain.errors import RetainError
+from retain.evaluation.suite import EvalSuite
+from retain.evaluation.task_accuracy import negative_loss, task_accuracy
+from retain.experiment.config import ExperimentConfig, ProbeSection, TaskSection
+from retain.strategies.base import Strategy, build_strategy
+from retain.strategies.params import select_parameters
+from retain.training.loop import TrainConfig
+from retain.training.monitor import MonitorConfig
+
+__all__ = ["Experiment", "build_experiment", "build_strategies", "validate_experiment"]
+
+Score = Callable[[nn.Module, Task], float]
+#: Strategy parameters that hold a parameter-name regex, checked against the model by validation.
+_REGEX_KEYS = ("params", "pattern")
+
+
+@dataclass
+class Experiment:
+    """Everything one run needs, built from the config.
+
+    Attributes:
+        model, tokenizer: the model to fine-tune (None tokenizer for pixel models).
+        splits: the task sequence (train and test task each).
+        suite: the capability suite, or None.
+        score: ``R[t][i]``'s scoring function; score_name, higher_is_better: what it measures.
+        monitor: the monitor's settings, or None.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    splits: list[TaskSplit]
+    suite: EvalSuite | None
+    score: Score
+    score_name: str
+    higher_is_better: bool
+    monitor: MonitorConfig | None
+
+
+def _rows(data: Any, split: str, n: int | None, where: str) -> Any:
+    if split not in data:
+        raise RetainError(f"{where}: dataset has no {split!r} split (it has {sorted(data)})")
+    rows = data[split]
+    return rows if n is None else rows.select(range(min(n, len(rows))))
+
+
+def _columns(rows: Any, needed: list[str], where: str, dataset: str) -> None:
+    missing = [c for c in needed if c not in rows.column_names]
+    if missing:
+        raise RetainError(
+            f"{where}: dataset {dataset!r} has no column {missing[0]!r} (it has "
+            f"{rows.column_names}); set text_column/label_column"
+        )
+
+
+def _load(task: TaskSection) -> Any:
+    from retain.assets.datasets import load_dataset
+
+    if task.dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".txt")):
+        return load_dataset(
+            task.dataset, text_column=task.text_column, label_column=task.label_column
+        )
+    return load_dataset(task.dataset)
+
+
+def _text_task(task: TaskSection, k: int, config: ExperimentConfig, tokenizer: Any) -> TaskSplit:
+    where = f"tasks.{k} ({task.label})"
+    data = _load(task)
+    parts = []
+    for split, n in (("train", task.train), ("test", task.test)):
+        rows = _rows(data, split, n, where)
+        if config.model.kind == "causal-lm":
+            _columns(rows, [task.text_column], where, task.dataset)
+            built = causal_lm_task(
+                task.label,
+                tokenizer,
+                rows[task.text_column],
+                block_size=task.max_length,
+                pack=False,
+            )
+        else:
+            _columns(rows, [task.text_column, task.label_column], where, task.dataset)
+            feature = data["train"].features.get(task.label_column)
+            classes = getattr(feature, "num_classes", None)
+            built = text_classification_task(
+                task.label,
+                tokenizer,
+                rows[task.text_column],
+                rows[task.label_column],
+                max_length=task.max_length,
+                num_labels=classes,
+            )
+        parts.append(built)
+    return TaskSplit(parts[0], parts[1])
+
+
+def _pixel_task(task: TaskSection, k: int) -> TaskSplit:
+    where = f"tasks.{k} ({task.label})"
+    data = _load(task)
+    parts = []
+    for split, n in (("train", task.train), ("test", task.test)):
+        rows = _rows(data, split, n, where)
+        _columns(rows, ["pixels", task.label_column], where, task.dataset)
+        pixels = torch.tensor(list(rows["pixels"]), dtype=torch.float32)
+        labels = torch.tensor(list(rows[task.label_column]), dtype=torch.long)
+        if task.permutation is not None:
+            g = torch.Generator().manual_seed(task.permutation)
+            pixels = pixels[:, torch.randperm(pixels.shape[1], generator=g)]
+        examples = [{"pixel_values": pixels[i], "labels": labels[i]} for i in range(len(labels))]
+        parts.append(Task(task.label, examples))
+    return TaskSplit(parts[0], parts[1])
+
+
+def _num_labels(split: TaskSplit) -> int:
+    labels = [int(e["labels"]) for e in split.train.examples]
+    return int(getattr(split.train, "num_labels", 0) or max(labels) + 1)
+
+
+def _model(config: ExperimentConfig, splits: list[TaskSplit] | None) -> tuple[nn.Module, Any]:
+    """The model (before the tasks when ``splits`` is None: only the tokenizer matters then)."""
+    from retain.assets.models import load_model, load_tokenizer, model_folder
+
+    spec = config.model
+    if spec.kind == "mlp":
+        if splits is None:
+            return nn.Identity(), None
+        width = int(splits[0].train.examples[0]["pixel_values"].numel())
+        classes = max(_num_labels(s) for s in splits)
+        from retain.assets.mlp import MLP
+
+        return MLP(width, spec.hidden, classes), None
+    folder, _ = model_folder(spec.name)
+    if splits is None:
+        return nn.Identity(), load_tokenizer(folder, trust_remote_code=spec.trust_remote_code)
+    if spec.kind == "task-heads":
+        from retain.data.task_heads import TaskHeads
+
+        heads = {s.train.name: _num_labels(s) for s in splits}
+        model = TaskHeads.from_encoder_folder(
+            folder, heads, trust_remote_code=spec.trust_remote_code
+        )
+        return model, load_tokenizer(folder, trust_remote_code=spec.trust_remote_code)
+    remote = spec.trust_remote_code
+    if spec.kind == "causal-lm":
+        loaded = load_model(spec.name, kind="causal-lm", trust_remote_code=remote)
+    else:
+        classes = max(_num_labels(s) for s in splits)
+        loaded = load_model(
+            spec.name,
+            kind="sequence-classification",
+            trust_remote_code=remote,
+            num_labels=classes,
+        )
+    return loaded.model, loaded.tokenizer
+
+
+def _probe(probe: ProbeSection, k: int, kind: str) -> Any:
+    from retain.assets.datasets import load_dataset
+    from retain.evaluation.perplexity import Perplexity
+    from retain.evaluation.representation import KNNProbe, LinearProbe
+    from retain.evaluation.suites import subset
+
+    where = f"suite.probes.{k}"
+    if probe.kind == "perplexity" and kind != "causal-lm":
+        raise RetainError(f"{where}: perplexity needs a causal-lm model; use linear or knn")
+    if probe.kind != "perplexity" and kind == "mlp":
+        raise RetainError(f"{where}: {probe.kind} probes need a text encoder, not an mlp")
+    data = load_dataset(probe.dataset)
+    if probe.kind == "perplexity":
+        rows = subset(_rows(data, probe.split, None, where), probe.n)
+        _columns(rows, ["text"], where, probe.dataset)
+        return Perplexity(probe.name or probe.dataset, rows["text"], max_length=probe.max_length)
+    train = subset(_rows(data, "train", None, where), probe.n)
+    test = subset(_rows(data, probe.split, None, where), max(2, probe.n // 2))
+    _columns(train, ["text", "label"], where, probe.dataset)
+    cls = KNNProbe if probe.kind == "knn" else LinearProbe
+    name = probe.name or f"{probe.dataset}_{probe.kind}"
+    return cls(name, train["text"], train["label"], test["text"], test["label"])
+
+
+def _suite(config: ExperimentConfig) -> EvalSuite | None:
+    from retain.evaluation.suites import SUITES
+
+    section = config.suite
+    if section is None:
+        return None
+    if section.name is not None:
+        factory = SUITES.get(section.name)
+        wanted = "causal-lm" if factory.model_kind == "causal-lm" else "encoder"
+        have = "causal-lm" if config.model.kind == "causal-lm" else "encoder"
+        if wanted != have or config.model.kind in ("mlp", "task-heads"):
+            raise RetainError(
+                f"suite {section.name!r} needs a {factory.model_kind} model, but model.kind is "
+                f"{config.model.kind!r}; pick another suite or list probes"
+            )
+        return factory.build(section.size)
+    probes = [_probe(p, k, config.model.kind) for k, p in enumerate(section.probes)]
+    return EvalSuite("custom", probes, "probes listed in the experiment config")
+
+
+def build_strategies(
+    entries: list[dict[str, Any]],
+    config: ExperimentConfig,
+    suite: EvalSuite | None,
+    tokenizer: Any,
+) -> list[Strategy]:
+    """One strategy per entry (``{name, **params}``); an entry marked ``budget: true`` is wrapped
+    in a :class:`~retain.training.budget.ForgettingBudget` with the config's budget."""
+    built: list[Strategy] = []
+    for k, entry in enumerate(entries):
+        params = {key: value for key, value in entry.items() if key not in ("name", "budget")}
+        try:
+            strategy = build_strategy(entry["name"], **params)
+        except RetainError as error:
+            raise RetainError(f"strategies.{k}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise RetainError(f"strategies.{k} ({entry['name']}): {error}") from None
+        budget = config.budget
+        if entry.get("budget") and budget is not None and suite is not None:
+            from retain.training.budget import ForgettingBudget
+
+            strategy = ForgettingBudget(
+                strategy,
+                suite,
+                budget.max_degradation,
+                every=budget.every,
+                tokenizer=tokenizer,
+                controller=budget.controller,
+            )
+        built.append(strategy)
+    return built
+
+
+def train_config(config: ExperimentConfig, seed: int) -> TrainConfig:
+    """The :class:`TrainConfig` of one seed."""
+    t = config.training
+    return TrainConfig(
+        lr=t.lr,
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        max_grad_norm=t.max_grad_norm,
+        seed=seed,
+        shuffle=t.shuffle,
+        grad_accum=t.grad_accum,
+        precision=t.precision,
+    )
+
+
+def build_experiment(config: ExperimentConfig, seed: int | None = None) -> Experiment:
+    """Load the model, tasks and suite of ``config`` (strategies: :func:`build_strategies`).
+
+    ``seed`` (default: the config's first) seeds Python, NumPy and torch before the model is
+    built, so freshly initialised weights (an ``mlp``, a ``classifier`` head) are reproducible.
+    """
+    from accelerate.utils import set_seed
+
+    set_seed(config.seeds[0] if seed is None else seed)
+    _, tokenizer = _model(config, None)
+    splits = [
+        _pixel_task(task, k)
+        if config.model.kind == "mlp"
+        else _text_task(task, k, config, tokenizer)
+        for k, task in enumerate(config.tasks)
+    ]
+    model, tokenizer = _model(config, splits)
+    causal = config.model.kind == "causal-lm"
+    monitor = None
+    if config.monitor is not None:
+        m = config.monitor
+        monitor = MonitorConfig(m.max_degradation, m.patience, m.eval_every, m.restore_best)
+    return Experiment(
+        model=model,
+        tokenizer=tokenizer,
+        splits=splits,
+        suite=_suite(config),
+        score=negative_loss if causal else task_accuracy,
+        score_name="negative loss (nats/token)" if causal else "accuracy",
+        higher_is_better=True,
+        monitor=monitor,
+    )
+
+
+def validate_experiment(config: ExperimentConfig) -> list[str]:
+    """Build everything a run needs except training; returns one line per thing checked.
+
+    Checks: the model loads, every task's dataset has its splits and columns, the suite builds,
+    every strategy (of the config and of every sweep variant) builds with its parameters, and
+    every parameter regex (``params``, ``pattern``) matches parameters of the model.
+    """
+    built = build_experiment(config)
+    lines = [
+        f"model {config.model.name} ({config.model.kind}): "
+        f"{sum(p.numel() for p in built.model.parameters()):,} parameters"
+    ]
+    for split in built.splits:
+        lines.append(
+            f"task {split.train.name}: {len(split.train.examples)} train, "
+            f"{len(split.test.examples)} test examples"
+        )
+    if built.suite is not None:
+        lines.append(f"suite {built.suite.name}: {', '.join(p.name for p in built.suite.probes)}")
+    variants = {
+        "strategies": config.strategies,
+        **{f"sweep.variants.{name}": entries for name, entries in config.sweep.variants.items()},
+    }
+    for label, entries in variants.items():
+        build_strategies(entries, config, built.suite, built.tokenizer)
+        for k, entry in enumerate(entries):
+            for key in _REGEX_KEYS:
+                if isinstance(entry.get(key), str):
+                    select_parameters(
+                        built.model,
+                        entry[key],
+                        trainable_only=False,
+                        what=f"{label}.{k}.{key}",
+                    )
+        shown = ", ".join(e["name"] for e in entries) or "naive"
+        lines.append(f"{label}: {shown}")
+    return lines

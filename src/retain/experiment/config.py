@@ -1,0 +1,425 @@
+"""Experiment configs: pydantic models over YAML, ``key=value`` overrides, one-line errors.
+
+An experiment is a model, a sequence of tasks, an optional capability suite, strategies, training
+settings, an optional forgetting monitor or budget, seeds and an output folder::
+
+    name: minilm-sequence
+    model: {name: minilm-l6, kind: task-heads}
+    tasks:
+      - {dataset: trec, train: 480, test: 200}
+      - {dataset: sms_spam, train: 480, test: 200}
+    strategies:
+      - {name: ewc, strength: 1000}
+    training: {lr: 1.0e-4, batch_size: 16, max_steps: 30}
+    seeds: [0]
+
+Every section forbids unknown keys (a typo is an error naming the key), and every error is one
+line naming the setting and the fix (:class:`~retain.errors.RetainError`). ``key=value``
+overrides address nested settings with dots and list items by index
+(``training.lr=3e-4``, ``tasks.0.train=100``, ``strategies.0.alpha=0.1``); values are read as
+YAML (``1e-4`` is a number, ``null`` is None, ``[0, 1]`` is a list).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from retain.errors import RetainError
+
+__all__ = [
+    "BudgetSection",
+    "CheckpointSection",
+    "ExperimentConfig",
+    "ModelSection",
+    "MonitorSection",
+    "ProbeSection",
+    "SuiteSection",
+    "SweepSection",
+    "TaskSection",
+    "TrainingSection",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_yaml",
+    "load_config",
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
+ModelKind = Literal["task-heads", "classifier", "causal-lm", "mlp"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """The pretrained model to fine-tune.
+
+    Attributes:
+        name: a registry name (``retain ls``), a local folder or a hub id; for ``kind: mlp`` a
+            label only (the network is built from ``hidden``).
+        kind: ``task-heads`` (an encoder with one classification head per task), ``classifier``
+            (one shared head for every task), ``causal-lm`` (language modelling on each task's
+            text) or ``mlp`` (a multilayer perceptron on pixels, the permuted-MNIST network).
+        hidden: hidden widths of the ``mlp`` (ignored otherwise).
+        trust_remote_code: allow model code from the hub (off unless asked).
+    """
+
+    name: str
+    kind: ModelKind = "task-heads"
+    hidden: list[int] = Field(default_factory=lambda: [256])
+    trust_remote_code: bool = False
+
+
+class TaskSection(_Section):
+    """One task of the sequence: a dataset's ``train`` and ``test`` splits.
+
+    Attributes:
+        dataset: a registry name (``retain ls``), a local ``.csv/.tsv/.json/.jsonl/.txt`` file
+            or a ``datasets`` hub name.
+        name: the task's name in results (default: the dataset name, plus ``-perm<k>``).
+        train: the first ``train`` rows of the train split (None: all).
+        test: the first ``test`` rows of the test split (None: all).
+        text_column: column holding the text (text datasets).
+        label_column: column holding the class label (classification tasks).
+        max_length: tokens per example (texts are truncated).
+        permutation: image datasets only: permute the pixels with this seed (None: as is), the
+            permuted-MNIST protocol.
+    """
+
+    dataset: str
+    name: str | None = None
+    train: int | None = Field(default=None, ge=1)
+    test: int | None = Field(default=None, ge=1)
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = Field(default=128, ge=2)
+    permutation: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The task's name in results."""
+        if self.name:
+            return self.name
+        base = Path(self.dataset).stem if "/" in self.dataset else self.dataset
+        return base if self.permutation is None else f"{base}-perm{self.permutation}"
+
+
+class ProbeSection(_Section):
+    """One capability probe of a custom suite.
+
+    Attributes:
+        kind: ``perplexity`` (causal LMs: token perplexity of held-out text), ``linear`` or
+            ``knn`` (encoders: a probe on frozen mean-pooled representations).
+        dataset: the dataset holding the text (and labels for ``linear``/``knn``).
+        name: the capability's name (default ``<dataset>`` or ``<dataset>_<kind>``).
+        split: split to read for perplexity, and the test split of the probes.
+        n: rows used (a fixed seeded sample; probes use ``n`` train and ``n // 2`` test rows).
+        max_length: tokens per perplexity window.
+    """
+
+    kind: Literal["perplexity", "linear", "knn"]
+    dataset: str
+    name: str | None = None
+    split: str = "test"
+    n: int = Field(default=64, ge=2)
+    max_length: int = Field(default=512, ge=8)
+
+
+class SuiteSection(_Section):
+    """Capabilities scored before the sequence and after every task (and watched by monitors).
+
+    Attributes:
+        name: a built-in suite (``general`` for causal LMs, ``encoder``; see ``retain ls``), or
+            None for the ``probes`` listed here.
+        size: ``quick`` (small samples) or ``full`` (built-in suites only).
+        probes: a custom suite (with ``name`` unset).
+    """
+
+    name: str | None = None
+    size: Literal["quick", "full"] = "full"
+    probes: list[ProbeSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SuiteSection:
+        if (self.name is None) == (not self.probes):
+            raise ValueError("give either a built-in suite name or a list of probes, not both")
+        return self
+
+
+class TrainingSection(_Section):
+    """Settings of each task's training (:class:`retain.training.loop.TrainConfig`).
+
+    Attributes: ``lr`` (base learning rate), ``batch_size`` (examples per optimizer step),
+    ``epochs``, ``max_steps`` (optimizer steps per task; None: whole epochs), ``optimizer``
+    (``adamw`` or ``sgd``), ``weight_decay``, ``momentum``, ``max_grad_norm``, ``shuffle``,
+    ``grad_accum`` (micro-batches per step), ``precision`` (``fp32``, ``bf16``, ``fp16``),
+    ``device`` (``auto``: CUDA when available, else CPU).
+    """
+
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=None, gt=0)
+    shuffle: bool = True
+    grad_accum: int = Field(default=1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+
+    @field_validator("lr")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class MonitorSection(_Section):
+    """The forgetting monitor (:class:`retain.training.monitor.MonitorConfig`): watch the suite
+    and every earlier task while training, stop (and roll back) past ``max_degradation``."""
+
+    max_degradation: float = Field(default=0.05, ge=0)
+    patience: int = Field(default=1, ge=1)
+    eval_every: int = Field(default=10, ge=0)
+    restore_best: bool = True
+
+
+class BudgetSection(_Section):
+    """A forgetting budget (:class:`retain.training.budget.ForgettingBudget`): the strength of
+    every ``ewc`` or ``l2sp`` strategy entry marked ``budget: true`` (in ``strategies`` or a
+    sweep variant) is tuned so the suite's worst relative degradation stays near
+    ``max_degradation``, evaluated every ``every`` steps. Needs a suite."""
+
+    max_degradation: float = Field(gt=0)
+    every: int = Field(default=10, ge=1)
+    controller: Literal["multiplicative", "pi"] = "multiplicative"
+
+
+class CheckpointSection(_Section):
+    """Checkpoints under ``<run>/checkpoints``: after every task, and every ``every`` optimizer
+    steps (0: task ends only). ``enabled: false`` saves none (a run then cannot resume)."""
+
+    enabled: bool = True
+    every: int = Field(default=0, ge=0)
+
+
+class SweepSection(_Section):
+    """Variants compared by ``retain sweep``: a name and its strategies each (``naive: []``).
+
+    ``seeds``: the seeds every variant runs with (default: the experiment's ``seeds``).
+    """
+
+    variants: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    seeds: list[int] | None = None
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment (see the module docstring for an example).
+
+    Attributes:
+        name: the experiment's name (report titles, default output folder ``runs/<name>``).
+        description: one line shown in reports.
+        model, tasks, suite, strategies, training, monitor, budget, checkpoints, sweep: the
+            sections above; ``strategies`` is a list of ``{name: ..., <parameter>: ...}`` entries
+            (``retain ls`` lists names and parameters), composed in order.
+        seeds: one run per seed (``retain run`` runs the first unless ``--seed``).
+        out: output folder (default ``runs/<name>``; ``--out`` overrides it).
+        variant: this run's label in comparisons (default: the strategies' names).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    model: ModelSection
+    tasks: list[TaskSection] = Field(min_length=1)
+    suite: SuiteSection | None = None
+    strategies: list[dict[str, Any]] = Field(default_factory=list)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    monitor: MonitorSection | None = None
+    budget: BudgetSection | None = None
+    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+    sweep: SweepSection = Field(default_factory=SweepSection)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    out: str | None = None
+    variant: str | None = None
+
+    @property
+    def variant_label(self) -> str:
+        """``variant``, or the strategies' names joined by ``+`` (``naive`` without any)."""
+        return self.variant or "+".join(e["name"] for e in self.strategies) or "naive"
+
+    @field_validator("strategies")
+    @classmethod
+    def _named(cls, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for k, entry in enumerate(entries):
+            if not isinstance(entry.get("name"), str):
+                raise ValueError(f"entry {k} needs a 'name' (e.g. {{name: ewc, strength: 1000}})")
+        return entries
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        labels = [t.label for t in self.tasks]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"task name {twice[0]!r} appears twice; give each task its own `name:`"
+            )
+        lists = [self.strategies, *self.sweep.variants.values()]
+        marked = [e for entries in lists for e in entries if e.get("budget")]
+        for entry in marked:
+            if entry["name"] not in ("ewc", "l2sp"):
+                raise ValueError(f"budget: true works on ewc or l2sp entries, not {entry['name']}")
+        if self.budget is not None:
+            if self.suite is None:
+                raise ValueError("budget needs a suite (the capabilities it keeps within budget)")
+            if not marked:
+                raise ValueError(
+                    "budget tunes the ewc or l2sp entries marked `budget: true`; mark one"
+                )
+        elif marked:
+            raise ValueError("a strategy is marked `budget: true` but there is no budget section")
+        return self
+
+    def output_dir(self) -> Path:
+        """``out`` or ``runs/<name>``."""
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "config"
+
+
+def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
+    """Validate ``data`` as an :class:`ExperimentConfig`; the first error becomes one line."""
+    if not isinstance(data, dict):
+        raise RetainError(f"{source} must be a YAML mapping (name:, model:, tasks:, ...)")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where, message = _location(first["loc"]), first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting; check its spelling (see the config reference in README)"
+        elif first["type"] == "missing":
+            message = "missing; it is required"
+        message = message.removeprefix("Value error, ")
+        more = len(error.errors()) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise RetainError(f"{source}: {where}: {message}{tail}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with each ``dotted.key=value`` applied (values parsed as YAML).
+
+    >>> apply_overrides({"training": {"lr": 1e-4}, "tasks": [{"train": 10}]},
+    ...                 ["training.lr=3e-4", "tasks.0.train=5"])
+    {'training': {'lr': 0.0003}, 'tasks': [{'train': 5}]}
+    """
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RetainError(f"override {item!r} is not key=value (e.g. training.lr=3e-4)")
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), item)
+        last = parts[-1]
+        value = _parse_value(raw)
+        if isinstance(node, list):
+            index = _index(node, last, key, item)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RetainError(f"override {item!r}: {'.'.join(parts[:-1])} is not a section")
+    return data
+
+
+def _index(node: list[Any], part: str, where: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RetainError(
+            f"override {item!r}: {where} needs a list index 0..{len(node) - 1}, got {part!r}"
+        )
+    return int(part)
+
+
+def _child(node: Any, part: str, where: str, item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where, item)]
+    if isinstance(node, dict):
+        if node.get(part) is None:
+            node[part] = {}
+        return node[part]
+    raise RetainError(f"override {item!r}: {where} is not a section")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (one-line errors for a missing file or bad YAML)."""
+    if not path.is_file():
+        raise RetainError(
+            f"config file {str(path)!r} does not exist; give a YAML file "
+            "(shipped ones: `retain ls`)"
+        )
+    try:
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RetainError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise RetainError(f"{path}: must be a YAML mapping (name:, model:, tasks:, ...)")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate the experiment in ``path`` (a file, or a shipped config's
+    name such as ``demo``: :func:`retain.experiment.shipped.shipped_config`)."""
+    from retain.experiment.shipped import resolve_config_path
+
+    file = resolve_config_path(str(path))
+    data = apply_overrides(read_yaml(file), overrides or [])
+    return config_from_dict(data, source=str(file))
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    """The resolved config (every default filled in) as YAML, the run directory's record."""
+    data = config.model_dump(mode="json")
+    text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return text

@@ -1,0 +1,203 @@
+"""``retain run``: one experiment, one seed, into a run directory.
+
+A run directory holds::
+
+    config.yaml      the resolved config of this run (every default filled in; ``seeds`` = [seed])
+    results.json     everything measured (format ``retain.run/1``, see the README)
+    checkpoints/     safetensors checkpoints (after every task, every ``checkpoints.every`` steps)
+    report.html      a self-contained report (plots embedded); plots/*.png the same plots
+    progress.json    per-task figures of an unfinished run (removed when results.json appears)
+
+Re-running into a directory: a finished run (``results.json``) is refused unless ``overwrite``;
+an unfinished run of the *same* config resumes from its newest checkpoint; an unfinished run of
+another config, or a folder that is not a run directory, is refused. ``overwrite`` replaces a run
+directory but never deletes a folder that is not one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from retain.errors import RetainError
+from retain.experiment.build import build_experiment, build_strategies, train_config
+from retain.experiment.config import ExperimentConfig, config_to_yaml
+from retain.experiment.layer_drift import LayerDrift
+from retain.experiment.run_dir import write_json, write_text
+from retain.strategies.base import Strategy
+from retain.training.sequence import fit_sequence
+
+__all__ = ["RESULTS_FORMAT", "RunSpec", "run_experiment", "run_state"]
+
+RESULTS_FORMAT = "retain.run/1"
+_RUN_FILES = ("config.yaml", "results.json")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: the config (its ``seeds[0]`` is the seed), where to write it, and how.
+
+    Attributes:
+        config: the experiment; ``seeds`` beyond the first are ignored here (``retain sweep``
+            runs them all).
+        out: the run directory (None: ``config.output_dir()``).
+        overwrite: replace a finished or different run in ``out``.
+        report: write report.html and plots/ at the end.
+        progress: tqdm bars during training (None: on a terminal).
+        say: receives one-line progress messages.
+    """
+
+    config: ExperimentConfig
+    out: Path | None = None
+    overwrite: bool = False
+    report: bool = True
+    progress: bool | None = None
+    say: Callable[[str], None] | None = None
+
+
+def run_state(out: Path, config_yaml: str) -> str:
+    """``"new"``, ``"resume"``, ``"finished"``, ``"different"`` or ``"foreign"`` for ``out``."""
+    if out.exists() and not out.is_dir():
+        return "foreign"
+    if not out.is_dir() or not any(out.iterdir()):
+        return "new"
+    if (out / "results.json").is_file():
+        return "finished"
+    stored = out / "config.yaml"
+    if not stored.is_file():
+        return "foreign"
+    return "resume" if stored.read_text(encoding="utf-8") == config_yaml else "different"
+
+
+def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
+    """Make ``out`` ready; returns True when the run resumes."""
+    state = run_state(out, config_yaml)
+    if state == "foreign":
+        raise RetainError(
+            f"{str(out)!r} exists and is not a retain run directory (no config.yaml); "
+            "choose another --out (it is never deleted, even with --overwrite)"
+        )
+    if state in ("finished", "different") and not overwrite:
+        what = (
+            "a finished run (results.json)"
+            if state == "finished"
+            else "an unfinished run of a different config"
+        )
+        raise RetainError(
+            f"{str(out)!r} holds {what}; choose another --out or pass --overwrite to replace it"
+        )
+    if state in ("finished", "different"):
+        shutil.rmtree(out)
+    if not out.resolve().parent.is_dir():
+        raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
+    out.mkdir(exist_ok=True)
+    if state != "resume":
+        write_text(out / "config.yaml", config_yaml)
+    return state == "resume"
+
+
+def _extras(strategies: list[Strategy], model: nn.Module, lr: float) -> dict[str, Any]:
+    """Per-layer learning rates and the unfreezing timeline, when those strategies are used."""
+    extras: dict[str, Any] = {"layer_lrs": None, "unfreezing": None}
+    for s in strategies:
+        if s.name == "layerwise_lr":
+            groups = s.param_groups(model, lr) or []
+            extras["layer_lrs"] = [
+                {"group": str(g.get("name", f"group {k}")), "lr": float(g["lr"])}
+                for k, g in enumerate(groups)
+            ]
+        if s.name == "gradual_unfreezing":
+            lines = getattr(s, "timelines", [])
+            extras["unfreezing"] = [
+                [[int(unit), k + 1] for k, (unit, _depth) in enumerate(sorted(line))]
+                for line in lines
+            ]
+    return extras
+
+
+def run_experiment(spec: RunSpec) -> dict[str, Any]:
+    """Train ``spec.config``'s task sequence with its first seed; returns ``results.json``'s data.
+
+    The run directory is described in the module docstring; the report is written by
+    :func:`retain.report.write.write_run_report`.
+    """
+    say = spec.say or (lambda _line: None)
+    config = spec.config
+    seed = config.seeds[0]
+    config = config.model_copy(update={"seeds": [seed]})
+    out = spec.out or config.output_dir()
+    config_yaml = config_to_yaml(config)
+    resume = _prepare(out, config_yaml, spec.overwrite)
+    say(
+        ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
+        f"seed {seed} in {out}"
+    )
+    begin = time.perf_counter()
+    built = build_experiment(config, seed)
+    strategies = build_strategies(config.strategies, config, built.suite, built.tokenizer)
+    drift = LayerDrift(built.model)
+    progress_file = out / "progress.json"
+    done: dict[str, Any] = {"drift": [], "budget": []}
+    if resume and progress_file.is_file():
+        done = json.loads(progress_file.read_text(encoding="utf-8"))
+    budgets = [s for s in strategies if s.name == "forgetting_budget"]
+    seen = [sum(len(h) for h in done["budget"])]  # a resumed budget restores its history
+
+    def after_task(t: int, model: nn.Module) -> None:
+        done["drift"] = [*done["drift"][:t], drift.measure(model)]
+        if budgets:
+            history = getattr(budgets[0], "history", [])
+            done["budget"] = [*done["budget"][:t], list(history[seen[0] :])]
+            seen[0] = len(history)
+        write_json(progress_file, done)
+        say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
+
+    checkpoints = config.checkpoints
+    model, result = fit_sequence(
+        built.model,
+        built.splits,
+        strategies,
+        train_config(config, seed),
+        built.score,
+        suite=built.suite,
+        tokenizer=built.tokenizer,
+        monitor=built.monitor,
+        checkpoint_dir=out / "checkpoints" if checkpoints.enabled else None,
+        checkpoint_every=checkpoints.every if checkpoints.enabled else 0,
+        resume=resume and checkpoints.enabled,
+        device=None if config.training.device == "auto" else config.training.device,
+        progress=spec.progress,
+        after_task=after_task,
+    )
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "name": config.name,
+        "description": config.description,
+        "variant": config.variant_label,
+        "seed": seed,
+        "model": config.model.name,
+        "score": {"name": built.score_name, "higher_is_better": built.higher_is_better},
+        "run": result.to_dict(),
+        "monitor": None if config.monitor is None else config.monitor.model_dump(),
+        "budget": None
+        if not budgets or config.budget is None
+        else {"max_degradation": config.budget.max_degradation, "history": done["budget"]},
+        "drift": {"layers": drift.layers, "after": done["drift"]},
+        **_extras(strategies, model, config.training.lr),
+        "seconds": time.perf_counter() - begin,
+    }
+    write_json(out / "results.json", results)
+    progress_file.unlink(missing_ok=True)
+    if spec.report:
+        from retain.report.write import write_run_report
+
+        write_run_report(out)
+    say(f"wrote {out / 'results.json'}" + (f" and {out / 'report.html'}" if spec.report else ""))
+    return results

@@ -1,0 +1,198 @@
+"""``retain sweep``: run strategy variants over seeds and compare them.
+
+Variants come from ``--strategies a,b,c`` (each a variant named in the config's
+``sweep.variants``, ``naive`` for none, or a strategy name: the config's entry of that name with
+its parameters, else the strategy with its defaults), or, without it, from ``sweep.variants`` (or
+the config's own ``strategies`` as one variant). ``--grid ewc.strength=1e2,1e3`` replaces every
+variant that uses ``ewc`` by one variant per value (``ewc strength=100``, ...); several grids
+multiply. Each (variant, seed) is a run directory ``<out>/<variant>/seed-<seed>``; seeds run in
+the outer loop, so every finished seed compares all variants. A finished run is reused when the
+sweep is run again (``overwrite`` runs everything afresh); the comparison (``comparison.json``,
+``report.html``, ``plots/``) is written at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retain.errors import RetainError
+from retain.experiment.config import ExperimentConfig, _parse_value, config_to_yaml
+from retain.experiment.run_dir import write_text
+from retain.experiment.runner import RunSpec, run_experiment, run_state
+
+__all__ = ["SweepSpec", "parse_seeds", "run_sweep", "sweep_variants", "variant_folder"]
+
+Entries = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: the base config, the variants to compare and the seeds.
+
+    Attributes:
+        config: the base experiment.
+        strategies: variant names (None: ``sweep.variants``, or the config's strategies).
+        grid: ``strategy.parameter=v1,v2,...`` items.
+        seeds: the seeds (None: ``sweep.seeds`` or ``seeds`` of the config).
+        out: the sweep folder (None: ``config.output_dir()``).
+        overwrite: run every variant afresh, replacing earlier runs.
+        say: receives one-line progress messages.
+    """
+
+    config: ExperimentConfig
+    strategies: list[str] | None = None
+    grid: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    say: Callable[[str], None] | None = None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> ``[0, 1, 2]`` (a count); ``"0,5,7"`` -> those seeds.
+
+    >>> parse_seeds("3"), parse_seeds("0,5")
+    ([0, 1, 2], [0, 5])
+    """
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RetainError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise RetainError(f"--seeds {text!r}: a count must be >= 1")
+        return list(range(values[0]))
+    if not values:
+        raise RetainError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)")
+    return values
+
+
+def _named(config: ExperimentConfig, name: str) -> Entries:
+    from retain.strategies.base import STRATEGIES
+
+    if name in config.sweep.variants:
+        return copy.deepcopy(config.sweep.variants[name])
+    if name == "naive":
+        return []
+    if name not in STRATEGIES:
+        raise RetainError(
+            f"--strategies: {STRATEGIES.unknown_message(name)} "
+            f"(or a variant of sweep.variants: {', '.join(config.sweep.variants) or 'none'})"
+        )
+    canonical = STRATEGIES.entry(name).name
+    own = [e for e in config.strategies if e["name"] == canonical]
+    return copy.deepcopy(own[:1]) if own else [{"name": canonical}]
+
+
+def _grid(item: str) -> tuple[str, str, list[Any]]:
+    key, sep, raw = item.partition("=")
+    strategy, dot, parameter = key.strip().partition(".")
+    values = [_parse_value(v) for v in raw.split(",") if v.strip()]
+    if not sep or not dot or not strategy or not parameter or not values:
+        raise RetainError(
+            f"--grid {item!r} is not strategy.parameter=v1,v2 (e.g. ewc.strength=1e2,1e3)"
+        )
+    return strategy, parameter, values
+
+
+def sweep_variants(
+    config: ExperimentConfig, names: list[str] | None, grid: list[str]
+) -> dict[str, Entries]:
+    """The variants to run, by name (see the module docstring)."""
+    if names:
+        variants = {name: _named(config, name) for name in names}
+    elif config.sweep.variants:
+        variants = copy.deepcopy(config.sweep.variants)
+    else:
+        variants = {config.variant_label: copy.deepcopy(config.strategies)}
+    for item in grid:
+        strategy, parameter, values = _grid(item)
+        expanded: dict[str, Entries] = {}
+        used = False
+        for name, entries in variants.items():
+            hits = [k for k, e in enumerate(entries) if e["name"] == strategy]
+            if not hits:
+                expanded[name] = entries
+                continue
+            used = True
+            for value in values:
+                changed = copy.deepcopy(entries)
+                for k in hits:
+                    changed[k][parameter] = value
+                expanded[f"{name} {parameter}={value}"] = changed
+        if not used:
+            raise RetainError(
+                f"--grid {item!r}: no variant uses {strategy!r}; add it to --strategies"
+            )
+        variants = expanded
+    return variants
+
+
+def variant_folder(name: str) -> str:
+    """A folder name for a variant label (``ewc strength=100`` -> ``ewc_strength-100``).
+
+    >>> variant_folder("ewc strength=100")
+    'ewc_strength-100'
+    """
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name.replace("=", "-")).strip("_") or "variant"
+
+
+def run_sweep(spec: SweepSpec) -> Path:
+    """Run every (seed, variant) and write the comparison; returns the comparison report path."""
+    from retain.report.write import write_comparison_report
+
+    say = spec.say or (lambda _line: None)
+    config = spec.config
+    variants = sweep_variants(config, spec.strategies, spec.grid)
+    seeds = spec.seeds or config.sweep.seeds or config.seeds
+    out = spec.out or config.output_dir()
+    plan = config_to_yaml(config) + f"# variants: {variants}\n# seeds: {seeds}\n"
+    _prepare_sweep(out, plan, spec.overwrite)
+    folders = [variant_folder(name) for name in variants]
+    if len(set(folders)) < len(folders):
+        raise RetainError("two variants map to the same folder; give them distinct names")
+    run_dirs = []
+    total = len(variants) * len(seeds)
+    for n, (seed, (name, entries)) in enumerate(itertools.product(seeds, variants.items())):
+        run_config = config.model_copy(
+            update={"strategies": entries, "seeds": [seed], "variant": name, "out": None}
+        )
+        folder = out / variant_folder(name) / f"seed-{seed}"
+        run_dirs.append(folder)
+        if not spec.overwrite and run_state(folder, config_to_yaml(run_config)) == "finished":
+            say(f"[{n + 1}/{total}] {name} seed {seed}: finished earlier, reused")
+            continue
+        say(f"[{n + 1}/{total}] {name} seed {seed}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        run_experiment(
+            RunSpec(run_config, out=folder, overwrite=spec.overwrite, progress=False, say=say)
+        )
+    report: Path = write_comparison_report(run_dirs, out)
+    return report
+
+
+def _prepare_sweep(out: Path, plan: str, overwrite: bool) -> None:
+    record = out / "sweep.yaml"
+    if out.is_dir() and any(out.iterdir()):
+        if not record.is_file():
+            raise RetainError(
+                f"{str(out)!r} exists and is not a retain sweep folder (no sweep.yaml); "
+                "choose another --out (it is never deleted, even with --overwrite)"
+            )
+        if record.read_text(encoding="utf-8") != plan and not overwrite:
+            raise RetainError(
+                f"{str(out)!r} holds a sweep of other settings; choose another --out or pass "
+                "--overwrite to replace it"
+            )
+    elif out.exists() and not out.is_dir():
+        raise RetainError(f"{str(out)!r} is a file; give a folder as --out")
+    if not out.resolve().parent.is_dir():
+        raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
+    out.mkdir(exist_ok=True)
+    write_text(record, plan)

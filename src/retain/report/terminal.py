@@ -1,0 +1,75 @@
+"""Fixed-width terminal tables of a run and of a comparison (``retain run``/``sweep``/``demo``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["comparison_table", "run_table"]
+
+_COLUMNS = (
+    ("new-task", "new_task_score", "{:.3f}"),
+    ("BWT", "backward_transfer", "{:+.3f}"),
+    ("forgetting", "forgetting", "{:.3f}"),
+    ("capability", "capability_degradation", "{:+.1%}"),
+    ("time s", "seconds", "{:.0f}"),
+)
+
+
+def _cell(figure: Any, spec: str) -> str:
+    if not isinstance(figure, dict) or figure.get("mean") is None:
+        return "n/a"
+    text = spec.format(figure["mean"])
+    if figure.get("sd") and int(figure.get("n", 2)) > 1:
+        text += " ± " + spec.replace("+", "").format(figure["sd"])
+    return text
+
+
+def _layout(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per variant: new-task score, BWT, forgetting, capability degradation, seconds
+    (mean ± sd over seeds), ``*`` marking the Pareto-optimal variants."""
+    table = [["variant", "seeds", *(title for title, _, _ in _COLUMNS)]]
+    for row in rows:
+        name = row["variant"] + (" *" if row.get("pareto") else "")
+        n = str(row.get("n", len(row.get("seeds", []))))
+        figures = [_cell({**(row.get(key) or {}), "n": n}, spec) for _, key, spec in _COLUMNS]
+        table.append([name, n, *figures])
+    legend = (
+        "new-task: mean score on each task right after training it; BWT: backward transfer "
+        "(negative = forgotten); capability: worst relative degradation of the suite "
+        "(positive = worse); * Pareto-optimal"
+    )
+    return _layout(table) + "\n" + legend
+
+
+def run_table(results: dict[str, Any]) -> str:
+    """The score matrix ``R[t][i]`` of one run with its metrics, for the terminal."""
+    run = results["run"]
+    tasks = run["tasks"]
+    table = [["after \\ on", *tasks]]
+    table.append(["(start)", *(_num(b) for b in run["baseline"])])
+    for t, row in enumerate(run["matrix"]):
+        table.append([tasks[t], *(_num(x) for x in row)])
+    m = run["metrics"]
+    tail = (
+        f"ACC {_num(m.get('average_accuracy'))}  BWT {_num(m.get('backward_transfer'), '+.3f')}"
+        f"  FWT {_num(m.get('forward_transfer'), '+.3f')}"
+        f"  forgetting {_num(m.get('average_forgetting'))}"
+    )
+    return _layout(table) + "\n" + tail
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)

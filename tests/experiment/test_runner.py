@@ -1,0 +1,111 @@
+"""``run_experiment``: the run directory, equality with the engine, drift, resume and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from retain.errors import RetainError
+from retain.experiment.build import build_experiment, build_strategies, train_config
+from retain.experiment.config import ExperimentConfig, config_from_dict
+from retain.experiment.runner import RunSpec, run_experiment
+from retain.training.sequence import fit_sequence
+
+
+def mlp_config(**change: Any) -> ExperimentConfig:
+    data: dict[str, Any] = {
+        "name": "mlp-digits",
+        "model": {"name": "mlp", "kind": "mlp", "hidden": [16]},
+        "tasks": [
+            {"dataset": "digits", "train": 200, "test": 80},
+            {"dataset": "digits", "permutation": 1, "train": 200, "test": 80},
+        ],
+        "training": {"lr": 1e-2, "batch_size": 20, "max_steps": 8},
+        "checkpoints": {"every": 4},
+        "seeds": [3],
+        **change,
+    }
+    return config_from_dict(data)
+
+
+def test_a_run_writes_its_directory_and_equals_the_engine(tmp_path: Path) -> None:
+    config = mlp_config(strategies=[{"name": "l2sp", "alpha": 0.01}])
+    results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "results.json"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["format"] == "retain.run/1"
+    assert saved["variant"] == "l2sp"
+    assert saved["seed"] == 3
+    assert yaml.safe_load((out / "config.yaml").read_text())["seeds"] == [3]
+
+    built = build_experiment(config, 3)  # the same experiment through the engine directly
+    strategies = build_strategies(config.strategies, config, None, None)
+    _, direct = fit_sequence(
+        built.model, built.splits, strategies, train_config(config, 3), built.score, progress=False
+    )
+    assert saved["run"]["matrix"] == direct.matrix == results["run"]["matrix"]
+    assert saved["run"]["baseline"] == direct.baseline
+    layers = saved["drift"]["layers"]
+    assert layers == ["body.0", "head"]
+    assert len(saved["drift"]["after"]) == 2
+    assert all(d > 0 for row in saved["drift"]["after"] for d in row)
+
+
+def test_drift_is_zero_exactly_where_weights_are_frozen(tmp_path: Path) -> None:
+    config = mlp_config(strategies=[{"name": "freeze", "params": r"^body\."}])
+    results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    by_layer = dict(zip(results["drift"]["layers"], results["drift"]["after"][-1], strict=True))
+    assert by_layer["body.0"] == 0.0
+    assert by_layer["head"] > 0
+
+
+def test_rerunning_refuses_or_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = mlp_config()
+    first = run_experiment(RunSpec(config, out=out, report=False))
+    with pytest.raises(RetainError, match=r"holds a finished run .*--overwrite"):
+        run_experiment(RunSpec(config, out=out, report=False))
+    again = run_experiment(RunSpec(config, out=out, overwrite=True, report=False))
+    assert again["run"]["matrix"] == first["run"]["matrix"]
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(RetainError, match="not a retain run directory"):
+        run_experiment(RunSpec(config, out=foreign, overwrite=True, report=False))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    config = mlp_config(strategies=[{"name": "ewc", "strength": 10.0, "fisher_samples": 32}])
+    whole = run_experiment(RunSpec(config, out=tmp_path / "whole", report=False))
+
+    class InterruptError(Exception):
+        pass
+
+    def stop_after_first_task(line: str) -> None:
+        if line.startswith("  task 1/2"):
+            raise InterruptError
+
+    out = tmp_path / "cut"
+    with pytest.raises(InterruptError):
+        run_experiment(RunSpec(config, out=out, report=False, say=stop_after_first_task))
+    assert not (out / "results.json").exists()
+    assert (out / "progress.json").exists()
+
+    other = mlp_config(training={"lr": 5e-3, "batch_size": 20, "max_steps": 8})
+    with pytest.raises(RetainError, match="unfinished run of a different config"):
+        run_experiment(RunSpec(other, out=out, report=False))
+
+    lines: list[str] = []
+    resumed = run_experiment(RunSpec(config, out=out, report=False, say=lines.append))
+    assert lines[0].startswith("resuming mlp-digits [ewc] seed 3")
+    assert resumed["run"]["resumed"]
+    assert resumed["run"]["matrix"] == whole["run"]["matrix"]
+    assert resumed["drift"] == whole["drift"]
+    assert not (out / "progress.json").exists()
