@@ -1,0 +1,111 @@
+"""The experiment commands: validate, run, report, sweep; user mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retain.cli import main
+
+CONFIG = {
+    "name": "cli-mlp",
+    "model": {"name": "mlp", "kind": "mlp", "hidden": [16]},
+    "tasks": [
+        {"dataset": "digits", "train": 120, "test": 60},
+        {"dataset": "digits", "permutation": 1, "train": 120, "test": 60},
+    ],
+    "strategies": [{"name": "l2sp", "alpha": 0.1}],
+    "training": {"lr": 1e-2, "batch_size": 20, "max_steps": 5},
+    "monitor": {"max_degradation": 0.5, "eval_every": 2},
+}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+def test_validate_checks_without_training(
+    capsys: pytest.CaptureFixture[str], config_file: Path
+) -> None:
+    code, out, _ = run(capsys, "validate", str(config_file), "training.lr=3e-3")
+    assert code == 0
+    assert "ok: task digits-perm1: 120 train, 60 test examples" in out
+    assert out.rstrip().endswith("valid")
+    assert not (config_file.parent / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["training.lrr=1"], "training.lrr: unknown setting"),
+        (["tasks.0.dataset=no_such_data"], "no_such_data"),
+        (["strategies.0.name=l2spp"], "did you mean 'l2sp'"),
+        (["strategies.0.params=^nothing"], "matches no parameter"),
+        (["tasks.0.label_column=missing"], "has no column 'missing'"),
+    ],
+)
+def test_validate_names_the_bad_setting(
+    capsys: pytest.CaptureFixture[str], config_file: Path, extra: list[str], expected: str
+) -> None:
+    code, _, err = run(capsys, "validate", str(config_file), *extra)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("retain: error: ")
+    assert expected in err
+
+
+def test_run_report_and_refusal(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
+    out_dir = config_file.parent / "run"
+    code, out, err = run(capsys, "run", str(config_file), "--out", str(out_dir), "--seed", "2")
+    assert code == 0
+    assert "digits-perm1" in out
+    assert f"report: {out_dir / 'report.html'}" in out
+    assert (out_dir / "report.html").is_file()
+    assert yaml.safe_load((out_dir / "config.yaml").read_text())["seeds"] == [2]
+
+    code, _, err = run(capsys, "run", str(config_file), "--out", str(out_dir), "--seed", "2")
+    assert code == 2
+    assert "holds a finished run" in err
+
+    (out_dir / "report.html").unlink()
+    code, out, _ = run(capsys, "report", str(out_dir))
+    assert code == 0
+    assert (out_dir / "report.html").is_file()
+    code, _, err = run(capsys, "report", str(config_file.parent / "nothing-here"))
+    assert code == 2
+
+
+def test_sweep_prints_the_comparison(capsys: pytest.CaptureFixture[str], config_file: Path) -> None:
+    out_dir = config_file.parent / "sweep"
+    code, out, _ = run(
+        capsys,
+        "sweep",
+        str(config_file),
+        "--strategies",
+        "naive,l2sp",
+        "--grid",
+        "l2sp.alpha=0.01,1",
+        "--seeds",
+        "1",
+        "--out",
+        str(out_dir),
+        "checkpoints.enabled=false",
+    )
+    assert code == 0
+    for variant in ("naive", "l2sp alpha=0.01", "l2sp alpha=1"):
+        assert variant in out
+    assert f"report: {out_dir / 'report.html'}" in out
+    code, _, err = run(capsys, "sweep", str(config_file), "--strategies", "naive,ewcc")
+    assert code == 2
+    assert "did you mean 'ewc'" in err
