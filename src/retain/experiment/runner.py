@@ -103,8 +103,11 @@ def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
     return state == "resume"
 
 
-def _extras(strategies: list[Strategy], model: nn.Module, lr: float) -> dict[str, Any]:
-    """Per-layer learning rates and the unfreezing timeline, when those strategies are used."""
+def _extras(
+    strategies: list[Strategy], model: nn.Module, lr: float, logs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Per-layer learning rates and the unfreezing timeline (in optimizer steps of each task;
+    epochs are converted with the task's steps per epoch), when those strategies are used."""
     extras: dict[str, Any] = {"layer_lrs": None, "unfreezing": None}
     for s in strategies:
         if s.name == "layerwise_lr":
@@ -115,9 +118,15 @@ def _extras(strategies: list[Strategy], model: nn.Module, lr: float) -> dict[str
             ]
         if s.name == "gradual_unfreezing":
             lines = getattr(s, "timelines", [])
+            per_epoch = [
+                log["steps"] / max(1, log["epochs_done"])
+                if getattr(s, "unit", "") == "epoch"
+                else 1.0
+                for log in logs
+            ]
             extras["unfreezing"] = [
-                [[int(unit), k + 1] for k, (unit, _depth) in enumerate(sorted(line))]
-                for line in lines
+                [[round(unit * scale), k + 1] for k, (unit, _depth) in enumerate(sorted(line))]
+                for line, scale in zip(lines, per_epoch, strict=False)
             ]
     return extras
 
@@ -190,7 +199,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         if not budgets or config.budget is None
         else {"max_degradation": config.budget.max_degradation, "history": done["budget"]},
         "drift": {"layers": drift.layers, "after": done["drift"]},
-        **_extras(strategies, model, config.training.lr),
+        **_extras(strategies, model, config.training.lr, result.logs),
         "seconds": time.perf_counter() - begin,
     }
     write_json(out / "results.json", results)

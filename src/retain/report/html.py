@@ -1,0 +1,313 @@
+"""Self-contained HTML reports of one run and of a comparison of variants.
+
+Each report is ONE file: CSS inline, figures embedded as ``data:image/png;base64`` URIs, no
+external URL and no JavaScript, so it opens offline, from an e-mail attachment or an artifact
+store. Every string that comes from a config or a result (experiment, task and capability names,
+stop reasons, versions) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from retain.report.comparison_plots import COMPARISON_FIGURES
+from retain.report.plots import RUN_FIGURES
+from retain.report.summary import SUMMARY_KEYS, forgetting_cost_key, run_summary
+
+__all__ = ["CAPTIONS", "comparison_html", "run_report_html"]
+
+#: What each figure shows, by the names of :data:`~retain.report.plots.RUN_FIGURES` and
+#: :data:`~retain.report.comparison_plots.COMPARISON_FIGURES`.
+CAPTIONS = {
+    "score_matrix": "Score matrix R[t][i]: the score on task i (column) after training task t "
+    "(row). The diagonal is each task right after it was learned; values below it falling "
+    "along a column are forgetting.",
+    "task_curves": "Score of every task after each training stage; stage 0 is the model before "
+    "any training. The ring marks the stage where the task itself was trained.",
+    "degradation": "Relative degradation of each watched capability (positive = worse than the "
+    "start) over global optimizer steps, the worst one in black; red dashed: the monitor's "
+    "budget; x: where the monitor stopped a task, with its reason; dashed verticals: task "
+    "boundaries. Without a monitor: the suite's degradation after each task.",
+    "loss": "Training loss per optimizer step over the whole sequence (global steps) and its "
+    "moving average; dashed verticals: task boundaries.",
+    "budget": "Forgetting budget controller: the penalty strength it set (top) and the worst "
+    "relative degradation it measured (bottom) against the budget (red dashed).",
+    "drift": "Relative drift ||θ_t − θ_0|| / ||θ_0|| of each layer's parameters from the "
+    "starting model, after each task.",
+    "layer_lrs": "Learning rate of each parameter group (layer-wise learning rates).",
+    "unfreezing": "Gradual unfreezing: number of trainable blocks over global steps, per task.",
+    "pareto": "Plasticity (mean new-task score, right is better) against forgetting cost (down "
+    "is better) per variant, error bars = sample sd over seeds. Red stars joined by a line: the "
+    "Pareto-optimal variants (no other variant is at least as good on both axes and better on "
+    "one).",
+    "transfer": "Backward transfer (negative = forgot) and average forgetting (positive = forgot) "
+    "per variant, mean ± sample sd over seeds.",
+}
+
+_LABELS = {
+    "new_task_score": "new-task score (mean R[t][t])",
+    "average_accuracy": "average final score (ACC)",
+    "backward_transfer": "backward transfer (BWT)",
+    "forgetting": "average forgetting",
+    "capability_degradation": "worst capability degradation (last task)",
+    "seconds": "wall-clock seconds",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}td{white-space:nowrap}
+td.l{white-space:normal;max-width:30em}.wrap{overflow-x:auto}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+td.diag{background:#e8f0fe;font-weight:600}tr.pareto td{background:#fff4e5}
+.worse{color:#b00020}.meta td{text-align:left}
+figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.88em;color:#555;max-width:900px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, spec: str = ".4g") -> str:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
+def _figure_spec(key: str, sd: bool = False) -> str:
+    """Format of a summary figure (``sd``: of its standard deviation, unsigned, 2 digits)."""
+    if key == "capability_degradation":
+        return ".1%" if sd else "+.1%"
+    if key == "seconds":
+        return ".1f"
+    return ".2g" if sd else ".4g"
+
+
+def _table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Sequence[str] = ()
+) -> str:
+    """Rows of already-escaped cell HTML; a header or cell starting with ``<th``/``<td`` is kept
+    as it is (its own attributes); rows get ``row_classes``. Scrolls sideways when too wide."""
+    head = "".join(
+        h if h.startswith("<th") else f'<th class="l">{h}</th>' if k == 0 else f"<th>{h}</th>"
+        for k, h in enumerate(header)
+    )
+    body = []
+    for k, row in enumerate(rows):
+        cells = [c if c.startswith("<td") else f"<td>{c}</td>" for c in row]
+        if cells and not row[0].startswith("<td"):
+            cells[0] = f'<td class="l">{row[0]}</td>'
+        cls = f' class="{row_classes[k]}"' if k < len(row_classes) and row_classes[k] else ""
+        body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wrap">{table}</div>'
+
+
+def _images(images: Mapping[str, bytes], order: Sequence[str]) -> str:
+    names = [n for n in order if n in images] + [n for n in images if n not in order]
+    parts = []
+    for name in names:
+        caption = CAPTIONS.get(name, name)
+        data = base64.b64encode(images[name]).decode("ascii")
+        parts.append(
+            f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" '
+            f'src="data:image/png;base64,{data}"><figcaption><b>{_e(name)}</b>: '
+            f"{_e(caption)}</figcaption></figure>"
+        )
+    return "<h2>Figures</h2>" + "".join(parts) if parts else ""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _score(results_list: Sequence[Mapping[str, Any]]) -> str:
+    score = (results_list[0].get("score") if results_list else None) or {}
+    direction = "higher" if score.get("higher_is_better", True) else "lower"
+    return f"{score.get('name', 'score')} ({direction} is better)"
+
+
+def _settings(values: Any, keys: Sequence[str] | None = None) -> str:
+    """``key=value, ...`` of a settings mapping (only ``keys`` when given)."""
+    if not isinstance(values, Mapping):
+        return ""
+    return ", ".join(f"{k}={values[k]}" for k in (keys or list(values)) if k in values)
+
+
+def _header(results: Mapping[str, Any]) -> str:
+    run = results.get("run") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
+    training = _settings(run.get("config"), ("lr", "batch_size", "epochs", "max_steps"))
+    budget = {k: v for k, v in (results.get("budget") or {}).items() if k != "history"}
+    meta = [
+        ("description", results.get("description") or ""),
+        ("variant", results.get("variant", "")),
+        ("seed", results.get("seed", run.get("seed", ""))),
+        ("model", results.get("model", "")),
+        ("strategies", run.get("strategies", "")),
+        ("score", _score([results])),
+        ("tasks", ", ".join(str(t) for t in run.get("tasks") or [])),
+        ("training", training),
+        ("monitor", _settings(results.get("monitor")) or "none"),
+        ("forgetting budget", _settings(budget) or "none"),
+        ("library versions", versions),
+    ]
+    rows = "".join(
+        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in meta if v != ""
+    )
+    return f'<h1>{_e(results.get("name", "retain run"))}</h1><table class="meta">{rows}</table>'
+
+
+def _matrix_table(run: Mapping[str, Any]) -> str:
+    tasks = [str(t) for t in run.get("tasks") or []]
+    baseline = list(run.get("baseline") or [])
+    rows = [
+        ["before training"]
+        + [_num(baseline[i]) if i < len(baseline) else "n/a" for i in range(len(tasks))]
+    ]
+    for t, row in enumerate(run.get("matrix") or []):
+        cells = [
+            f'<td class="diag">{_num(v)}</td>' if i == t else _num(v) for i, v in enumerate(row)
+        ]
+        rows.append([f"after {_e(tasks[t]) if t < len(tasks) else t}", *cells])
+    header = ["after training ↓ / evaluated on →", *(_e(t) for t in tasks)]
+    return "<h2>Score matrix</h2>" + _table(header, rows)
+
+
+def _suite_table(run: Mapping[str, Any], budget: float | None) -> str:
+    suite = run.get("suite") or {}
+    if not suite.get("baseline"):
+        return ""
+    tasks = [str(t) for t in run.get("tasks") or []]
+    after = suite.get("after") or []
+    relative = suite.get("relative_degradation") or []
+    rows = []
+    for cap, base in suite["baseline"].items():
+        cells = [_e(cap), _num(base)]
+        for t in range(len(after)):
+            rel = (relative[t] if t < len(relative) else {}).get(cap)
+            worse = rel is not None and budget is not None and rel > budget
+            text = f"{_num(after[t].get(cap))} ({_num(rel, '+.1%')})"
+            cells.append(f'<td class="worse">{text}</td>' if worse else text)
+        rows.append(cells)
+    header = ["capability", "baseline", *(f"after {_e(t)}" for t in tasks[: len(after)])]
+    name = _e(suite.get("name", "suite"))
+    note = "<p>Score after each task (relative degradation against the baseline, + = worse).</p>"
+    return f"<h2>Capability suite: {name}</h2>{note}" + _table(header, rows)
+
+
+def _monitor_table(run: Mapping[str, Any]) -> str:
+    logs = run.get("logs") or []
+    if not any(log.get("monitor") or log.get("stop_reason") for log in logs):
+        return ""
+    rows = []
+    for log in logs:
+        mon = log.get("monitor") or {}
+        reason = mon.get("reason") or log.get("stop_reason") or ("completed" if mon else "")
+        rows.append(
+            [
+                _e(log.get("task", "")),
+                _num(log.get("steps"), "d"),
+                "yes" if log.get("stopped") or mon.get("stopped") else "no",
+                f'<td class="l">{_e(reason) if reason else "not monitored"}</td>',
+                _num(mon.get("best_step"), "d"),
+                "yes" if mon.get("restored") else "no",
+                _num(mon.get("final_worst_degradation"), "+.1%"),
+            ]
+        )
+    header = ["task", "steps", "stopped", "reason", "best step", "restored", "final worst degr."]
+    return "<h2>Forgetting monitor</h2>" + _table(header, rows)
+
+
+def run_report_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
+    """The report of one run: header, summary, score matrix, suite, monitor, figures.
+
+    ``results`` is a run's ``results.json`` dictionary; ``images`` maps figure names (see
+    :data:`CAPTIONS`) to PNG bytes, embedded in :data:`~retain.report.plots.RUN_FIGURES` order.
+    """
+    run = results.get("run") or {}
+    summary = run_summary(results)
+    rows = [[_e(_LABELS[k]), _num(summary[k], _figure_spec(k))] for k in SUMMARY_KEYS]
+    budget = (results.get("monitor") or {}).get("max_degradation")
+    body = [
+        _header(results),
+        "<h2>Summary</h2>" + _table(["figure", "value"], rows),
+        _matrix_table(run),
+        _suite_table(run, budget),
+        _monitor_table(run),
+        _images(images, RUN_FIGURES),
+    ]
+    title = f"{results.get('name', 'retain run')} · {results.get('variant', '')}"
+    return _page(title, "\n".join(b for b in body if b))
+
+
+def comparison_html(
+    rows: list[dict[str, Any]],
+    results_list: list[dict[str, Any]],
+    images: dict[str, bytes],
+    *,
+    links: Sequence[str] = (),
+) -> str:
+    """The comparison report: aggregate table (mean ± sd, Pareto rows marked), figures, run links.
+
+    ``rows`` come from :func:`~retain.report.summary.aggregate` of ``results_list``; ``links[k]``
+    is the (relative) path to the report of ``results_list[k]``.
+    """
+    names = sorted({str(r.get("name", "")) for r in results_list})
+    cost = forgetting_cost_key(rows)
+    header = [
+        "variant",
+        '<th class="l">strategies</th>',
+        "seeds",
+        *(_e(_LABELS[k]) for k in SUMMARY_KEYS),
+    ]
+    table = []
+    for row in rows:
+        cells = [
+            _e(row["variant"]) + (" ★" if row.get("pareto") else ""),
+            f'<td class="l">{_e(row.get("strategies", ""))}</td>',
+            _e(", ".join(str(s) for s in row.get("seeds", []))),
+        ]
+        for key in SUMMARY_KEYS:
+            stat = row.get(key) or {}
+            mean, sd = (
+                _num(stat.get("mean"), _figure_spec(key)),
+                _num(stat.get("sd"), _figure_spec(key, sd=True)),
+            )
+            cells.append(f"{mean} ± {sd}")
+        table.append(cells)
+    marks = ["pareto" if row.get("pareto") else "" for row in rows]
+    html_rows = _table(header, table, marks)
+    explain = (
+        f"<p>Mean ± sample sd over seeds. ★ = Pareto-optimal in (new-task score, "
+        f"{_e(_LABELS[cost])}): no other variant is at least as good on both and better on one."
+        "</p>"
+    )
+    items = []
+    for k, results in enumerate(results_list):
+        label = f"{results.get('variant', '?')} · seed {results.get('seed', '?')}"
+        if k < len(links):
+            items.append(f'<li><a href="{_e(links[k])}">{_e(label)}</a></li>')
+        else:
+            items.append(f"<li>{_e(label)}</li>")
+    body = [
+        f"<h1>Comparison: {_e(', '.join(names))}</h1>",
+        f"<p>{len(rows)} variants, {len(results_list)} runs; score: {_e(_score(results_list))}; "
+        f"models: {_e(', '.join(sorted({str(r.get('model', '?')) for r in results_list})))}.</p>",
+        "<h2>Variants</h2>" + explain + html_rows,
+        _images(images, COMPARISON_FIGURES),
+        "<h2>Runs</h2><ul>" + "".join(items) + "</ul>",
+    ]
+    return _page("comparison: " + ", ".join(names), "\n".join(body))

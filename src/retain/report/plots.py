@@ -1,0 +1,421 @@
+"""Figures of one run's ``results.json``: score matrix, task curves, degradation, loss, strategies.
+
+Every function takes the results dictionary (format ``retain.run/1``) and returns a
+:class:`matplotlib.figure.Figure`, or None when the run has no data for it. Figures are built with
+:class:`~matplotlib.figure.Figure` directly, never through ``pyplot``: no global state, so they
+work headless and in threads, and they are freed when dropped (``fig.savefig`` renders PNG with
+Agg).
+
+Steps: monitor, budget and unfreezing records count optimizer steps from 0 at each task's start;
+plots over the whole sequence shift task ``t`` by the steps of the tasks before it
+(``sum_{s<t} logs[s]["steps"]``, the *global step*) and draw the task boundaries as dashed lines.
+Relative degradation is ``(before - after) / |before|`` with positive = worse, shown in percent.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from numpy.typing import NDArray
+
+from retain.report.summary import run_summary
+
+__all__ = [
+    "RUN_FIGURES",
+    "budget_figure",
+    "degradation_figure",
+    "drift_figure",
+    "layer_lr_figure",
+    "loss_figure",
+    "run_figures",
+    "score_matrix_figure",
+    "task_curves_figure",
+    "unfreezing_figure",
+]
+
+#: The names of :func:`run_figures`, in report order.
+RUN_FIGURES = (
+    "score_matrix",
+    "task_curves",
+    "degradation",
+    "loss",
+    "budget",
+    "drift",
+    "layer_lrs",
+    "unfreezing",
+)
+Results = dict[str, Any]
+# Artist styles.
+_BOUNDARY: dict[str, Any] = {"color": "0.5", "linestyle": "--", "linewidth": 0.8}
+_TOP: dict[str, Any] = {"ha": "center", "fontsize": 7}
+_CELL: dict[str, Any] = {"ha": "center", "va": "center", "fontsize": 7.5}
+_RING: dict[str, Any] = {"marker": "o", "markersize": 10, "markerfacecolor": "none"}
+_WORST: dict[str, Any] = {"color": "black", "linewidth": 2, "marker": ".", "zorder": 3}
+_THIN: dict[str, Any] = {"linewidth": 0.9, "alpha": 0.8}
+_STOP: dict[str, Any] = {"marker": "X", "s": 80, "color": "red", "zorder": 5}
+_STOP_NUMBER: dict[str, Any] = {"xytext": (5, 5), "textcoords": "offset points", "fontsize": 8}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A free-standing figure (no pyplot) with constrained layout; size in inches."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def short(name: str, width: int = 28) -> str:
+    """``name`` cut to ``width`` characters, keeping its end (``…`` marks the cut)."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    """``value`` formatted with ``spec``, or ``"n/a"`` when undefined."""
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def floats(values: Sequence[Any]) -> NDArray[np.float64]:
+    """``values`` as float64 with None (JSON ``null``) as ``NaN``."""
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _run(results: Results) -> dict[str, Any]:
+    run = results.get("run")
+    return run if isinstance(run, dict) else {}
+
+
+def _tasks(results: Results) -> list[str]:
+    return [str(t) for t in _run(results).get("tasks") or []]
+
+
+def _score_name(results: Results) -> str:
+    return str((results.get("score") or {}).get("name", "score"))
+
+
+def _after(tasks: Sequence[str], count: int) -> list[str]:
+    """Tick labels ``after <task>`` for ``count`` stages."""
+    return [f"after {short(tasks[t], 16)}" if t < len(tasks) else str(t + 1) for t in range(count)]
+
+
+def _offsets(results: Results, count: int) -> list[float]:
+    """Global step at the start of each of ``count`` tasks (``sum_{s<t} logs[s]["steps"]``)."""
+    logs = _run(results).get("logs") or []
+    steps = [float(log.get("steps") or 0) for log in logs[:count]]
+    steps += [0.0] * (count - len(steps))
+    return [float(sum(steps[:t])) for t in range(count)]
+
+
+def _steps_axis(
+    ax: Axes, results: Results, offsets: Sequence[float], title: str, names: bool = True
+) -> None:
+    """Global-step x axis: dashed task boundaries and (``names``) task names over their spans."""
+    tasks = _tasks(results)
+    lo, hi = ax.get_xlim()
+    ends = [*offsets[1:], max(hi, offsets[-1])] if offsets else []
+    for t, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+        if t > 0:
+            ax.axvline(start, **_BOUNDARY)
+        middle = (max(start, lo) + min(end, hi)) / 2
+        if names and t < len(tasks) and lo <= middle <= hi and end > start:
+            label = short(tasks[t], max(4, int(60 * (min(end, hi) - max(start, lo)) / (hi - lo))))
+            ax.text(middle, 1.01, label, transform=ax.get_xaxis_transform(), **_TOP)
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("global optimizer step")
+    ax.set_title(title, pad=14)
+    ax.grid(alpha=0.3)
+
+
+def _legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(k % cmap.N) for k, name in enumerate(names)}
+
+
+def _heatmap(
+    fig: Figure,
+    ax: Axes,
+    data: NDArray[np.float64],
+    cmap: str,
+    label: str,
+    spec: str,
+    annotate: bool,
+) -> None:
+    """``data`` as an image with a colour bar, cells annotated with ``spec`` when ``annotate``."""
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=label)
+    finite = data[np.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for (r, c), value in np.ndenumerate(data) if annotate else ():
+        dark = hi == lo or not math.isfinite(value) or (value - lo) / (hi - lo) < 0.6
+        ax.text(c, r, fmt(float(value), spec), color="white" if dark else "black", **_CELL)
+
+
+def score_matrix_figure(results: Results) -> Figure | None:
+    """Heatmap of ``R[t][i]`` (rows: after training task t; columns: task i), cells annotated."""
+    tasks, rows = _tasks(results), _run(results).get("matrix") or []
+    if not tasks or not rows:
+        return None
+    data = np.full((len(rows), len(tasks)), np.nan)
+    for t, row in enumerate(rows):
+        data[t, : min(len(row), len(tasks))] = floats(row)[: len(tasks)]
+    side = min(3.0 + 0.7 * len(tasks), 14.0)
+    fig = new_figure(side + 1.8, side)
+    ax = fig.add_subplot()
+    _heatmap(fig, ax, data, "viridis", _score_name(results), ".3g", len(tasks) <= 16)
+    labels = [short(t, 20) for t in tasks]
+    ax.set_xticks(range(len(tasks)), labels=labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=labels[: len(rows)], fontsize=8)
+    ax.set_xlabel("evaluated on task i")
+    ax.set_ylabel("after training task t")
+    summary = run_summary(results)
+    bwt, forgetting = fmt(summary["backward_transfer"], "+.3f"), fmt(summary["forgetting"], ".3f")
+    title = f"Score matrix R[t][i] ({_score_name(results)})\nBWT {bwt}, forgetting {forgetting}"
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def task_curves_figure(results: Results) -> Figure | None:
+    """Each task's score after each training stage (stage 0 = the baseline before training)."""
+    tasks, rows = _tasks(results), _run(results).get("matrix") or []
+    if not tasks or not rows:
+        return None
+    baseline = list(_run(results).get("baseline") or [])
+    stages = np.arange(len(rows) + 1)
+    fig = new_figure(max(6.0, 1.2 * len(stages) + 3.0), 4.2)
+    ax = fig.add_subplot()
+    for i, task in enumerate(tasks):
+        start = baseline[i] if i < len(baseline) else None
+        values = floats([start] + [row[i] if i < len(row) else None for row in rows])
+        (line,) = ax.plot(stages, values, marker="o", markersize=4, label=short(task))
+        if i + 1 < len(stages):  # ring: the stage where task i itself was trained
+            ax.plot(stages[i + 1], values[i + 1], color=line.get_color(), **_RING)
+    labels = ["start", *_after(tasks, len(rows))]
+    ax.set_xticks(stages, labels=labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(_score_name(results))
+    ax.set_title("Score of each task after each training stage (ring: the task just trained)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def _budget_line(ax: Axes, budget: Any) -> None:
+    if budget is not None:
+        ax.axhline(float(budget), color="red", linestyle="--", label=f"budget {budget:.1%}")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+
+
+def degradation_figure(results: Results) -> Figure | None:
+    """Capability degradation over global steps from the monitor (or per task from the suite).
+
+    Monitor: worst degradation (black) and each capability (thin), the budget
+    ``monitor.max_degradation`` (red dashed), stop points (numbered x; the reasons in the
+    legend). Without monitor histories but with a suite: the suite's relative degradation after
+    each task.
+    """
+    logs = _run(results).get("logs") or []
+    monitors = [(t, log.get("monitor")) for t, log in enumerate(logs)]
+    histories = [(t, m) for t, m in monitors if isinstance(m, dict) and m.get("history")]
+    if not histories:
+        return _suite_degradation_figure(results)
+    offsets = _offsets(results, max(len(logs), len(_tasks(results))))
+    records = [h for _, m in histories for h in m["history"]]
+    names = list(dict.fromkeys(n for h in records for n in h.get("degradation", {})))
+    colors = _colors(names)
+    fig = new_figure(11.0, 5.0)
+    ax = fig.add_subplot()
+    stops, labelled = 0, set()
+    for k, (t, monitor) in enumerate(histories):
+        history = monitor["history"]
+        steps = offsets[t] + floats([h.get("step") for h in history])
+        worst = floats([h.get("worst_degradation") for h in history])
+        ax.plot(steps, worst, label=None if k else "worst capability", **_WORST)
+        for name in names:
+            values = floats([h.get("degradation", {}).get(name) for h in history])
+            label = None if name in labelled else short(name)
+            ax.plot(steps, values, color=colors[name], label=label, **_THIN)
+            labelled.add(name)
+        if monitor.get("stopped"):
+            stops += 1
+            reason = textwrap.fill(f"stop {stops}: {monitor.get('reason', 'stopped')}", 44)
+            ax.scatter(steps[-1:], worst[-1:], label=reason, **_STOP)
+            ax.annotate(str(stops), (steps[-1], worst[-1]), color="darkred", **_STOP_NUMBER)
+    _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
+    ax.set_ylabel("relative degradation (positive = worse)")
+    _steps_axis(ax, results, offsets, "Capability degradation during training (monitor)")
+    _legend(ax)
+    return fig
+
+
+def _suite_degradation_figure(results: Results) -> Figure | None:
+    relative = (_run(results).get("suite") or {}).get("relative_degradation") or []
+    if not relative:
+        return None
+    names = list(dict.fromkeys(n for row in relative for n in row))
+    colors = _colors(names)
+    x = np.arange(1, len(relative) + 1)
+    fig = new_figure(max(6.0, 1.2 * len(x) + 3.0), 4.2)
+    ax = fig.add_subplot()
+    table = np.array([floats([row.get(n) for n in names]) for row in relative])
+    worst = [float(np.nanmax(r)) if np.isfinite(r).any() else math.nan for r in table]
+    ax.plot(x, worst, label="worst capability", **_WORST)
+    for k, name in enumerate(names):
+        ax.plot(x, table[:, k], color=colors[name], marker=".", label=short(name), **_THIN)
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
+    ax.set_xticks(x, labels=_after(_tasks(results), len(x)), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("relative degradation (positive = worse)")
+    ax.set_title("Capability degradation after each task (suite, against the start)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def loss_figure(results: Results) -> Figure | None:
+    """Training loss per optimizer step over the whole sequence, with a moving average."""
+    logs = _run(results).get("logs") or []
+    offsets = _offsets(results, len(logs))
+    xs: list[float] = []
+    ys: list[float] = []
+    for t, log in enumerate(logs):
+        losses = list(log.get("losses") or [])
+        xs.extend(offsets[t] + k + 1 for k in range(len(losses)))
+        ys.extend(math.nan if v is None else float(v) for v in losses)
+    if not ys:
+        return None
+    fig = new_figure(11.0, 4.0)
+    ax = fig.add_subplot()
+    loss, window = np.array(ys), max(1, len(ys) // 50)
+    faint: dict[str, Any] = {"linewidth": 0.7, "alpha": 0.45} if window > 1 else {"linewidth": 1.2}
+    ax.plot(xs, loss, color="tab:blue", label="per step", **faint)
+    if window > 1:
+        filled = np.nan_to_num(loss, nan=float(np.nanmean(loss)))
+        smooth = np.convolve(filled, np.ones(window) / window, "valid")
+        label = f"mean of {window} steps"
+        ax.plot(xs[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=label)
+    ax.set_ylabel("training loss")
+    _steps_axis(ax, results, offsets, "Training loss")
+    _legend(ax)
+    return fig
+
+
+def _per_task(records: Any) -> list[list[Any]]:
+    """Per-task record lists; a flat list of records counts as one task."""
+    if not isinstance(records, list) or not records:
+        return []
+    return [list(r) for r in records] if isinstance(records[0], list) else [records]
+
+
+def budget_figure(results: Results) -> Figure | None:
+    """The forgetting budget's strength (top, log scale) and worst degradation (bottom)."""
+    budget = results.get("budget") or {}
+    history = _per_task(budget.get("history"))
+    if not any(history):
+        return None
+    offsets = _offsets(results, len(history))
+    fig = new_figure(11.0, 5.5)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for t, records in enumerate(history):
+        steps = offsets[t] + floats([r.get("step") for r in records])
+        top.plot(steps, floats([r.get("strength") for r in records]), ".-", color="tab:purple")
+        bottom.plot(steps, floats([r.get("degradation") for r in records]), ".-", color="black")
+    strengths = np.concatenate([floats([r.get("strength") for r in h]) for h in history])
+    if np.isfinite(strengths).any() and np.nanmin(strengths) > 0:
+        top.set_yscale("log")
+    _budget_line(bottom, budget.get("max_degradation"))
+    top.set_ylabel("penalty strength")
+    bottom.set_ylabel("worst relative degradation")
+    _steps_axis(top, results, offsets, "Forgetting budget controller")
+    _steps_axis(bottom, results, offsets, "", names=False)
+    top.set_xlabel("")
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def drift_figure(results: Results) -> Figure | None:
+    """Relative drift ``||θ_t − θ_0||₂ / ||θ_0||₂`` of each layer (rows) after each task."""
+    drift = results.get("drift") or {}
+    layers, after = [str(x) for x in drift.get("layers") or []], drift.get("after") or []
+    if not layers or not after:
+        return None
+    data = np.full((len(layers), len(after)), np.nan)
+    for t, row in enumerate(after):
+        data[: min(len(row), len(layers)), t] = floats(row)[: len(layers)]
+    height = max(3.0, 0.26 * len(layers) + 1.6)
+    fig = new_figure(max(5.5, 1.1 * len(after) + 4.5), height)
+    ax = fig.add_subplot()
+    _heatmap(fig, ax, data, "magma", "relative drift", ".2g", data.size <= 160)
+    size = 8 if len(layers) <= 15 else 6.5
+    ax.set_yticks(range(len(layers)), labels=[short(x, 36) for x in layers], fontsize=size)
+    labels = _after(_tasks(results), len(after))
+    ax.set_xticks(range(len(after)), labels=labels, rotation=20, ha="right", fontsize=8)
+    ax.set_title("Per-layer relative drift from the start")
+    return fig
+
+
+def layer_lr_figure(results: Results) -> Figure | None:
+    """Learning rate of each parameter group (layer-wise learning rates), horizontal bars."""
+    groups = results.get("layer_lrs") or []
+    if not groups:
+        return None
+    lrs = floats([g.get("lr") for g in groups])
+    fig = new_figure(8.0, max(2.5, 0.26 * len(groups) + 1.4))
+    ax = fig.add_subplot()
+    ax.barh(range(len(groups)), lrs, color="tab:green")
+    names = [short(str(g.get("group", "?")), 36) for g in groups]
+    ax.set_yticks(range(len(groups)), labels=names, fontsize=8 if len(groups) <= 15 else 6.5)
+    ax.invert_yaxis()
+    positive = lrs[np.isfinite(lrs) & (lrs > 0)]
+    if positive.size and positive.max() / positive.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_title("Layer-wise learning rates (first group at the top)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def unfreezing_figure(results: Results) -> Figure | None:
+    """Trainable blocks over global steps (gradual unfreezing), one step line per task."""
+    timeline = _per_task(results.get("unfreezing"))
+    if not any(timeline):
+        return None
+    offsets, tasks = _offsets(results, len(timeline)), _tasks(results)
+    fig = new_figure(11.0, 4.0)
+    ax = fig.add_subplot()
+    for t, points in enumerate(timeline):
+        if points:
+            steps = offsets[t] + floats([p[0] for p in points])
+            label = short(tasks[t]) if t < len(tasks) else f"task {t + 1}"
+            blocks = floats([p[1] for p in points])
+            ax.step(steps, blocks, where="post", marker="o", markersize=3, label=label)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("trainable blocks")
+    _steps_axis(ax, results, offsets, "Gradual unfreezing")
+    _legend(ax)
+    return fig
+
+
+def run_figures(results: Results) -> dict[str, Figure]:
+    """Every figure the run has data for, by name in :data:`RUN_FIGURES` order."""
+    builders = {
+        "score_matrix": score_matrix_figure,
+        "task_curves": task_curves_figure,
+        "degradation": degradation_figure,
+        "loss": loss_figure,
+        "budget": budget_figure,
+        "drift": drift_figure,
+        "layer_lrs": layer_lr_figure,
+        "unfreezing": unfreezing_figure,
+    }
+    figures = {name: builders[name](results) for name in RUN_FIGURES}
+    return {name: fig for name, fig in figures.items() if fig is not None}

@@ -1,0 +1,192 @@
+"""Write the report of a run directory, and the comparison report of several.
+
+A run directory holds ``results.json`` (format ``retain.run/1``, written by the experiment
+runner). :func:`write_run_report` adds ``plots/<figure>.png`` and the self-contained
+``report.html``; :func:`write_comparison_report` aggregates several run directories by variant
+into ``comparison.json``, ``plots/*.png`` and ``report.html`` with relative links to each run's
+report. Every file is written atomically (temporary file in the same folder, then rename), so a
+crash never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from retain.errors import RetainError
+from retain.experiment.run_dir import write_json, write_text
+from retain.report.comparison_plots import comparison_figures
+from retain.report.html import comparison_html, run_report_html
+from retain.report.plots import run_figures
+from retain.report.summary import aggregate, higher_is_better, run_summary
+
+__all__ = [
+    "COMPARISON_FORMAT",
+    "find_run_dirs",
+    "load_results",
+    "png_bytes",
+    "write_comparison_report",
+    "write_run_report",
+]
+
+#: ``format`` of ``comparison.json``.
+COMPARISON_FORMAT = "retain.comparison/1"
+#: Resolution of the saved PNGs, dots per inch.
+DPI = 110
+
+
+def png_bytes(figure: Figure, dpi: int = DPI) -> bytes:
+    """``figure`` rendered as PNG (Agg) at ``dpi`` dots per inch, then cleared to free memory."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    figure.clear()
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/results.json`` as a dictionary; a missing or unreadable file is a RetainError."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise RetainError(
+            f"{str(run_dir)!r} has no results.json; run `retain run` first or point at a run "
+            "directory"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RetainError(f"cannot read {str(path)!r} ({err}); re-run `retain run`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+        raise RetainError(
+            f"{str(path)!r} is not a run's results (no 'run' section); point at a run directory"
+        )
+    return data
+
+
+def _save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for name, figure in figures.items():
+        images[name] = png_bytes(figure)
+        _write_bytes(folder / f"{name}.png", images[name])
+    figures.clear()
+    return images
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write ``run_dir/plots/<name>.png`` and ``run_dir/report.html``; returns the report path.
+
+    The figures are :func:`retain.report.plots.run_figures` of ``run_dir/results.json`` at
+    :data:`DPI`; the HTML (:func:`retain.report.html.run_report_html`) embeds the same PNGs.
+    """
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    images = _save_figures(run_figures(results), run_dir / "plots")
+    report = run_dir / "report.html"
+    write_text(report, run_report_html(results, images))
+    return report
+
+
+def _relative(target: Path, start: Path) -> str:
+    """``target`` relative to folder ``start`` with forward slashes (an href)."""
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
+    """Aggregate ``run_dirs`` by variant into ``out``; returns ``out/report.html``.
+
+    Writes ``out/comparison.json`` (strict JSON: ``{"format", "score", "rows"`` from
+    :func:`retain.report.summary.aggregate` ``, "runs": [{"dir", "variant", "seed", "summary"}]}``,
+    ``dir`` relative to ``out``), ``out/plots/*.png`` and ``out/report.html``, which links to each
+    run's ``report.html`` (to its ``results.json`` when the run has no report yet).
+    """
+    if not run_dirs:
+        raise RetainError("no run directories to compare; pass run directories or a sweep folder")
+    dirs = [Path(d) for d in run_dirs]
+    results_list = [load_results(d) for d in dirs]
+    rows = aggregate(results_list)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    score = results_list[0].get("score") or {}
+    score_name = str(score.get("name", "score"))
+    hib = higher_is_better(results_list[0])
+    links = []
+    for d in dirs:
+        target = d / "report.html" if (d / "report.html").is_file() else d / "results.json"
+        links.append(_relative(target, out))
+    runs = [
+        {
+            "dir": _relative(d, out),
+            "variant": r.get("variant"),
+            "seed": r.get("seed"),
+            "summary": run_summary(r),
+        }
+        for d, r in zip(dirs, results_list, strict=True)
+    ]
+    data = {
+        "format": COMPARISON_FORMAT,
+        "score": {"name": score_name, "higher_is_better": hib},
+        "rows": rows,
+        "runs": runs,
+    }
+    write_json(out / "comparison.json", data)
+    images = _save_figures(comparison_figures(rows, score_name, hib), out / "plots")
+    report = out / "report.html"
+    write_text(report, comparison_html(rows, results_list, images, links=links))
+    return report
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories in ``paths``: each is one (it has ``results.json``) or is searched.
+
+    A folder without ``results.json`` is searched recursively for run directories (sorted by
+    path); a run directory's own subfolders are not searched. Nothing found is a RetainError.
+    """
+    given_paths = [Path(p) for p in paths]
+    found: list[Path] = []
+    for path in given_paths:
+        if not path.exists():
+            raise RetainError(f"{str(path)!r} does not exist; pass a run directory or a folder")
+        if (path / "results.json").is_file():
+            found.append(path)
+            continue
+        if path.is_dir():
+            found.extend(sorted(_search(path)))
+    if not found:
+        shown = ", ".join(repr(str(p)) for p in given_paths)
+        raise RetainError(
+            f"no run directory (a folder with results.json) in {shown}; run `retain run` first "
+            "or point at a run directory"
+        )
+    return list(dict.fromkeys(found))
+
+
+def _search(folder: Path) -> list[Path]:
+    runs = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (child / "results.json").is_file():
+            runs.append(child)
+        else:
+            runs.extend(_search(child))
+    return runs

@@ -1,0 +1,156 @@
+"""Summary figures, aggregation over seeds and the Pareto front, against hand-worked numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from retain.errors import RetainError
+from retain.report.summary import aggregate, forgetting_cost_key, pareto_optimal, run_summary
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([], []),
+        ([(0.3, 0.7)], [True]),  # one point: nothing dominates it
+        ([(0.5, 0.5), (0.5, 0.5)], [True, True]),  # duplicates: neither strictly better
+        ([(0.5, 0.5), (0.5, 0.5), (0.6, 0.4)], [False, False, True]),  # both dominated
+        ([(0.9, 0.3), (0.9, 0.4)], [True, False]),  # tie in x: lower cost wins
+        ([(0.8, 0.2), (0.9, 0.2)], [False, True]),  # tie in cost: higher x wins
+        ([(0.1, 0.1), (0.2, 0.2), (0.3, 0.3)], [True, True, True]),  # a pure trade-off
+        ([(0.9, 0.3), (0.8, 0.1), (0.7, 0.2), (0.9, 0.4)], [True, True, False, False]),
+        ([(NAN, 0.0), (0.5, 0.5)], [False, True]),  # NaN: never optimal, dominates nothing
+        ([(1.0, NAN), (0.5, 0.5), (0.4, 0.6)], [False, True, False]),
+    ],
+)
+def test_pareto_optimal_hand_worked(
+    points: list[tuple[float, float]], expected: list[bool]
+) -> None:
+    assert pareto_optimal(points) == expected
+
+
+def _results(
+    matrix: list[list[float | None]],
+    *,
+    relative: list[dict[str, float | None]] | None = None,
+    higher_is_better: bool = True,
+    seconds: float | None = 42.0,
+    variant: str = "naive",
+    seed: int = 0,
+    strategies: str = "[]",
+) -> dict[str, Any]:
+    suite = {} if relative is None else {"name": "s", "relative_degradation": relative}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "score": {
+            "name": "accuracy" if higher_is_better else "perplexity",
+            "higher_is_better": higher_is_better,
+        },
+        "run": {"matrix": matrix, "suite": suite, "strategies": strategies},
+        "seconds": seconds,
+    }
+
+
+R = [[0.8, 0.1, 0.2], [0.6, 0.9, None], [0.7, 0.5, 0.6]]
+
+
+def test_run_summary_hand_computed() -> None:
+    relative = [{"a": 0.5, "b": 0.9}, {"a": 0.2}, {"a": 0.03, "b": None, "c": 0.12}]
+    summary = run_summary(_results(R, relative=relative))
+    assert summary == pytest.approx(
+        {
+            "new_task_score": (0.8 + 0.9 + 0.6) / 3,
+            "average_accuracy": (0.7 + 0.5 + 0.6) / 3,
+            "backward_transfer": ((0.7 - 0.8) + (0.5 - 0.9)) / 2,
+            # F_0 = max(0.8, 0.6) - 0.7, F_1 = max(0.1, 0.9) - 0.5
+            "forgetting": (0.1 + 0.4) / 2,
+            "capability_degradation": 0.12,  # the worst after the LAST task only
+            "seconds": 42.0,
+        }
+    )
+
+
+def test_run_summary_lower_is_better_flips_transfer_not_the_raw_means() -> None:
+    summary = run_summary(_results([[3.0, 9.0], [4.5, 2.0]], higher_is_better=False))
+    assert summary["new_task_score"] == pytest.approx(2.5)  # raw mean of 3.0 and 2.0
+    assert summary["average_accuracy"] == pytest.approx(3.25)
+    assert summary["backward_transfer"] == pytest.approx(-1.5)  # perplexity 3 -> 4.5: worse
+    assert summary["forgetting"] == pytest.approx(1.5)
+
+
+def test_run_summary_undefined_figures_are_none() -> None:
+    one_task = run_summary(_results([[0.7]], seconds=None))
+    assert one_task["new_task_score"] == pytest.approx(0.7)
+    for key in ("backward_transfer", "forgetting", "capability_degradation", "seconds"):
+        assert one_task[key] is None, key
+    unknown = run_summary(_results([[0.5, 0.1], [0.4, 0.6]], relative=[{"a": None}]))
+    assert unknown["capability_degradation"] is None
+    with pytest.raises(RetainError, match="empty score matrix"):
+        run_summary(_results([]))
+
+
+def test_aggregate_mean_sd_order_and_pareto() -> None:
+    runs = [
+        # variant b first: rows keep first-seen order
+        _results([[0.9, 0.0], [0.3, 0.9]], variant="b", seed=0, strategies="[ewc]"),
+        _results([[0.8, 0.0], [0.5, 0.8]], variant="a", seed=0, seconds=10.0),
+        _results([[0.6, 0.0], [0.5, 0.6]], variant="a", seed=1, seconds=None),
+        _results([[0.5, 0.0], [0.1, 0.7]], variant="c", seed=3),
+    ]
+    rows = aggregate(runs)
+    assert [(r["variant"], r["seeds"], r["n"]) for r in rows] == [
+        ("b", [0], 1),
+        ("a", [0, 1], 2),
+        ("c", [3], 1),
+    ]
+    assert rows[0]["strategies"] == "[ewc]"
+    b, a, c = rows
+    # a: new-task scores 0.8 and 0.6 -> mean 0.7, sample sd sqrt(2 * 0.1^2 / 1)
+    assert a["new_task_score"]["mean"] == pytest.approx(0.7)
+    assert a["new_task_score"]["sd"] == pytest.approx(math.sqrt(0.02))
+    # a: forgetting 0.8 - 0.5 = 0.3 and 0.6 - 0.5 = 0.1 -> mean 0.2, sd sqrt(0.02)
+    assert a["forgetting"]["mean"] == pytest.approx(0.2)
+    assert a["forgetting"]["sd"] == pytest.approx(math.sqrt(0.02))
+    assert a["backward_transfer"]["mean"] == pytest.approx(-0.2)
+    assert a["seconds"] == {"mean": 10.0, "sd": 0.0}  # the None seed is skipped
+    assert b["new_task_score"] == {"mean": 0.9, "sd": 0.0}  # one run: sd 0
+    assert b["forgetting"]["mean"] == pytest.approx(0.6)
+    assert a["capability_degradation"] == {"mean": None, "sd": None}  # no suite anywhere
+    # Pareto on (new-task score, forgetting): b (0.9, 0.6), a (0.7, 0.2), c (0.6, 0.4).
+    # c is dominated by a (higher score, less forgetting); a and b trade off.
+    assert [r["pareto"] for r in rows] == [True, True, False]
+    assert c["pareto"] is False
+
+
+def test_pareto_cost_is_capability_degradation_only_when_every_variant_has_it() -> None:
+    # Forgetting would favour "x" (0.1 < 0.3), capability degradation favours "y" (0.05 < 0.2);
+    # same new-task score, so exactly one is optimal under each cost.
+    x = _results([[0.9, 0.0], [0.8, 0.9]], relative=[{"c": 0.2}], variant="x")
+    y = _results([[0.9, 0.0], [0.6, 0.9]], relative=[{"c": 0.05}], variant="y")
+    rows = aggregate([x, y])
+    assert forgetting_cost_key(rows) == "capability_degradation"
+    assert [r["pareto"] for r in rows] == [False, True]
+    y_without_suite = _results([[0.9, 0.0], [0.6, 0.9]], variant="y")
+    rows = aggregate([x, y_without_suite])
+    assert forgetting_cost_key(rows) == "forgetting"
+    assert [r["pareto"] for r in rows] == [True, False]
+
+
+def test_aggregate_lower_is_better_scores_negate_plasticity() -> None:
+    # Perplexity: new-task 2.0 (p) beats 3.0 (q); equal forgetting -> only p is optimal.
+    p = _results([[2.0, 9.0], [2.5, 2.0]], higher_is_better=False, variant="p")
+    q = _results([[3.0, 9.0], [3.5, 3.0]], higher_is_better=False, variant="q")
+    assert [r["pareto"] for r in aggregate([p, q])] == [True, False]
+
+
+def test_aggregate_refuses_mixed_scores_and_nothing() -> None:
+    with pytest.raises(RetainError, match="different metrics"):
+        aggregate([_results([[0.5]]), _results([[3.0]], higher_is_better=False)])
+    with pytest.raises(RetainError, match="at least one"):
+        aggregate([])
