@@ -189,3 +189,49 @@ def test_from_encoder_folder_reads_the_hidden_size(tiny_bert_dir: Path, tok: Any
         assert model(**inputs).shape == (2, 3)
     with pytest.raises(RetainError, match="no such model folder"):
         TaskHeads.from_encoder_folder("./missing-folder", {"a": 3})
+
+
+def test_task_head_routes_every_row_through_its_own_head(tok: Any) -> None:
+    model = TaskHeads(encoder(tok), 32, {"trec": 6, "spam": 2}).eval()
+    inputs = batch(tok)
+    own = []
+    for name in ("spam", "trec"):
+        model.use_task(name)
+        own.append(model(**inputs))
+    routed = model(**inputs, task_head=torch.tensor([1, 0]))  # row 0 -> spam, row 1 -> trec
+    assert routed.shape == (2, 6)
+    assert torch.allclose(routed[0, :2], own[0][0], atol=1e-6)
+    assert torch.allclose(routed[1], own[1][1], atol=1e-6)
+    assert bool((routed[0, 2:] == torch.finfo(routed.dtype).min).all())  # padding never wins
+    loss = torch.nn.functional.cross_entropy(routed, torch.tensor([1, 4]))
+    expected = (
+        torch.nn.functional.cross_entropy(own[0][:1], torch.tensor([1]))
+        + torch.nn.functional.cross_entropy(own[1][1:], torch.tensor([4]))
+    ) / 2
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in model.heads.parameters())
+    with pytest.raises(RetainError, match=r"task_head holds indices outside 0\.\.1"):
+        model(**inputs, task_head=torch.tensor([0, 2]))
+
+
+@pytest.mark.parametrize(
+    "strategy", [{"name": "replay", "ratio": 0.5}, {"name": "agem", "memory_size": 12}]
+)
+def test_replay_and_agem_train_task_heads_with_each_examples_own_head(
+    tok: Any, strategy: dict[str, Any]
+) -> None:
+    from retain.data.permuted import TaskSplit
+    from retain.strategies.chain import chain
+    from retain.training.sequence import fit_sequence
+
+    six = text_classification_task(
+        "six", tok, POSITIVE + NEGATIVE, [k % 6 for k in range(12)], max_length=16
+    )
+    two = sentiment_task(tok, "two")
+    model = TaskHeads(encoder(tok), 32, {"six": 6, "two": 2})
+    splits = [TaskSplit(six, six), TaskSplit(two, two)]
+    _, result = fit_sequence(
+        model, splits, chain([strategy]), TrainConfig(lr=1e-2, batch_size=6), progress=False
+    )
+    assert len(result.matrix) == 2  # a 6-class example replayed under the 2-class task trains

@@ -12,6 +12,11 @@ with ``pool`` the first token's hidden state (``"cls"``) or the attention-masked
 (``"mean"``: ``sum_i m_i h_i / sum_i m_i``). Heads not active take no part in the forward pass, so
 they get no gradient and an optimizer leaves them exactly as they were.
 
+Mixed batches (experience replay, A-GEM memories): an example may carry ``task_head``, the index
+of its task's head (:data:`TASK_HEAD_KEY`, :func:`tag_with_head`). A batch with that key routes
+every row through its own head; heads with fewer classes are padded to the widest head with the
+lowest finite logit, so softmax, cross-entropy and argmax ignore the padding.
+
 Protocol with the training engine: a model that has a ``use_task(name: str) -> None`` method gets
 ``model.use_task(task.name)`` before it trains on a task and before each task is scored, so
 every task is trained and evaluated through its own head. Add a head for every task (``heads=`` or
@@ -33,7 +38,11 @@ from torch import Tensor, nn
 
 from retain.errors import RetainError
 
-__all__ = ["Pooling", "TaskHeads", "head_seed", "task_router"]
+__all__ = ["TASK_HEAD_KEY", "Pooling", "TaskHeads", "head_seed", "tag_with_head", "task_router"]
+
+#: Batch key of a per-example head index (position in ``TaskHeads.tasks``): examples replayed
+#: from earlier tasks carry it, so each one is scored by its own task's head.
+TASK_HEAD_KEY = "task_head"
 
 Pooling = Literal["cls", "mean"]
 _INIT_STD = 0.02  # BertConfig.initializer_range, the std Hugging Face uses for classifier heads
@@ -171,9 +180,11 @@ class TaskHeads(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        task_head: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        """Logits ``[N, num_labels]`` of the active task's head."""
+        """Logits ``[N, num_labels]`` of the active task's head, or with ``task_head`` (head
+        indices ``[N]``) each row's own head, padded to the widest head (see the module doc)."""
         if self._active is None:
             raise RetainError("TaskHeads has no head yet; call add_task(name, num_labels) first")
         inputs: dict[str, Any] = {"input_ids": input_ids, **kwargs}
@@ -195,8 +206,32 @@ class TaskHeads(nn.Module):
                 f"{self.hidden_size}; pass the encoder's hidden size"
             )
         pooled = self.dropout(self.pool(hidden, attention_mask))
-        logits: Tensor = self.heads[self._active](pooled)
-        return logits
+        if task_head is None:
+            logits: Tensor = self.heads[self._active](pooled)
+            return logits
+        return self._routed(pooled, task_head)
+
+    def _routed(self, pooled: Tensor, task_head: Tensor) -> Tensor:
+        heads = list(self.heads.values())
+        index = task_head.reshape(-1).to(pooled.device, torch.long)
+        if index.numel() != pooled.shape[0] or bool(((index < 0) | (index >= len(heads))).any()):
+            raise RetainError(
+                f"task_head holds indices outside 0..{len(heads) - 1} or has the wrong length; "
+                "tag examples with tag_with_head(model, task_name, examples)"
+            )
+        width = max(_out_features(h) for h in heads)
+        out = pooled.new_full((pooled.shape[0], width), torch.finfo(pooled.dtype).min)
+        for k in torch.unique(index).tolist():
+            rows = (index == k).nonzero(as_tuple=True)[0]
+            logits = heads[k](pooled[rows])
+            out[rows, : logits.shape[1]] = logits
+        return out
+
+    def head_index(self, name: str) -> int:
+        """The position of task ``name``'s head (the value ``task_head`` uses for it)."""
+        if name not in self.heads:
+            raise RetainError(f"no head for task {name!r}; add it with add_task first")
+        return list(self.heads).index(name)
 
     @classmethod
     def from_encoder_folder(
@@ -234,6 +269,18 @@ class TaskHeads(nn.Module):
                 "TaskHeads(encoder, hidden_size=...) yourself"
             )
         return cls(encoder, hidden, heads, pooling=pooling, dropout=dropout).eval()
+
+
+def tag_with_head(model: nn.Module, task_name: str, examples: Any) -> Any:
+    """``examples`` with ``task_head`` = the index of ``task_name``'s head added to each, when
+    ``model`` routes through :class:`TaskHeads` (unchanged otherwise, or when already tagged)."""
+    router = task_router(model)
+    if not isinstance(router, TaskHeads) or task_name not in router.heads:
+        return examples
+    if len(examples) and TASK_HEAD_KEY in examples[0]:
+        return examples
+    index = torch.tensor(router.head_index(task_name))
+    return [{**example, TASK_HEAD_KEY: index} for example in examples]
 
 
 def task_router(model: nn.Module) -> Any:

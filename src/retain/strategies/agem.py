@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from retain.data.task import Batch, Example, Objective, Task, batch_loss
+from retain.data.task_heads import tag_with_head
 from retain.errors import RetainError
 from retain.strategies.base import StateDict, Strategy, register_strategy
 from retain.strategies.replay_buffer import (
@@ -93,17 +94,19 @@ class AGEM(Strategy):
             self._objective, self._collate = task.objective, task.collate
 
     def on_task_end(self, model: nn.Module, task: Task) -> None:
-        """Offer the task's examples to the memory; keep its objective and collate."""
+        """Offer the task's examples to the memory (tagged with their head's index when the
+        model has one head per task); keep its objective and collate."""
         if self.memory is None:
             return
+        examples = tag_with_head(model, task.name, task.examples)
         if len(self.memory):
-            have, new = sorted(self.memory.examples[0]), sorted(task.examples[0])
+            have, new = sorted(self.memory.examples[0]), sorted(examples[0])
             if have != new:
                 raise RetainError(
                     f"agem: task {task.name!r} examples have keys {new} but the memory holds "
                     f"{have}; A-GEM memory batches mix tasks, so every task needs the same keys"
                 )
-        self.memory.add(task.examples)
+        self.memory.add(examples)
         self._objective, self._collate = task.objective, task.collate
 
     def after_backward(self, model: nn.Module) -> None:

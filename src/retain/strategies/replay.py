@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from retain.data.task import Task
+from retain.data.task_heads import tag_with_head
 from retain.errors import RetainError
 from retain.strategies.base import StateDict, Strategy, register_strategy
 from retain.strategies.replay_buffer import (
@@ -134,11 +135,15 @@ class Replay(Strategy):
         buffer has seen, so calling it again for the same task (a resumed run) gives the same mix.
         """
         seed = derive_seed(self.seed, "replay-mix", task.name, len(task.examples), self.buffer.seen)
+        tagged = tag_with_head(model, task.name, task.examples) if self.ratio > 0 else None
+        if tagged is not None and tagged is not task.examples and len(self.buffer.examples):
+            task = task.with_examples(tagged)
         return mix(task, self.buffer.examples, self.ratio, seed, "replay")
 
     def on_task_end(self, model: nn.Module, task: Task) -> None:
-        """Offer the task's own examples to the buffer."""
-        self.buffer.add(task.examples)
+        """Offer the task's own examples to the buffer (tagged with their head's index when the
+        model has one head per task, so replayed examples are scored by their own head)."""
+        self.buffer.add(tag_with_head(model, task.name, task.examples))
 
     def state_dict(self) -> StateDict:
         """The buffer (examples, ``seen``, RNG state) and whether the source was added."""
