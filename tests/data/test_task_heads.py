@@ -235,3 +235,21 @@ def test_replay_and_agem_train_task_heads_with_each_examples_own_head(
         model, splits, chain([strategy]), TrainConfig(lr=1e-2, batch_size=6), progress=False
     )
     assert len(result.matrix) == 2  # a 6-class example replayed under the 2-class task trains
+
+
+def test_lora_on_task_heads_adapts_query_value_and_trains_every_head(tok: Any) -> None:
+    from retain.strategies.chain import chain
+
+    model = TaskHeads(encoder(tok), 32, {"other": 3, "sentiment": 2}, dropout=0.0)
+    strategies = chain([{"name": "lora", "r": 4}])
+    wrapped = strategies.prepare(model)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert any(".query.lora_A." in n for n in trainable)
+    assert any(".value.lora_B." in n for n in trainable)
+    assert not any(".key." in n or ".dense.lora" in n for n in trainable)
+    for head in ("other", "sentiment"):
+        assert f"base_model.model.heads.{head}.modules_to_save.default.weight" in trainable
+    task = sentiment_task(tok)
+    model.use_task(task.name)
+    train_task(wrapped, task, strategies, TrainConfig(lr=1e-2, batch_size=6, epochs=10))
+    assert task_accuracy(wrapped, task) == 1.0

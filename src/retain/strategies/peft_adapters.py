@@ -137,6 +137,29 @@ def linear_module_names(model: nn.Module, limit: int = 8) -> list[str]:
     return names[:limit]
 
 
+def task_heads_defaults(method: str, model: nn.Module, given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults for a :class:`~retain.data.task_heads.TaskHeads` model, which PEFT does not know:
+    ``target_modules`` from PEFT's mapping for the encoder's ``model_type`` (BERT: ``query``,
+    ``value``) and every task head in ``modules_to_save`` (a new head is trained in full)."""
+    from retain.data.task_heads import TaskHeads
+
+    if not isinstance(model, TaskHeads):
+        return {}
+    defaults: dict[str, Any] = {}
+    model_type = getattr(getattr(model.encoder, "config", None), "model_type", None)
+    if "target_modules" not in given and model_type is not None:
+        from peft.utils import constants
+
+        mapping = getattr(
+            constants, f"TRANSFORMERS_MODELS_TO_{method.upper()}_TARGET_MODULES_MAPPING", {}
+        )
+        if model_type in mapping:
+            defaults["target_modules"] = list(mapping[model_type])
+    if "modules_to_save" not in given and method in ("lora", "loha", "lokr", "ia3", "adalora"):
+        defaults["modules_to_save"] = list(model.heads)
+    return defaults
+
+
 def build_peft_config(
     method: str, config: dict[str, Any], task_type: str, model: nn.Module
 ) -> PeftConfig:
@@ -147,6 +170,7 @@ def build_peft_config(
     kind = resolve_task_type(model, task_type)
     if kind is not None:
         kwargs["task_type"] = kind
+    kwargs = {**task_heads_defaults(method, model, kwargs), **kwargs}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
