@@ -253,3 +253,25 @@ def test_lora_on_task_heads_adapts_query_value_and_trains_every_head(tok: Any) -
     model.use_task(task.name)
     train_task(wrapped, task, strategies, TrainConfig(lr=1e-2, batch_size=6, epochs=10))
     assert task_accuracy(wrapped, task) == 1.0
+
+
+def test_replay_routes_through_heads_wrapped_by_lora(tok: Any) -> None:
+    from retain.data.permuted import TaskSplit
+    from retain.strategies.chain import chain
+    from retain.training.sequence import fit_sequence
+
+    six = text_classification_task(
+        "six", tok, POSITIVE + NEGATIVE, [k % 6 for k in range(12)], max_length=16
+    )
+    two = sentiment_task(tok, "two")
+    model = TaskHeads(encoder(tok), 32, {"six": 6, "two": 2})
+    strategies = chain([{"name": "lora", "r": 4}, {"name": "replay", "ratio": 0.5}])
+    _, result = fit_sequence(
+        model,
+        [TaskSplit(six, six), TaskSplit(two, two)],
+        strategies,
+        TrainConfig(lr=1e-2, batch_size=6),
+        progress=False,
+    )
+    assert len(result.matrix) == 2
+    assert model.tasks == {"six": 6, "two": 2}  # heads seen through PEFT's wrapper

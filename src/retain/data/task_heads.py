@@ -56,9 +56,10 @@ def head_seed(task_name: str) -> int:
 
 
 def _out_features(head: nn.Module) -> int:
-    if not isinstance(head, nn.Linear):
+    inner = getattr(head, "original_module", head)  # PEFT's modules_to_save wrapper
+    if not isinstance(inner, nn.Linear):
         raise RetainError(f"head {type(head).__name__} is not an nn.Linear")
-    return head.out_features
+    return inner.out_features
 
 
 class TaskHeads(nn.Module):
@@ -274,8 +275,8 @@ class TaskHeads(nn.Module):
 def tag_with_head(model: nn.Module, task_name: str, examples: Any) -> Any:
     """``examples`` with ``task_head`` = the index of ``task_name``'s head added to each, when
     ``model`` routes through :class:`TaskHeads` (unchanged otherwise, or when already tagged)."""
-    router = task_router(model)
-    if not isinstance(router, TaskHeads) or task_name not in router.heads:
+    router = next((m for m in model.modules() if isinstance(m, TaskHeads)), None)
+    if router is None or task_name not in router.heads:
         return examples
     if len(examples) and TASK_HEAD_KEY in examples[0]:
         return examples
