@@ -91,18 +91,16 @@ def add_experiment_commands(sub: Any) -> None:
     demo.add_argument("--overwrite", action="store_true", help="run every variant afresh")
 
 
-def _rows(folders: list[Path]) -> list[dict[str, Any]]:
-    from retain.report.summary import aggregate
-
-    results = [json.loads((f / "results.json").read_text(encoding="utf-8")) for f in folders]
-    return aggregate(results)
+def _rows(comparison: Path) -> list[dict[str, Any]]:
+    """The rows of ``comparison.json`` (variants in the sweep's order)."""
+    rows: list[dict[str, Any]] = json.loads(comparison.read_text(encoding="utf-8"))["rows"]
+    return rows
 
 
 def _sweep(args: argparse.Namespace, config_name: str) -> int:
     from retain.experiment.config import load_config
     from retain.experiment.sweep import SweepSpec, parse_seeds, run_sweep
     from retain.report.terminal import comparison_table
-    from retain.report.write import find_run_dirs
 
     config = load_config(config_name, args.overrides)
     names = None
@@ -118,7 +116,7 @@ def _sweep(args: argparse.Namespace, config_name: str) -> int:
         say=_say,
     )
     report = run_sweep(spec)
-    print(comparison_table(_rows(find_run_dirs([report.parent]))))
+    print(comparison_table(_rows(report.parent / "comparison.json")))
     print(f"report: {report}")
     return 0
 
