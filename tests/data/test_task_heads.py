@@ -275,3 +275,15 @@ def test_replay_routes_through_heads_wrapped_by_lora(tok: Any) -> None:
     )
     assert len(result.matrix) == 2
     assert model.tasks == {"six": 6, "two": 2}  # heads seen through PEFT's wrapper
+
+
+def test_representation_probes_read_the_shared_encoder(tok: Any) -> None:
+    from retain.evaluation.representation import KNNProbe
+
+    texts, labels = POSITIVE + NEGATIVE, [1] * 6 + [0] * 6
+    probe = KNNProbe("sentiment_knn", texts, labels, texts, labels, k=3)
+    shared = encoder(tok)
+    on_heads = probe.evaluate(TaskHeads(shared, 32, {"a": 2}), tok)
+    on_encoder = KNNProbe("again", texts, labels, texts, labels, k=3).evaluate(shared, tok)
+    assert on_heads.score == on_encoder.score
+    assert on_heads.details["n_test"] == 12

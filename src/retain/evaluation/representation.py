@@ -33,6 +33,16 @@ Distance = Literal["cosine", "euclidean"]
 _POOLINGS: tuple[str, ...] = ("mean", "cls", "last")
 
 
+def feature_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose hidden states a probe reads: the shared encoder of a
+    :class:`~retain.data.task_heads.TaskHeads` model (also inside a PEFT wrapper, adapters
+    included), else ``model`` itself."""
+    from retain.data.task_heads import TaskHeads
+
+    heads = next((m for m in model.modules() if isinstance(m, TaskHeads)), None)
+    return model if heads is None else heads.encoder
+
+
 def pooled_embeddings(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -138,6 +148,7 @@ class _FrozenFeatureProbe:
         self.batch_size = batch_size
 
     def _embed(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> np.ndarray:
+        model = feature_model(model)
         # A kNN and a linear probe on the same split embed the same texts with the same model:
         # reuse the vectors while the weights are unchanged (the key holds a weight checksum).
         key = (

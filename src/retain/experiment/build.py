@@ -158,7 +158,7 @@ def _model(config: ExperimentConfig, splits: list[TaskSplit] | None) -> tuple[nn
 
         heads = {s.train.name: _num_labels(s) for s in splits}
         model = TaskHeads.from_encoder_folder(
-            folder, heads, trust_remote_code=spec.trust_remote_code
+            folder, heads, pooling=spec.pooling, trust_remote_code=spec.trust_remote_code
         )
         return model, load_tokenizer(folder, trust_remote_code=spec.trust_remote_code)
     remote = spec.trust_remote_code
@@ -209,9 +209,9 @@ def _suite(config: ExperimentConfig) -> EvalSuite | None:
         factory = SUITES.get(section.name)
         wanted = "causal-lm" if factory.model_kind == "causal-lm" else "encoder"
         have = "causal-lm" if config.model.kind == "causal-lm" else "encoder"
-        if wanted != have or config.model.kind in ("mlp", "task-heads"):
+        if wanted != have or config.model.kind == "mlp":
             raise RetainError(
-                f"suite {section.name!r} needs a {factory.model_kind} model, but model.kind is "
+                f"suite {section.name!r} is for {wanted} models, but model.kind is "
                 f"{config.model.kind!r}; pick another suite or list probes"
             )
         return factory.build(section.size)

@@ -86,12 +86,15 @@ class ModelSection(_Section):
             (one shared head for every task), ``causal-lm`` (language modelling on each task's
             text) or ``mlp`` (a multilayer perceptron on pixels, the permuted-MNIST network).
         hidden: hidden widths of the ``mlp`` (ignored otherwise).
+        pooling: ``task-heads`` only: the heads read the first token (``cls``) or the
+            attention-masked mean of the tokens (``mean``, as sentence-transformers models do).
         trust_remote_code: allow model code from the hub (off unless asked).
     """
 
     name: str
     kind: ModelKind = "task-heads"
     hidden: list[int] = Field(default_factory=lambda: [256])
+    pooling: Literal["cls", "mean"] = "cls"
     trust_remote_code: bool = False
 
 
