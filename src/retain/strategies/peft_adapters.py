@@ -156,7 +156,7 @@ def task_heads_defaults(method: str, model: nn.Module, given: dict[str, Any]) ->
         if model_type in mapping:
             defaults["target_modules"] = list(mapping[model_type])
     if "modules_to_save" not in given and method in ("lora", "loha", "lokr", "ia3", "adalora"):
-        defaults["modules_to_save"] = list(model.heads)
+        defaults["modules_to_save"] = [f"heads.{name}" for name in model.heads]
     return defaults
 
 
