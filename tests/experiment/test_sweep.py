@@ -73,7 +73,8 @@ def test_seeds_are_a_count_or_a_list() -> None:
 
 def test_a_sweep_runs_every_variant_and_seed_then_compares(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    spec = SweepSpec(config(), strategies=["naive", "ewc"], seeds=[0, 1], out=out)
+    tuned = config(sweep={"settings": {"ewc": ["training.lr=5e-3"]}})
+    spec = SweepSpec(tuned, strategies=["naive", "ewc"], seeds=[0, 1], out=out)
     report = run_sweep(spec)
     assert report == out / "report.html"
     runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("results.json"))
@@ -85,11 +86,13 @@ def test_a_sweep_runs_every_variant_and_seed_then_compares(tmp_path: Path) -> No
     ewc1 = json.loads((out / "ewc/seed-1/results.json").read_text())
     assert "ewc" in ewc1["run"]["strategies"]
     assert ewc1["seed"] == 1
+    assert ewc1["run"]["config"]["lr"] == 5e-3  # the variant's own settings
+    assert naive0["run"]["config"]["lr"] == 1e-2
     assert naive0["run"]["matrix"] != ewc1["run"]["matrix"]
 
     lines: list[str] = []
     run_sweep(
-        SweepSpec(config(), strategies=["naive", "ewc"], seeds=[0, 1], out=out, say=lines.append)
+        SweepSpec(tuned, strategies=["naive", "ewc"], seeds=[0, 1], out=out, say=lines.append)
     )
     assert sum("finished earlier, reused" in line for line in lines) == 4
     with pytest.raises(RetainError, match="holds a sweep of other settings"):

@@ -23,7 +23,13 @@ from retain.data.text import causal_lm_task, text_classification_task
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite
 from retain.evaluation.task_accuracy import negative_loss, task_accuracy
-from retain.experiment.config import ExperimentConfig, ProbeSection, TaskSection
+from retain.experiment.config import (
+    ExperimentConfig,
+    ProbeSection,
+    TaskSection,
+    apply_overrides,
+    config_from_dict,
+)
 from retain.strategies.base import Strategy, build_strategy
 from retain.strategies.params import select_parameters
 from retain.training.loop import TrainConfig
@@ -341,4 +347,8 @@ def validate_experiment(config: ExperimentConfig) -> list[str]:
                     )
         shown = ", ".join(e["name"] for e in entries) or "naive"
         lines.append(f"{label}: {shown}")
+    for name, overrides in config.sweep.settings.items():
+        data = apply_overrides(config.model_dump(mode="json"), overrides)
+        config_from_dict(data, source=f"sweep.settings.{name}")
+        lines.append(f"sweep.settings.{name}: {' '.join(overrides)}")
     return lines

@@ -237,10 +237,14 @@ class CheckpointSection(_Section):
 class SweepSection(_Section):
     """Variants compared by ``retain sweep``: a name and its strategies each (``naive: []``).
 
+    ``settings``: per variant name, ``key=value`` overrides of the rest of the config for that
+    variant only (``lora: ["training.lr=3e-3"]``: adapters usually want a larger learning rate);
+    they also apply to the variants a ``--grid`` derives from it.
     ``seeds``: the seeds every variant runs with (default: the experiment's ``seeds``).
     """
 
     variants: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    settings: dict[str, list[str]] = Field(default_factory=dict)
     seeds: list[int] | None = None
 
 

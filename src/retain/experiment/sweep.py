@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from retain.errors import RetainError
-from retain.experiment.config import ExperimentConfig, _parse_value, config_to_yaml
+from retain.experiment.config import (
+    ExperimentConfig,
+    _parse_value,
+    apply_overrides,
+    config_from_dict,
+    config_to_yaml,
+)
 from retain.experiment.run_dir import write_text
 from retain.experiment.runner import RunSpec, run_experiment, run_state
 
@@ -134,6 +140,17 @@ def sweep_variants(
     return variants
 
 
+def variant_config(config: ExperimentConfig, name: str, entries: Entries, seed: int) -> Any:
+    """The config of one (variant, seed) run: the variant's strategies, its ``sweep.settings``
+    overrides (looked up by the name before any ``--grid`` suffix), one seed."""
+    data = config.model_dump(mode="json")
+    data.update({"strategies": entries, "seeds": [seed], "variant": name, "out": None})
+    overrides = config.sweep.settings.get(name.split(" ")[0], [])
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data, source=f"sweep variant {name!r}")
+
+
 def variant_folder(name: str) -> str:
     """A folder name for a variant label (``ewc strength=100`` -> ``ewc_strength-100``).
 
@@ -160,9 +177,7 @@ def run_sweep(spec: SweepSpec) -> Path:
     run_dirs = []
     total = len(variants) * len(seeds)
     for n, (seed, (name, entries)) in enumerate(itertools.product(seeds, variants.items())):
-        run_config = config.model_copy(
-            update={"strategies": entries, "seeds": [seed], "variant": name, "out": None}
-        )
+        run_config = variant_config(config, name, entries, seed)
         folder = out / variant_folder(name) / f"seed-{seed}"
         run_dirs.append(folder)
         if not spec.overwrite and run_state(folder, config_to_yaml(run_config)) == "finished":
