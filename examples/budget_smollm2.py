@@ -8,7 +8,8 @@ causal-LM loss on the ``--domain`` dataset's train split (default ``sms_spam``),
 message cut to its first ``--block-size`` tokens (``--pack``: packed blocks instead;
 :func:`retain.data.text.causal_lm_task`), AdamW at ``--lr``, ``--steps`` optimizer steps of
 ``--batch-size`` examples (:func:`retain.training.loop.train_task`; the seed fixes the data
-order): the ``retain demo`` fine-tune. Every arm starts from the same pretrained weights.
+order), the fine-tune of the shipped ``smollm2_domain`` config. Every arm starts from the same
+pretrained weights.
 
 Capability: token perplexity on general text (``general_text``: news and Wikipedia prose, held out
 from every training set), each passage cut to its first ``--general-tokens`` tokens. Two disjoint

@@ -286,7 +286,8 @@ def comparison_html(
                 _num(stat.get("mean"), _figure_spec(key)),
                 _num(stat.get("sd"), _figure_spec(key, sd=True)),
             )
-            cells.append(mean if stat.get("mean") is None else f"{mean} ± {sd}")
+            single = stat.get("mean") is None or int(row.get("n", 2)) < 2
+            cells.append(mean if single else f"{mean} ± {sd}")
         table.append(cells)
     marks = ["pareto" if row.get("pareto") else "" for row in rows]
     html_rows = _table(header, table, marks)
