@@ -11,7 +11,9 @@ A run directory holds::
 Re-running into a directory: a finished run (``results.json``) is refused unless ``overwrite``;
 an unfinished run of the *same* config resumes from its newest checkpoint; an unfinished run of
 another config, or a folder that is not a run directory, is refused. ``overwrite`` replaces a run
-directory but never deletes a folder that is not one.
+directory but never deletes a folder that is not one. Under ``torchrun``/``accelerate launch``
+every process trains; only the main one writes the run directory (checkpoints: every rank its
+RNG file, see :mod:`retain.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.experiment.build import build_experiment, build_strategies, train_config
 from retain.experiment.config import ExperimentConfig, config_to_yaml
@@ -77,7 +80,8 @@ def run_state(out: Path, config_yaml: str) -> str:
 
 
 def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
-    """Make ``out`` ready; returns True when the run resumes."""
+    """Make ``out`` ready; returns True when the run resumes. Every process decides from the
+    folder as it finds it (before anything is written); only the main process writes."""
     state = run_state(out, config_yaml)
     if state == "foreign":
         raise RetainError(
@@ -93,13 +97,14 @@ def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
         raise RetainError(
             f"{str(out)!r} holds {what}; choose another --out or pass --overwrite to replace it"
         )
-    if state in ("finished", "different"):
-        shutil.rmtree(out)
     if not out.resolve().parent.is_dir():
         raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
-    out.mkdir(exist_ok=True)
-    if state != "resume":
-        write_text(out / "config.yaml", config_yaml)
+    if is_main_process():
+        if state in ("finished", "different"):
+            shutil.rmtree(out)
+        out.mkdir(exist_ok=True)
+        if state != "resume":
+            write_text(out / "config.yaml", config_yaml)
     return state == "resume"
 
 
@@ -165,7 +170,8 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
             history = getattr(budgets[0], "history", [])
             done["budget"] = [*done["budget"][:t], list(history[seen[0] :])]
             seen[0] = len(history)
-        write_json(progress_file, done)
+        if is_main_process():
+            write_json(progress_file, done)
         say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
 
     checkpoints = config.checkpoints
@@ -202,6 +208,8 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         **_extras(strategies, model, config.training.lr, result.logs),
         "seconds": time.perf_counter() - begin,
     }
+    if not is_main_process():
+        return results  # one process writes the run directory
     write_json(out / "results.json", results)
     progress_file.unlink(missing_ok=True)
     if spec.report:
