@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+class _Loader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
     """``yaml.SafeLoader`` that also reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``)."""
 
 
