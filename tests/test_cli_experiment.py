@@ -109,3 +109,25 @@ def test_sweep_prints_the_comparison(capsys: pytest.CaptureFixture[str], config_
     code, _, err = run(capsys, "sweep", str(config_file), "--strategies", "naive,ewcc")
     assert code == 2
     assert "did you mean 'ewc'" in err
+
+
+def test_report_never_averages_different_runs_as_seeds(
+    capsys: pytest.CaptureFixture[str], config_file: Path
+) -> None:
+    import json
+
+    root = config_file.parent
+    assert run(capsys, "run", str(config_file), "--out", str(root / "a"))[0] == 0
+    other = ["--out", str(root / "b"), "training.max_steps=3"]
+    assert run(capsys, "run", str(config_file), *other)[0] == 0
+    code, _, _ = run(capsys, "report", str(root / "a"), str(root / "b"), "--out", str(root / "ab"))
+    assert code == 0
+    rows = json.loads((root / "ab" / "comparison.json").read_text())["rows"]
+    assert len(rows) == 2
+    assert rows[0]["variant"].endswith("/a]")
+    assert rows[1]["variant"].endswith("/b]")
+    assert all(r["n"] == 1 for r in rows)
+    code, _, _ = run(capsys, "report", str(root / "a"), str(root / "a"), "--out", str(root / "aa"))
+    assert code == 0
+    rows = json.loads((root / "aa" / "comparison.json").read_text())["rows"]
+    assert [(r["variant"], r["n"]) for r in rows] == [("l2sp", 1)]

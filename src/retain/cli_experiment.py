@@ -64,7 +64,7 @@ def add_experiment_commands(sub: Any) -> None:
         metavar="STRATEGY.PARAM=V1,V2",
         help="one variant per value, e.g. ewc.strength=1e2,1e3,1e4 (repeatable)",
     )
-    sweep.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
+    sweep.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,5,7; one seed: 5,)")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: the config's out)")
     sweep.add_argument("--overwrite", action="store_true", help="run every variant afresh")
 
@@ -81,9 +81,10 @@ def add_experiment_commands(sub: Any) -> None:
 
     demo = sub.add_parser(
         "demo",
-        help="MiniLM on TREC -> Rotten Tomatoes -> SMS: naive vs five mitigations (~5 min)",
-        description="The shipped demo config (retain run demo): a real pretrained model on a "
-        "real task sequence, naive fine-tuning against five mitigation strategies.",
+        help="MiniLM on TREC -> movie sentiment -> SMS spam: naive vs l2sp, ewc, lora, "
+        "progressive (~4 min)",
+        description="The shipped demo config (retain sweep demo): a real pretrained model on a "
+        "real task sequence, naive fine-tuning against four mitigation strategies.",
     )
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="override demo settings")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")

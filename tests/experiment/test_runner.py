@@ -109,3 +109,23 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     assert resumed["run"]["matrix"] == whole["run"]["matrix"]
     assert resumed["drift"] == whole["drift"]
     assert not (out / "progress.json").exists()
+
+
+def test_a_bad_input_found_while_building_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    bad = mlp_config(tasks=[{"dataset": "digit", "train": 50, "test": 20}])
+    with pytest.raises(RetainError, match="did you mean 'digits'"):
+        run_experiment(RunSpec(bad, out=out, report=False))
+    assert not out.exists()
+    unknown = mlp_config(strategies=[{"name": "ewc", "fisher_sample": 3}])
+    with pytest.raises(RetainError, match="did you mean 'fisher_samples'"):
+        run_experiment(RunSpec(unknown, out=out, report=False))
+    assert not out.exists()
+    run_experiment(RunSpec(mlp_config(), out=out, report=False))  # the fixed config runs
+
+
+def test_max_steps_alone_runs_as_many_epochs_as_it_takes(tmp_path: Path) -> None:
+    config = mlp_config(training={"lr": 1e-2, "batch_size": 50, "max_steps": 9})
+    results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    assert [log["steps"] for log in results["run"]["logs"]] == [9, 9]  # 4 steps an epoch
+    assert results["run"]["logs"][0]["epochs_done"] == 3

@@ -97,3 +97,11 @@ def test_a_sweep_runs_every_variant_and_seed_then_compares(tmp_path: Path) -> No
     assert sum("finished earlier, reused" in line for line in lines) == 4
     with pytest.raises(RetainError, match="holds a sweep of other settings"):
         run_sweep(SweepSpec(config(), strategies=["naive"], seeds=[0], out=out))
+
+
+def test_a_bad_variant_fails_before_any_run(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    spec = SweepSpec(config(), strategies=["naive", "ewc"], grid=["ewc.strenght=1,2"], out=out)
+    with pytest.raises(RetainError, match=r"variant 'ewc strenght=1'.*did you mean 'strength'"):
+        run_sweep(spec)
+    assert not out.exists()

@@ -241,7 +241,9 @@ def build_strategies(
         except RetainError as error:
             raise RetainError(f"strategies.{k}: {error}") from None
         except (TypeError, ValueError) as error:
-            raise RetainError(f"strategies.{k} ({entry['name']}): {error}") from None
+            raise RetainError(
+                f"strategies.{k} ({entry['name']}): {error}; fix that parameter's value"
+            ) from None
         budget = config.budget
         if entry.get("budget") and budget is not None and suite is not None:
             from retain.training.budget import ForgettingBudget
@@ -261,10 +263,12 @@ def build_strategies(
 def train_config(config: ExperimentConfig, seed: int) -> TrainConfig:
     """The :class:`TrainConfig` of one seed."""
     t = config.training
+    # max_steps alone runs as many epochs as it takes (each epoch has at least one step)
+    epochs = t.epochs if t.epochs is not None else (t.max_steps or 1)
     return TrainConfig(
         lr=t.lr,
         batch_size=t.batch_size,
-        epochs=t.epochs,
+        epochs=epochs,
         max_steps=t.max_steps,
         optimizer=t.optimizer,
         weight_decay=t.weight_decay,

@@ -178,7 +178,9 @@ class TrainingSection(_Section):
     """Settings of each task's training (:class:`retain.training.loop.TrainConfig`).
 
     Attributes: ``lr`` (base learning rate), ``batch_size`` (examples per optimizer step),
-    ``epochs``, ``max_steps`` (optimizer steps per task; None: whole epochs), ``optimizer``
+    ``max_steps`` (optimizer steps per task, as many epochs as that takes; None: whole epochs),
+    ``epochs`` (passes over the data; None: 1 without ``max_steps``; with both set, whichever
+    ends first), ``optimizer``
     (``adamw`` or ``sgd``), ``weight_decay``, ``momentum``, ``max_grad_norm``, ``shuffle``,
     ``grad_accum`` (micro-batches per step), ``precision`` (``fp32``, ``bf16``, ``fp16``),
     ``device`` (``auto``: CUDA when available, else CPU).
@@ -186,7 +188,7 @@ class TrainingSection(_Section):
 
     lr: float = Field(default=1e-4, gt=0)
     batch_size: int = Field(default=16, ge=1)
-    epochs: int = Field(default=1, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
     max_steps: int | None = Field(default=None, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(default=0.0, ge=0)
@@ -337,6 +339,8 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
         elif first["type"] == "missing":
             message = "missing; it is required"
         message = message.removeprefix("Value error, ")
+        if first["type"] in ("float_parsing", "int_parsing", "bool_parsing"):
+            message += f" (got {first.get('input')!r}); fix the value"
         more = len(error.errors()) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise RetainError(f"{source}: {where}: {message}{tail}") from None
@@ -422,7 +426,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
     file = resolve_config_path(str(path))
     data = apply_overrides(read_yaml(file), overrides or [])
-    return config_from_dict(data, source=str(file))
+    source = f"{file} (with the command-line overrides)" if overrides else str(file)
+    return config_from_dict(data, source=source)
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:

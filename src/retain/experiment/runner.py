@@ -79,9 +79,8 @@ def run_state(out: Path, config_yaml: str) -> str:
     return "resume" if stored.read_text(encoding="utf-8") == config_yaml else "different"
 
 
-def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
-    """Make ``out`` ready; returns True when the run resumes. Every process decides from the
-    folder as it finds it (before anything is written); only the main process writes."""
+def _check(out: Path, config_yaml: str, overwrite: bool) -> str:
+    """``out``'s :func:`run_state`, refusing what may not be run into (nothing is written)."""
     state = run_state(out, config_yaml)
     if state == "foreign":
         raise RetainError(
@@ -99,13 +98,17 @@ def _prepare(out: Path, config_yaml: str, overwrite: bool) -> bool:
         )
     if not out.resolve().parent.is_dir():
         raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
+    return state
+
+
+def _prepare(out: Path, config_yaml: str, state: str) -> None:
+    """Make ``out`` ready for a run in ``state`` (only the main process writes)."""
     if is_main_process():
         if state in ("finished", "different"):
             shutil.rmtree(out)
         out.mkdir(exist_ok=True)
         if state != "resume":
             write_text(out / "config.yaml", config_yaml)
-    return state == "resume"
 
 
 def _extras(
@@ -148,14 +151,16 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
     config = config.model_copy(update={"seeds": [seed]})
     out = spec.out or config.output_dir()
     config_yaml = config_to_yaml(config)
-    resume = _prepare(out, config_yaml, spec.overwrite)
+    state = _check(out, config_yaml, spec.overwrite)  # every process, before anything is written
+    resume = state == "resume"
+    begin = time.perf_counter()
+    built = build_experiment(config, seed)  # bad data or names fail here, with nothing written
+    strategies = build_strategies(config.strategies, config, built.suite, built.tokenizer)
+    _prepare(out, config_yaml, state)
     say(
         ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
         f"seed {seed} in {out}"
     )
-    begin = time.perf_counter()
-    built = build_experiment(config, seed)
-    strategies = build_strategies(config.strategies, config, built.suite, built.tokenizer)
     drift = LayerDrift(built.model)
     progress_file = out / "progress.json"
     done: dict[str, Any] = {"drift": [], "budget": []}
@@ -191,6 +196,9 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         progress=spec.progress,
         after_task=after_task,
     )
+    for log in result.logs:
+        if log["stopped"]:
+            say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "name": config.name,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.errors import RetainError
+from retain.experiment.build import build_strategies
 from retain.experiment.config import (
     ExperimentConfig,
     _parse_value,
@@ -72,7 +73,10 @@ def parse_seeds(text: str) -> list[int]:
         raise RetainError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)") from None
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
-            raise RetainError(f"--seeds {text!r}: a count must be >= 1")
+            raise RetainError(
+                f"--seeds {text!r}: a count must be >= 1; for the one seed {values[0]} write "
+                f"--seeds {values[0]},"
+            )
         return list(range(values[0]))
     if not values:
         raise RetainError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)")
@@ -170,6 +174,12 @@ def run_sweep(spec: SweepSpec) -> Path:
     seeds = spec.seeds or config.sweep.seeds or config.seeds
     out = spec.out or config.output_dir()
     plan = config_to_yaml(config) + f"# variants: {variants}\n# seeds: {seeds}\n"
+    for name, entries in variants.items():  # every variant's settings and strategies, up front
+        checked = variant_config(config, name, entries, seeds[0])
+        try:
+            build_strategies(entries, checked, None, None)
+        except RetainError as error:
+            raise RetainError(f"variant {name!r}: {error}") from None
     _prepare_sweep(out, plan, spec.overwrite)
     folders = [variant_folder(name) for name in variants]
     if len(set(folders)) < len(folders):
@@ -200,7 +210,8 @@ def _prepare_sweep(out: Path, plan: str, overwrite: bool) -> None:
                 f"{str(out)!r} exists and is not a retain sweep folder (no sweep.yaml); "
                 "choose another --out (it is never deleted, even with --overwrite)"
             )
-        if record.read_text(encoding="utf-8") != plan and not overwrite:
+        finished = any(out.rglob("results.json"))
+        if record.read_text(encoding="utf-8") != plan and finished and not overwrite:
             raise RetainError(
                 f"{str(out)!r} holds a sweep of other settings; choose another --out or pass "
                 "--overwrite to replace it"

@@ -113,6 +113,38 @@ def _relative(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
 
 
+def _identity(results: dict[str, Any]) -> str:
+    """What makes runs seeds of one variant: everything but the seed."""
+    run = results.get("run") or {}
+    config = {k: v for k, v in (run.get("config") or {}).items() if k != "seed"}
+    same = [results.get("name"), results.get("model"), run.get("tasks"), run.get("strategies")]
+    return json.dumps(
+        [same, config, results.get("monitor"), results.get("budget") is None],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _distinct_variants(
+    dirs: list[Path], results_list: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Runs that share a variant label but differ in more than the seed (two of your own runs
+    of one strategy, say), or repeat a seed, are labelled ``<variant> [<folder>]`` instead, so a
+    comparison never averages different experiments as if they were seeds."""
+    by_variant: dict[str, list[int]] = {}
+    for k, results in enumerate(results_list):
+        by_variant.setdefault(str(results.get("variant")), []).append(k)
+    out = list(results_list)
+    for variant, members in by_variant.items():
+        identities = {_identity(results_list[k]) for k in members}
+        seeds = [results_list[k].get("seed") for k in members]
+        if len(identities) > 1 or len(set(seeds)) < len(seeds):
+            for k in members:
+                where = "/".join(dirs[k].parts[-2:])
+                out[k] = {**results_list[k], "variant": f"{variant} [{where}]"}
+    return out
+
+
 def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
     """Aggregate ``run_dirs`` by variant into ``out``; returns ``out/report.html``.
 
@@ -123,8 +155,8 @@ def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
     """
     if not run_dirs:
         raise RetainError("no run directories to compare; pass run directories or a sweep folder")
-    dirs = [Path(d) for d in run_dirs]
-    results_list = [load_results(d) for d in dirs]
+    dirs = list({Path(d).resolve(): Path(d) for d in run_dirs}.values())  # each run once
+    results_list = _distinct_variants(dirs, [load_results(d) for d in dirs])
     rows = aggregate(results_list)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
