@@ -113,7 +113,7 @@ def test_load_config_reads_files_and_shipped_names(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base()))
     assert load_config(path, ["training.max_steps=3"]).training.max_steps == 3
-    assert resolve_config_path("demo") == resolve_config_path("configs/demo.yaml")
+    assert resolve_config_path("demo") == resolve_config_path("configs/demo.yaml").resolve()
     with pytest.raises(RetainError, match="does not exist and is no shipped config"):
         load_config(tmp_path / "missing.yaml")
     path.write_text("name: [unclosed")
