@@ -116,8 +116,10 @@ def _cmd_ls() -> int:
     from retain.experiment.shipped import shipped_configs
 
     print("configs (retain run NAME, retain validate NAME):")
-    for name, path in shipped_configs().items():
-        print(f"  {name}  {path}")
+    configs = shipped_configs()
+    width = max((len(name) for name in configs), default=0)
+    for name, path in configs.items():
+        print(f"  {name.ljust(width)}  {path}")
     return 0
 
 
