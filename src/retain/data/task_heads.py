@@ -38,7 +38,15 @@ from torch import Tensor, nn
 
 from retain.errors import RetainError
 
-__all__ = ["TASK_HEAD_KEY", "Pooling", "TaskHeads", "head_seed", "tag_with_head", "task_router"]
+__all__ = [
+    "TASK_HEAD_KEY",
+    "Pooling",
+    "TaskHeads",
+    "find_task_heads",
+    "head_seed",
+    "tag_with_head",
+    "task_router",
+]
 
 #: Batch key of a per-example head index (position in ``TaskHeads.tasks``): examples replayed
 #: from earlier tasks carry it, so each one is scored by its own task's head.
@@ -272,10 +280,15 @@ class TaskHeads(nn.Module):
         return cls(encoder, hidden, heads, pooling=pooling, dropout=dropout).eval()
 
 
+def find_task_heads(model: nn.Module) -> TaskHeads | None:
+    """The :class:`TaskHeads` inside ``model`` (itself, or under a PEFT/DDP wrapper), or None."""
+    return next((m for m in model.modules() if isinstance(m, TaskHeads)), None)
+
+
 def tag_with_head(model: nn.Module, task_name: str, examples: Any) -> Any:
     """``examples`` with ``task_head`` = the index of ``task_name``'s head added to each, when
     ``model`` routes through :class:`TaskHeads` (unchanged otherwise, or when already tagged)."""
-    router = next((m for m in model.modules() if isinstance(m, TaskHeads)), None)
+    router = find_task_heads(model)
     if router is None or task_name not in router.heads:
         return examples
     if len(examples) and TASK_HEAD_KEY in examples[0]:

@@ -37,9 +37,9 @@ def feature_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module whose hidden states a probe reads: the shared encoder of a
     :class:`~retain.data.task_heads.TaskHeads` model (also inside a PEFT wrapper, adapters
     included), else ``model`` itself."""
-    from retain.data.task_heads import TaskHeads
+    from retain.data.task_heads import find_task_heads
 
-    heads = next((m for m in model.modules() if isinstance(m, TaskHeads)), None)
+    heads = find_task_heads(model)
     return model if heads is None else heads.encoder
 
 

@@ -23,7 +23,6 @@ YAML (``1e-4`` is a number, ``null`` is None, ``[0, 1]`` is a list).
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retain.errors import RetainError
+from retain.experiment.overrides import apply_overrides, read_yaml
 
 __all__ = [
     "BudgetSection",
@@ -48,25 +48,6 @@ __all__ = [
     "config_to_yaml",
     "load_config",
 ]
-
-
-class _Loader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
-    """``yaml.SafeLoader`` that also reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
-        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float."""
-    return yaml.load(text, Loader=_Loader)
 
 
 ModelKind = Literal["task-heads", "classifier", "causal-lm", "mlp"]
@@ -344,79 +325,6 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
         more = len(error.errors()) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise RetainError(f"{source}: {where}: {message}{tail}") from None
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``data`` with each ``dotted.key=value`` applied (values parsed as YAML).
-
-    >>> apply_overrides({"training": {"lr": 1e-4}, "tasks": [{"train": 10}]},
-    ...                 ["training.lr=3e-4", "tasks.0.train=5"])
-    {'training': {'lr': 0.0003}, 'tasks': [{'train': 5}]}
-    """
-    import copy
-
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise RetainError(f"override {item!r} is not key=value (e.g. training.lr=3e-4)")
-        parts = key.strip().split(".")
-        node: Any = data
-        for depth, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(parts[: depth + 1]), item)
-        last = parts[-1]
-        value = _parse_value(raw)
-        if isinstance(node, list):
-            index = _index(node, last, key, item)
-            node[index] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise RetainError(f"override {item!r}: {'.'.join(parts[:-1])} is not a section")
-    return data
-
-
-def _index(node: list[Any], part: str, where: str, item: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise RetainError(
-            f"override {item!r}: {where} needs a list index 0..{len(node) - 1}, got {part!r}"
-        )
-    return int(part)
-
-
-def _child(node: Any, part: str, where: str, item: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, where, item)]
-    if isinstance(node, dict):
-        if node.get(part) is None:
-            node[part] = {}
-        return node[part]
-    raise RetainError(f"override {item!r}: {where} is not a section")
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The YAML mapping in ``path`` (one-line errors for a missing file or bad YAML)."""
-    if not path.is_file():
-        raise RetainError(
-            f"config file {str(path)!r} does not exist; give a YAML file "
-            "(shipped ones: `retain ls`)"
-        )
-    try:
-        data = yaml_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RetainError(f"{path}: not valid YAML{at}; fix the syntax") from None
-    if not isinstance(data, dict):
-        raise RetainError(f"{path}: must be a YAML mapping (name:, model:, tasks:, ...)")
-    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -18,7 +18,14 @@ from typing import Any
 
 from retain.errors import RetainError
 
-__all__ = ["check_output_dir", "output_directory", "to_jsonable", "write_json", "write_text"]
+__all__ = [
+    "check_output_dir",
+    "output_directory",
+    "to_jsonable",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
 
 
 def _umask() -> int:
@@ -91,17 +98,22 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, UTF-8 (:func:`write_bytes`)."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:

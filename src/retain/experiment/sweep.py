@@ -25,11 +25,10 @@ from retain.errors import RetainError
 from retain.experiment.build import build_strategies
 from retain.experiment.config import (
     ExperimentConfig,
-    _parse_value,
-    apply_overrides,
     config_from_dict,
     config_to_yaml,
 )
+from retain.experiment.overrides import apply_overrides, parse_value
 from retain.experiment.run_dir import write_text
 from retain.experiment.runner import RunSpec, run_experiment, run_state
 
@@ -103,7 +102,7 @@ def _named(config: ExperimentConfig, name: str) -> Entries:
 def _grid(item: str) -> tuple[str, str, list[Any]]:
     key, sep, raw = item.partition("=")
     strategy, dot, parameter = key.strip().partition(".")
-    values = [_parse_value(v) for v in raw.split(",") if v.strip()]
+    values = [parse_value(v) for v in raw.split(",") if v.strip()]
     if not sep or not dot or not strategy or not parameter or not values:
         raise RetainError(
             f"--grid {item!r} is not strategy.parameter=v1,v2 (e.g. ewc.strength=1e2,1e3)"

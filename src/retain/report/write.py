@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from retain.errors import RetainError
-from retain.experiment.run_dir import write_json, write_text
+from retain.experiment.run_dir import write_bytes, write_json, write_text
 from retain.report.comparison_plots import comparison_figures
 from retain.report.html import comparison_html, run_report_html
 from retain.report.plots import run_figures
@@ -50,21 +49,6 @@ def png_bytes(figure: Figure, dpi: int = DPI) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_results(run_dir: Path) -> dict[str, Any]:
     """``run_dir/results.json`` as a dictionary; a missing or unreadable file is a RetainError."""
     path = Path(run_dir) / "results.json"
@@ -89,7 +73,7 @@ def _save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, bytes]:
     images = {}
     for name, figure in figures.items():
         images[name] = png_bytes(figure)
-        _write_bytes(folder / f"{name}.png", images[name])
+        write_bytes(folder / f"{name}.png", images[name])
     figures.clear()
     return images
 
