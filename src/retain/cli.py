@@ -1,5 +1,6 @@
-"""The ``retain`` command line: ``audit``, ``ls``, and the experiment commands ``run``,
-``validate``, ``sweep``, ``report``, ``demo`` (:mod:`retain.cli_experiment`).
+"""The ``retain`` command line: ``audit``, ``diagnose`` (:mod:`retain.cli_diagnose`), ``ls``,
+and the experiment commands ``run``, ``validate``, ``sweep``, ``report``, ``demo``
+(:mod:`retain.cli_experiment`).
 
 A user mistake (wrong path, unknown name, missing column) prints one line ``retain: error: ...``
 naming the problem and the fix, and exits with code 2; nothing half-written is left behind.
@@ -84,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
         "ls", help="list models, datasets, probes, suites, strategies and shipped configs"
     )
 
+    from retain.cli_diagnose import add_diagnose_command
     from retain.cli_experiment import add_experiment_commands
 
+    add_diagnose_command(sub)
     add_experiment_commands(sub)
     return parser
 
@@ -168,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_ls()
         if args.command == "audit":
             return _cmd_audit(args)
+        if args.command == "diagnose":
+            from retain.cli_diagnose import cmd_diagnose
+
+            return cmd_diagnose(args)
         from retain.cli_experiment import run_command
 
         code = run_command(args)

@@ -35,6 +35,7 @@ from retain.experiment.overrides import apply_overrides, read_yaml
 __all__ = [
     "BudgetSection",
     "CheckpointSection",
+    "DiagnosticsSection",
     "ExperimentConfig",
     "ModelSection",
     "MonitorSection",
@@ -217,6 +218,26 @@ class CheckpointSection(_Section):
     every: int = Field(default=0, ge=0)
 
 
+class DiagnosticsSection(_Section):
+    """Diagnostics recorded during and after a run (:mod:`retain.diagnostics`).
+
+    Attributes:
+        interference_every: every this many optimizer steps, the cosine between the step's
+            gradient and the prior capability's gradient (0: off). The prior capability is
+            general text for a causal LM, else the earlier tasks of the sequence.
+        interference_samples: examples of each prior capability the reference gradient uses.
+        shift: after the run, compare the final model with the starting one: linear CKA per
+            layer and (causal LMs) next-token KL, on the first task's test text (keeps a copy of
+            the starting model in memory).
+        shift_samples: texts (or token blocks) the shift uses.
+    """
+
+    interference_every: int = Field(default=0, ge=0)
+    interference_samples: int = Field(default=16, ge=1)
+    shift: bool = False
+    shift_samples: int = Field(default=32, ge=2)
+
+
 class SweepSection(_Section):
     """Variants compared by ``retain sweep``: a name and its strategies each (``naive: []``).
 
@@ -237,7 +258,8 @@ class ExperimentConfig(_Section):
     Attributes:
         name: the experiment's name (report titles, default output folder ``runs/<name>``).
         description: one line shown in reports.
-        model, tasks, suite, strategies, training, monitor, budget, checkpoints, sweep: the
+        model, tasks, suite, strategies, training, monitor, budget, checkpoints, diagnostics,
+            sweep: the
             sections above; ``strategies`` is a list of ``{name: ..., <parameter>: ...}`` entries
             (``retain ls`` lists names and parameters), composed in order.
         seeds: one run per seed (``retain run`` runs the first unless ``--seed``).
@@ -255,6 +277,7 @@ class ExperimentConfig(_Section):
     monitor: MonitorSection | None = None
     budget: BudgetSection | None = None
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+    diagnostics: DiagnosticsSection = Field(default_factory=DiagnosticsSection)
     sweep: SweepSection = Field(default_factory=SweepSection)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     out: str | None = None

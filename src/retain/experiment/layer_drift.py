@@ -1,51 +1,23 @@
 """Per-layer parameter drift from the starting weights, for the run report.
 
-Parameters are grouped into layers by name: everything up to and including the first numeric
-component (``encoder.layer.3.attention.self.query.weight`` -> ``encoder.layer.3``), or, without
-one, the module path (``embeddings.word_embeddings.weight`` -> ``embeddings.word_embeddings``).
-A layer's relative drift is
-
-    drift_l = ||theta_l - theta0_l||_2 / ||theta0_l||_2
-
-over all of its parameters together (None when ``||theta0_l|| = 0``). PEFT wrappers are seen
-through (``base_model.model.`` and ``.base_layer`` are dropped from names); adapter weights
-themselves (LoRA ``lora_A``/``lora_B``) have no starting value and are left out, so a LoRA run
-shows the frozen base weights not moving: its update lives in the adapter.
+A layer's relative drift is ``drift_l = ||θ_l - θ0_l||₂ / ||θ0_l||₂`` over all its parameters
+together (None when ``||θ0_l|| = 0``), with layers named by
+:func:`retain.diagnostics.drift.layer_of`. Weights are the *effective* ones
+(:func:`retain.diagnostics.drift.effective_parameters`): a LoRA run's adapters are folded into
+their base weights (``W + B A · scaling``), so its update shows where it lands. Parameters added
+after the start (a later task's head) are not in the starting weights and are left out.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
+from retain.diagnostics.drift import effective_parameters, layer_of
+
 __all__ = ["LayerDrift", "layer_of"]
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def _plain(name: str) -> str:
-    name = name.removeprefix(_PEFT_PREFIX)
-    return name.replace(".base_layer", "").replace(".original_module", "")
-
-
-def layer_of(name: str) -> str:
-    """The layer a parameter belongs to.
-
-    >>> layer_of("encoder.layer.3.attention.self.query.weight")
-    'encoder.layer.3'
-    >>> layer_of("embeddings.word_embeddings.weight")
-    'embeddings.word_embeddings'
-    >>> layer_of("head.bias")
-    'head'
-    """
-    parts = name.split(".")
-    for k, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: k + 1])
-    return ".".join(parts[:-1]) or name
 
 
 class LayerDrift:
@@ -53,8 +25,7 @@ class LayerDrift:
 
     def __init__(self, model: nn.Module) -> None:
         self.start: dict[str, torch.Tensor] = {
-            _plain(n): p.detach().to("cpu", torch.float32, copy=True)
-            for n, p in model.named_parameters()
+            n: p.to("cpu", torch.float32, copy=True) for n, p in effective_parameters(model).items()
         }
         self.layers: list[str] = list(dict.fromkeys(layer_of(n) for n in self.start))
 
@@ -62,12 +33,11 @@ class LayerDrift:
         """``drift_l`` for every layer of :attr:`layers`, in order."""
         moved = dict.fromkeys(self.layers, 0.0)
         norm = dict.fromkeys(self.layers, 0.0)
-        for raw, param in model.named_parameters():
-            name = _plain(raw)
-            if name not in self.start or re.search(r"lora_|modules_to_save", raw):
+        for name, value in effective_parameters(model).items():
+            before = self.start.get(name)
+            if before is None or before.shape != value.shape:
                 continue
-            before = self.start[name]
-            now = param.detach().to("cpu", torch.float32)
+            now = value.to("cpu", torch.float32)
             layer = layer_of(name)
             moved[layer] += float((now - before).pow(2).sum())
             norm[layer] += float(before.pow(2).sum())

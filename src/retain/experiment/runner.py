@@ -33,6 +33,12 @@ from retain.errors import RetainError
 from retain.experiment.build import build_experiment, build_strategies, train_config
 from retain.experiment.config import ExperimentConfig, config_to_yaml
 from retain.experiment.layer_drift import LayerDrift
+from retain.experiment.run_diagnostics import (
+    interference_results,
+    interference_tracker,
+    shift_results,
+    starting_copy,
+)
 from retain.experiment.run_dir import write_json, write_text
 from retain.strategies.base import Strategy
 from retain.training.sequence import fit_sequence
@@ -162,6 +168,9 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         f"seed {seed} in {out}"
     )
     drift = LayerDrift(built.model)
+    start_model = starting_copy(config, built.model)
+    tracker = interference_tracker(config, built)
+    chain = strategies if tracker is None else [tracker, *strategies]
     progress_file = out / "progress.json"
     done: dict[str, Any] = {"drift": [], "budget": []}
     if resume and progress_file.is_file():
@@ -183,7 +192,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
     model, result = fit_sequence(
         built.model,
         built.splits,
-        strategies,
+        chain,
         train_config(config, seed),
         built.score,
         suite=built.suite,
@@ -214,6 +223,8 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         else {"max_degradation": config.budget.max_degradation, "history": done["budget"]},
         "drift": {"layers": drift.layers, "after": done["drift"]},
         **_extras(strategies, model, config.training.lr, result.logs),
+        "interference": interference_results(tracker, config),
+        "shift": shift_results(config, built, start_model, model),
         "seconds": time.perf_counter() - begin,
     }
     if not is_main_process():

@@ -1,0 +1,93 @@
+"""``retain diagnose``: why a fine-tune forgot, layer by layer.
+
+The work is done by :mod:`retain.experiment.diagnose`; this module parses the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_diagnose_command", "cmd_diagnose"]
+
+
+def add_diagnose_command(sub: Any) -> None:
+    """Register ``diagnose`` on the ``retain`` sub-parsers."""
+    from retain.experiment.diagnose import DIAGNOSTICS
+
+    p = sub.add_parser(
+        "diagnose",
+        help="why did it forget? drift, Fisher importance, gradient interference, CKA, output KL",
+        description="Compare a base and a tuned checkpoint layer by layer: parameter drift, Fisher "
+        "importance of general text vs the new task and their overlap, gradient interference, "
+        "representational shift (linear CKA) and next-token KL on held-out general text. Writes "
+        "results.json, report.html and plots/ with --out.",
+    )
+    p.add_argument("--base", required=True, help="starting model: registry name, folder, hub id")
+    p.add_argument(
+        "--tuned", required=True, help="fine-tuned model: same forms, or a PEFT adapter folder"
+    )
+    p.add_argument(
+        "--data",
+        help="the new task's dataset (registry name, file, hub name); needed for importance and "
+        "interference",
+    )
+    p.add_argument("--general", default="general_text", help="held-out general text dataset")
+    p.add_argument("--text-column", help="text column of --data (default: the dataset's own)")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated subset of: {','.join(DIAGNOSTICS)} (default: all that apply)",
+    )
+    p.add_argument("--samples", type=int, default=32, help="general-text sequences for CKA/KL")
+    p.add_argument("--fisher-samples", type=int, default=16, help="sequences per Fisher")
+    p.add_argument("--batches", type=int, default=4, help="gradient pairs for interference")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--max-tokens", type=int, default=2048, help="token positions per CKA layer")
+    p.add_argument(
+        "--top", type=float, default=0.1, help="fraction of parameters counted critical (0.1)"
+    )
+    p.add_argument("--exclude", help="regex of parameter names left out of the drift")
+    p.add_argument("--out", type=Path, help="run directory (default: print only, write nothing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--adapter-base", help="base model of a PEFT adapter --tuned")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N"
+    )
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Run ``retain diagnose`` from parsed arguments; returns the exit code."""
+    from retain.experiment.diagnose import DIAGNOSTICS, DiagnoseConfig, run_diagnose
+    from retain.report.diagnose_report import diagnose_table
+
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else DIAGNOSTICS
+    config = DiagnoseConfig(
+        base=args.base,
+        tuned=args.tuned,
+        data=args.data,
+        general=args.general,
+        text_column=args.text_column,
+        only=only,
+        samples=args.samples,
+        fisher_samples=args.fisher_samples,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_tokens=args.max_tokens,
+        top=args.top,
+        exclude=args.exclude,
+        out=args.out,
+        overwrite=args.overwrite,
+        adapter_base=args.adapter_base,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+    )
+    results = run_diagnose(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(diagnose_table(results))
+    if args.out is not None:
+        print(f"wrote {args.out / 'results.json'} and {args.out / 'report.html'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,151 @@
+"""Representational shift: linear CKA between a base and a tuned model's hidden states, per layer.
+
+Linear centred kernel alignment (Kornblith, Norouzi, Lee & Hinton, 2019, "Similarity of neural
+network representations revisited", ICML, eq. 4) of two representations of the same ``n``
+inputs, ``X [n, d1]`` and ``Y [n, d2]``, each centred over the ``n`` rows:
+
+    CKA(X, Y) = ||Yᵀ X||_F² / (||Xᵀ X||_F · ||Yᵀ Y||_F)
+
+It lies in ``[0, 1]``, is 1 for identical representations, and is invariant to orthogonal
+transforms and isotropic scaling of either side (not to arbitrary invertible maps). Computed in
+float64 from ``d × d`` cross-products, so ``n`` may be large.
+
+:func:`representation_shift` runs both models on the same batches (``no_grad``, eval mode) with
+``output_hidden_states=True`` and compares, layer by layer, the hidden states of the first
+``max_tokens`` real (attention-mask 1) tokens: row ``i`` of ``X`` and of ``Y`` is the same token
+of the same text. Index 0 is the embedding output, index ``l`` the output of block ``l``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from retain.data.task import Batch
+from retain.errors import RetainError
+from retain.evaluation.representation import feature_model
+
+__all__ = ["LayerSimilarity", "hidden_states", "linear_cka", "representation_shift"]
+
+
+def linear_cka(x: Tensor, y: Tensor) -> float:
+    """Linear CKA of ``x [n, d1]`` and ``y [n, d2]`` (rows are the same inputs); see the module
+    docstring. Constant representations (zero variance) give ``nan``.
+
+    >>> x = torch.randn(50, 8)
+    >>> round(linear_cka(x, 3.0 * x), 6)
+    1.0
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise RetainError(
+            f"linear_cka needs two [n, d] matrices with the same n; got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+    if x.shape[0] < 2:
+        raise RetainError("linear_cka needs at least 2 rows (inputs) to centre")
+    xd = x.double() - x.double().mean(0, keepdim=True)
+    yd = y.double() - y.double().mean(0, keepdim=True)
+    cross = (yd.T @ xd).square().sum()
+    norm_x = (xd.T @ xd).square().sum().sqrt()
+    norm_y = (yd.T @ yd).square().sum().sqrt()
+    denominator = norm_x * norm_y
+    if float(denominator) == 0.0:
+        return float("nan")
+    return float(cross / denominator)
+
+
+def hidden_states(model: nn.Module, batch: Batch) -> tuple[Tensor, ...]:
+    """``(embeddings, block 1, ..., block L)``, each ``[batch, tokens, d]``, of one forward pass.
+
+    A model with task heads is read through its encoder (:func:`feature_model`).
+    """
+    inner = feature_model(model)
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    output = inner(**inputs, output_hidden_states=True)
+    states = getattr(output, "hidden_states", None)
+    if states is None:
+        raise RetainError(
+            f"{type(inner).__name__} returns no hidden_states; representational shift needs a "
+            "Hugging Face model that accepts output_hidden_states=True"
+        )
+    return tuple(states)
+
+
+@dataclass(frozen=True)
+class LayerSimilarity:
+    """CKA of one layer's hidden states: ``index`` 0 is the embeddings, ``l`` block ``l``."""
+
+    index: int
+    name: str
+    cka: float
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def representation_shift(
+    base: nn.Module,
+    tuned: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    max_tokens: int = 2048,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LayerSimilarity]:
+    """Per-layer linear CKA between ``base`` and ``tuned`` on the same ``batches``.
+
+    Uses the first ``max_tokens`` real tokens (mask 1) in batch order. ``progress(done, total)``
+    is called after each batch. Both models must have the same number of hidden-state layers.
+    """
+    if max_tokens < 2:
+        raise RetainError(f"max_tokens must be >= 2 for CKA, got {max_tokens}")
+    gathered: list[tuple[list[Tensor], list[Tensor]]] = []
+    count = 0
+    modes = [(m, m.training) for m in (*base.modules(), *tuned.modules())]
+    base.eval()
+    tuned.eval()
+    try:
+        with torch.no_grad():
+            for k, batch in enumerate(batches):
+                if count >= max_tokens:
+                    break
+                b_states = hidden_states(base, {n: t.to(_device(base)) for n, t in batch.items()})
+                t_states = hidden_states(tuned, {n: t.to(_device(tuned)) for n, t in batch.items()})
+                if len(b_states) != len(t_states):
+                    raise RetainError(
+                        f"base has {len(b_states)} hidden-state layers and tuned "
+                        f"{len(t_states)}; CKA compares models of one architecture"
+                    )
+                mask = batch.get("attention_mask")
+                keep = (
+                    mask.bool().reshape(-1)
+                    if mask is not None
+                    else torch.ones(b_states[0].shape[0] * b_states[0].shape[1], dtype=torch.bool)
+                )
+                take = min(int(keep.sum()), max_tokens - count)
+                rows = keep.nonzero().squeeze(1)[:take]
+                if not gathered:
+                    gathered = [([], []) for _ in b_states]
+                for (xs, ys), b, t in zip(gathered, b_states, t_states, strict=True):
+                    xs.append(b.reshape(-1, b.shape[-1])[rows.to(b.device)].float().cpu())
+                    ys.append(t.reshape(-1, t.shape[-1])[rows.to(t.device)].float().cpu())
+                count += take
+                if progress is not None:
+                    progress(k + 1, len(batches))
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    if count < 2:
+        raise RetainError("representation_shift got fewer than 2 tokens; pass more text")
+    return [
+        LayerSimilarity(
+            index=i,
+            name="embeddings" if i == 0 else f"block {i}",
+            cka=linear_cka(torch.cat(xs), torch.cat(ys)),
+        )
+        for i, (xs, ys) in enumerate(gathered)
+    ]

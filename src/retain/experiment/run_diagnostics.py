@@ -1,0 +1,108 @@
+"""The ``diagnostics`` section of a run: gradient interference during training, and the
+representational and output shift of the final model from the starting one.
+
+* ``interference_every: N``: an :class:`~retain.diagnostics.interference.InterferenceTracker`
+  goes first in the strategy chain. Its prior capability is held-out general text
+  (``general_text``, blocks of the first task's ``max_length``) for a causal LM, else the earlier
+  tasks of the sequence. ``results.json`` gets ``interference``: the settings, every record and
+  the summary (conflicting fraction, mean cosine, mean per layer).
+* ``shift: true``: a copy of the starting model is kept; after the run, linear CKA per layer on
+  the first task's test examples and, for a causal LM, the next-token KL go to ``shift``. Models
+  without hidden states (an MLP) get ``representation: None`` and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from retain.assets.datasets import load_dataset
+from retain.data.text import causal_lm_task
+from retain.diagnostics.interference import InterferenceTracker
+from retain.diagnostics.output_shift import output_shift
+from retain.diagnostics.similarity import representation_shift
+from retain.errors import RetainError
+from retain.experiment.build import Experiment
+from retain.experiment.config import ExperimentConfig
+
+__all__ = ["interference_results", "interference_tracker", "shift_results", "starting_copy"]
+
+_GENERAL = "general_text"
+
+
+def interference_tracker(config: ExperimentConfig, built: Experiment) -> InterferenceTracker | None:
+    """The tracker the config asks for (None when ``interference_every`` is 0)."""
+    settings = config.diagnostics
+    if not settings.interference_every:
+        return None
+    every, samples = settings.interference_every, settings.interference_samples
+    if config.model.kind == "causal-lm":
+        texts = [t for t in load_dataset(_GENERAL)["test"]["text"] if t.strip()]
+        prior = causal_lm_task(
+            _GENERAL, built.tokenizer, texts, block_size=config.tasks[0].max_length
+        )
+        return InterferenceTracker(
+            every, samples, prior=prior.with_examples(prior.examples[:samples])
+        )
+    return InterferenceTracker(every, samples, tasks=[split.train for split in built.splits])
+
+
+def interference_results(
+    tracker: InterferenceTracker | None, config: ExperimentConfig
+) -> dict[str, Any] | None:
+    """``results.json``'s ``interference`` entry (None without a tracker)."""
+    if tracker is None:
+        return None
+    return {
+        "every": tracker.every,
+        "samples": tracker.samples,
+        "prior": _GENERAL if tracker.prior is not None else "earlier tasks",
+        "records": tracker.records,
+        "summary": tracker.summary(),
+    }
+
+
+def starting_copy(config: ExperimentConfig, model: nn.Module) -> nn.Module | None:
+    """A frozen copy of the starting model when ``diagnostics.shift`` is on."""
+    if not config.diagnostics.shift:
+        return None
+    start = copy.deepcopy(model).eval()
+    for param in start.parameters():
+        param.requires_grad_(False)
+    return start
+
+
+def shift_results(
+    config: ExperimentConfig, built: Experiment, start: nn.Module | None, final: nn.Module
+) -> dict[str, Any] | None:
+    """``results.json``'s ``shift`` entry: CKA per layer and (causal LMs) the output shift of
+    ``final`` from ``start`` on the first task's test examples."""
+    if start is None:
+        return None
+    test = built.splits[0].test
+    batches = [
+        {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        for batch in test.batches(
+            config.training.batch_size, limit=config.diagnostics.shift_samples
+        )
+    ]
+    result: dict[str, Any] = {"data": test.name, "representation": None, "output": None}
+    skipped: dict[str, str] = {}
+    if not batches or "input_ids" not in batches[0]:
+        skipped["representation"] = "the tasks are not token sequences (no hidden states)"
+    else:
+        try:
+            shift = representation_shift(start, final, batches)
+            result["representation"] = [vars(layer) for layer in shift]
+        except RetainError as err:
+            skipped["representation"] = str(err)
+        if config.model.kind == "causal-lm":
+            result["output"] = output_shift(
+                start, final, batches, tokenizer=built.tokenizer
+            ).to_dict()
+    if config.model.kind != "causal-lm":
+        skipped["output"] = "needs a causal language model"
+    result["skipped"] = skipped
+    return result
