@@ -82,7 +82,10 @@ def test_rerunning_refuses_or_resumes(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    config = mlp_config(strategies=[{"name": "ewc", "strength": 10.0, "fisher_samples": 32}])
+    config = mlp_config(
+        strategies=[{"name": "ewc", "strength": 10.0, "fisher_samples": 32}],
+        diagnostics={"interference_every": 3},
+    )
     whole = run_experiment(RunSpec(config, out=tmp_path / "whole", report=False))
 
     class InterruptError(Exception):
@@ -108,6 +111,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     assert resumed["run"]["resumed"]
     assert resumed["run"]["matrix"] == whole["run"]["matrix"]
     assert resumed["drift"] == whole["drift"]
+    assert resumed["interference"] == whole["interference"]
+    assert [r["global_step"] for r in whole["interference"]["records"]] == [11, 14]
     assert not (out / "progress.json").exists()
 
 
@@ -129,3 +134,45 @@ def test_max_steps_alone_runs_as_many_epochs_as_it_takes(tmp_path: Path) -> None
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
     assert [log["steps"] for log in results["run"]["logs"]] == [9, 9]  # 4 steps an epoch
     assert results["run"]["logs"][0]["epochs_done"] == 3
+
+
+def test_interference_during_training_and_shift_of_a_task_heads_run(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    config = config_from_dict(
+        {
+            "name": "heads",
+            "model": {"name": str(tiny_bert_dir), "kind": "task-heads"},
+            "tasks": [
+                {"dataset": "trec", "train": 32, "test": 16, "max_length": 16},
+                {"dataset": "sms_spam", "train": 32, "test": 16, "max_length": 16},
+            ],
+            "training": {"lr": 1e-3, "batch_size": 8, "max_steps": 4},
+            "diagnostics": {"interference_every": 2, "interference_samples": 8, "shift": True},
+            "checkpoints": {"enabled": False},
+        }
+    )
+    results = run_experiment(RunSpec(config, out=tmp_path / "run"))
+    interference = results["interference"]
+    assert interference["prior"] == "earlier tasks"
+    records = interference["records"]
+    assert [(r["task"], r["step"], r["global_step"]) for r in records] == [
+        ("sms_spam", 2, 6),
+        ("sms_spam", 4, 8),
+    ]
+    assert all(-1 <= r["cosine"] <= 1 for r in records)
+    assert "encoder.encoder.layer.0" in records[0]["layers"]
+    assert interference["summary"]["measured"] == 2
+    shift = results["shift"]
+    assert shift["data"] == "trec"
+    assert [layer["name"] for layer in shift["representation"]] == ["embeddings", "block 1", "block 2"]
+    assert all(layer["cka"] < 1 for layer in shift["representation"][1:])
+    assert shift["output"] is None and "causal language model" in shift["skipped"]["output"]
+
+
+def test_an_mlp_run_skips_the_representation_shift_with_a_reason(tmp_path: Path) -> None:
+    config = mlp_config(diagnostics={"shift": True}, checkpoints={"enabled": False})
+    results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    assert results["shift"]["representation"] is None
+    assert "not token sequences" in results["shift"]["skipped"]["representation"]
+    assert results["interference"] is None

@@ -26,10 +26,17 @@ def test_smollm2_domain_runs_with_its_budget(tmp_path: Path) -> None:
             "training.batch_size=4",
             "budget.every=2",
             "checkpoints.every=2",
+            "diagnostics={interference_every: 2, interference_samples: 4, shift: true,"
+            " shift_samples: 4}",
         ],
     )
     results = run_experiment(RunSpec(config, out=tmp_path / "run"))
     run = results["run"]
+    assert results["interference"]["prior"] == "general_text"
+    assert [r["global_step"] for r in results["interference"]["records"]] == [2, 4]
+    assert "model.layers.29" in results["interference"]["records"][0]["layers"]
+    assert len(results["shift"]["representation"]) == 31  # embeddings + 30 blocks
+    assert results["shift"]["output"]["kl_mean"] > 0
     assert results["score"]["name"].startswith("negative loss")
     assert run["matrix"][0][0] > run["baseline"][0]  # the domain loss fell
     assert set(run["suite"]["baseline"]) == {"general_text"}

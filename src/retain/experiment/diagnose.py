@@ -153,7 +153,9 @@ def _bar(description: str) -> Callable[[int, int], None]:
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=description, leave=False, file=sys.stderr)
+            state["bar"] = tqdm(
+                total=total, desc=description, leave=False, file=sys.stderr, disable=None
+            )
         state["bar"].update(done - state["bar"].n)
         if done >= total:
             state["bar"].close()
