@@ -17,7 +17,12 @@ if TYPE_CHECKING:
     from retain.data.task import CausalLM, Classification, Task
     from retain.data.task_heads import TaskHeads
     from retain.data.text import causal_lm_task, text_classification_task
+    from retain.diagnostics.drift import parameter_drift
     from retain.diagnostics.fisher import estimate_fisher
+    from retain.diagnostics.importance import fisher_overlap
+    from retain.diagnostics.interference import InterferenceTracker, gradient_interference
+    from retain.diagnostics.output_shift import output_shift
+    from retain.diagnostics.similarity import linear_cka, representation_shift
     from retain.errors import MissingAssetError, RetainError, UnknownNameError
     from retain.evaluation.accuracy import ClassificationAccuracy
     from retain.evaluation.base import Probe, ProbeResult
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from retain.evaluation.task_probe import TaskAccuracyProbe
     from retain.evaluation.zero_shot import ZeroShotClassification
     from retain.experiment.audit import AuditConfig, run_audit
+    from retain.experiment.diagnose import DiagnoseConfig, run_diagnose
     from retain.metrics import (
         Degradation,
         average_accuracy,
@@ -70,9 +76,11 @@ __all__ = [
     "Classification",
     "ClassificationAccuracy",
     "Degradation",
+    "DiagnoseConfig",
     "EvalSuite",
     "ForgettingBudget",
     "ForgettingMonitor",
+    "InterferenceTracker",
     "KNNProbe",
     "LinearProbe",
     "LoadedModel",
@@ -105,20 +113,27 @@ __all__ = [
     "chain",
     "degradation",
     "estimate_fisher",
+    "fisher_overlap",
     "fit_sequence",
     "forgetting",
     "forgetting_first_last",
     "forward_transfer",
+    "gradient_interference",
     "latest_checkpoint",
+    "linear_cka",
     "load_checkpoint",
     "load_dataset",
     "load_model",
     "load_strategy_state",
     "make_optimizer",
     "negative_loss",
+    "output_shift",
+    "parameter_drift",
     "perplexity_ratio",
     "pooled_embeddings",
+    "representation_shift",
     "run_audit",
+    "run_diagnose",
     "save_checkpoint",
     "save_strategy_state",
     "strided_log_likelihood",
@@ -160,6 +175,15 @@ _LAZY = {
     "make_optimizer": "retain.training.loop",
     "RetainCallback": "retain.training.hf",
     "estimate_fisher": "retain.diagnostics.fisher",
+    "DiagnoseConfig": "retain.experiment.diagnose",
+    "InterferenceTracker": "retain.diagnostics.interference",
+    "fisher_overlap": "retain.diagnostics.importance",
+    "gradient_interference": "retain.diagnostics.interference",
+    "linear_cka": "retain.diagnostics.similarity",
+    "output_shift": "retain.diagnostics.output_shift",
+    "parameter_drift": "retain.diagnostics.drift",
+    "representation_shift": "retain.diagnostics.similarity",
+    "run_diagnose": "retain.experiment.diagnose",
     "Degradation": "retain.metrics",
     "average_accuracy": "retain.metrics",
     "average_forgetting": "retain.metrics",

@@ -25,7 +25,10 @@ def test_overlap_is_one_for_proportional_and_zero_for_disjoint_fishers() -> None
 def test_quadrant_counts_and_layers_of_hand_made_fishers() -> None:
     # 10 scalars per Fisher; top=0.2 -> the 2 largest of each are critical.
     old = {"layers.0.w": torch.tensor([9.0, 8.0, 1, 1, 1]), "layers.1.w": torch.tensor([1.0] * 5)}
-    new = {"layers.0.w": torch.tensor([9.0, 1, 1, 1, 1]), "layers.1.w": torch.tensor([1.0, 7, 1, 1, 1])}
+    new = {
+        "layers.0.w": torch.tensor([9.0, 1, 1, 1, 1]),
+        "layers.1.w": torch.tensor([1.0, 7, 1, 1, 1]),
+    }
     report = fisher_overlap(old, new, top=0.2)
     assert report.quadrants == {"old_only": 1, "new_only": 1, "both": 1, "neither": 7}
     assert report.thresholds == {"old": 1.0, "new": 1.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from retain.cli import main
 from retain.errors import RetainError
 from retain.experiment.diagnose import DiagnoseConfig, run_diagnose
 
-TINY = {
+TINY: dict[str, Any] = {
     "samples": 4,
     "fisher_samples": 4,
     "batches": 2,
@@ -26,7 +27,7 @@ TINY = {
 def test_every_diagnostic_of_a_tiny_causal_lm(tiny_lm_dirs: tuple[Path, Path]) -> None:
     base, tuned = tiny_lm_dirs
     results = run_diagnose(
-        DiagnoseConfig(base=str(base), tuned=str(tuned), data="sms_spam", **TINY)  # type: ignore[arg-type]
+        DiagnoseConfig(base=str(base), tuned=str(tuned), data="sms_spam", **TINY)
     )
     assert results["skipped"] == {}
     assert results["drift"]["total"]["relative"] > 0
@@ -46,19 +47,22 @@ def test_every_diagnostic_of_a_tiny_causal_lm(tiny_lm_dirs: tuple[Path, Path]) -
 def test_the_same_model_shows_no_change(tiny_lm_dirs: tuple[Path, Path]) -> None:
     base, _ = tiny_lm_dirs
     results = run_diagnose(
-        DiagnoseConfig(base=str(base), tuned=str(base), only=("drift", "representation", "output"), **TINY)  # type: ignore[arg-type]
+        DiagnoseConfig(
+            base=str(base), tuned=str(base), only=("drift", "representation", "output"), **TINY
+        )
     )
     assert results["drift"]["total"]["rms"] == 0.0
     assert all(layer["cka"] == pytest.approx(1.0, abs=1e-6) for layer in results["representation"])
     assert results["output"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)
-    assert results["importance"] is None and results["interference"] is None
+    assert results["importance"] is None
+    assert results["interference"] is None
 
 
 def test_an_encoder_gets_drift_and_cka_and_the_rest_is_skipped_with_reasons(
     tiny_bert_dir: Path,
 ) -> None:
     results = run_diagnose(
-        DiagnoseConfig(base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), data="trec", **TINY)  # type: ignore[arg-type]
+        DiagnoseConfig(base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), data="trec", **TINY)
     )
     assert results["drift"]["total"]["rms"] == 0.0
     assert len(results["representation"]) == 3

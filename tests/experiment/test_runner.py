@@ -165,9 +165,14 @@ def test_interference_during_training_and_shift_of_a_task_heads_run(
     assert interference["summary"]["measured"] == 2
     shift = results["shift"]
     assert shift["data"] == "trec"
-    assert [layer["name"] for layer in shift["representation"]] == ["embeddings", "block 1", "block 2"]
+    assert [layer["name"] for layer in shift["representation"]] == [
+        "embeddings",
+        "block 1",
+        "block 2",
+    ]
     assert all(layer["cka"] < 1 for layer in shift["representation"][1:])
-    assert shift["output"] is None and "causal language model" in shift["skipped"]["output"]
+    assert shift["output"] is None
+    assert "causal language model" in shift["skipped"]["output"]
 
 
 def test_an_mlp_run_skips_the_representation_shift_with_a_reason(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ estimate_fisher`), ``F_old`` on the prior capability and ``F_new`` on the new ta
   task's updates hurt the old capability most;
 * overlap (Kirkpatrick et al., 2017, PNAS, Fig. 3): with each Fisher normalised to unit sum,
   ``F̂ = F / Σ F``, the Fréchet distance between the two diagonal Gaussians' precisions is
-  ``d² = ½ Σ_i (√F̂_old,i - √F̂_new,i)²`` and ``overlap = 1 - d²`` in ``[0, 1]``: 1 when the two
-  Fishers are proportional, 0 when they have disjoint support.
+  ``d² = ½ Σ_i (√F̂_old,i - √F̂_new,i)²`` and ``overlap = 1 - d² = Σ_i √(F̂_old,i F̂_new,i)`` in
+  ``[0, 1]``: 1 when the two Fishers are proportional, 0 when they have disjoint support.
 
 A seeded random sample (with replacement) of ``(F_old, F_new)`` pairs backs the scatter plot.
 """
@@ -38,17 +38,35 @@ QUADRANTS = ("old_only", "new_only", "both", "neither")
 def overlap(old: Tensor, new: Tensor) -> float | None:
     """``1 - ½ Σ (√F̂_old - √F̂_new)²`` of two non-negative tensors (None when either sums to 0).
 
-    >>> overlap(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
+    Expanding the square with ``Σ F̂ = 1`` gives ``Σ √(F̂_old · F̂_new)`` (the Bhattacharyya
+    coefficient), which is how it is computed: no normalised copies are made.
+
+    >>> round(overlap(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])), 6)
     1.0
     >>> overlap(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     0.0
     """
-    a, b = old.double().flatten(), new.double().flatten()
-    sa, sb = float(a.sum()), float(b.sum())
-    if sa <= 0 or sb <= 0:
-        return None
-    distance = 0.5 * float(((a / sa).sqrt() - (b / sb).sqrt()).square().sum())
-    return 1.0 - distance
+    sums = _Sums()
+    sums.add(old, new)
+    return sums.overlap()
+
+
+class _Sums:
+    """Running ``Σ F_old``, ``Σ F_new`` and ``Σ √(F_old F_new)`` in float64."""
+
+    def __init__(self) -> None:
+        self.old = self.new = self.root = 0.0
+
+    def add(self, old: Tensor, new: Tensor) -> None:
+        a, b = old.detach().float(), new.detach().float()
+        self.old += float(a.sum(dtype=torch.float64))
+        self.new += float(b.sum(dtype=torch.float64))
+        self.root += float((a * b).sqrt_().sum(dtype=torch.float64))
+
+    def overlap(self) -> float | None:
+        if self.old <= 0 or self.new <= 0:
+            return None
+        return min(1.0, self.root / math.sqrt(self.old * self.new))
 
 
 @dataclass(frozen=True)
@@ -100,8 +118,8 @@ def _quantile(values: Tensor, q: float) -> float:
 
 
 def _quadrants(old: Tensor, new: Tensor, t_old: float, t_new: float) -> dict[str, int]:
-    a = (old > t_old) & (old > 0)
-    b = (new > t_new) & (new > 0)
+    a = (old.detach() > t_old) & (old.detach() > 0)
+    b = (new.detach() > t_new) & (new.detach() > 0)
     both = int((a & b).sum())
     old_only = int(a.sum()) - both
     new_only = int(b.sum()) - both
@@ -142,42 +160,73 @@ def fisher_overlap(
                 f"Fisher of {name!r} has shape {tuple(old[name].shape)} for the old capability "
                 f"and {tuple(new[name].shape)} for the new task"
             )
-    flat_old = torch.cat([old[n].detach().float().flatten().cpu() for n in old])
-    flat_new = torch.cat([new[n].detach().float().flatten().cpu() for n in old])
-    t_old = _quantile(flat_old, 1 - top)
-    t_new = _quantile(flat_new, 1 - top)
-    sum_old, sum_new = float(flat_old.double().sum()), float(flat_new.double().sum())
+    t_old = _quantile(torch.cat([old[n].detach().float().flatten().cpu() for n in old]), 1 - top)
+    t_new = _quantile(torch.cat([new[n].detach().float().flatten().cpu() for n in old]), 1 - top)
     groups: dict[str, list[str]] = {}
     for name in old:
         groups.setdefault(layer_of(name), []).append(name)
-    layers = []
+    total = _Sums()
+    counts = dict.fromkeys(QUADRANTS, 0)
+    rows = []
     for layer, names in groups.items():
-        a = torch.cat([old[n].detach().float().flatten().cpu() for n in names])
-        b = torch.cat([new[n].detach().float().flatten().cpu() for n in names])
-        mass_a, mass_b = float(a.double().sum()), float(b.double().sum())
-        layers.append(
-            LayerImportance(
-                name=layer,
-                numel=a.numel(),
-                old_mass=mass_a,
-                new_mass=mass_b,
-                old_share=mass_a / sum_old if sum_old > 0 else 0.0,
-                new_share=mass_b / sum_new if sum_new > 0 else 0.0,
-                old_mean=mass_a / a.numel(),
-                new_mean=mass_b / b.numel(),
-                overlap=overlap(a, b),
-                quadrants=_quadrants(a, b, t_old, t_new),
-            )
+        sums = _Sums()
+        quadrants = dict.fromkeys(QUADRANTS, 0)
+        numel = 0
+        for name in names:
+            sums.add(old[name], new[name])
+            for key, value in _quadrants(old[name], new[name], t_old, t_new).items():
+                quadrants[key] += value
+            numel += old[name].numel()
+        rows.append((layer, numel, sums, quadrants))
+        total.old, total.new, total.root = (
+            total.old + sums.old,
+            total.new + sums.new,
+            total.root + sums.root,
         )
-    generator = torch.Generator().manual_seed(seed)
-    count = min(scatter_points, flat_old.numel())
-    pick = torch.randint(flat_old.numel(), (count,), generator=generator)  # with replacement
+        for key, value in quadrants.items():
+            counts[key] += value
+    layers = [
+        LayerImportance(
+            name=layer,
+            numel=numel,
+            old_mass=sums.old,
+            new_mass=sums.new,
+            old_share=sums.old / total.old if total.old > 0 else 0.0,
+            new_share=sums.new / total.new if total.new > 0 else 0.0,
+            old_mean=sums.old / numel,
+            new_mean=sums.new / numel,
+            overlap=sums.overlap(),
+            quadrants=quadrants,
+        )
+        for layer, numel, sums, quadrants in rows
+    ]
     return ImportanceReport(
         layers=layers,
-        quadrants=_quadrants(flat_old, flat_new, t_old, t_new),
+        quadrants=counts,
         thresholds={"old": t_old, "new": t_new},
         top=top,
-        overlap=overlap(flat_old, flat_new),
-        numel=flat_old.numel(),
-        scatter={"old": flat_old[pick].tolist(), "new": flat_new[pick].tolist()},
+        overlap=total.overlap(),
+        numel=sum(counts.values()),
+        scatter=_scatter(old, new, scatter_points, seed),
     )
+
+
+def _scatter(
+    old: Mapping[str, Tensor], new: Mapping[str, Tensor], points: int, seed: int
+) -> dict[str, list[float]]:
+    """``points`` pairs drawn uniformly (with replacement) over all scalars, in name order."""
+    sizes = torch.tensor([old[n].numel() for n in old], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    count = min(points, int(sizes.sum()))
+    picks = torch.randint(int(sizes.sum()), (count,), generator=generator).sort().values
+    bounds = sizes.cumsum(0).long()
+    which = torch.searchsorted(bounds, picks, right=True)
+    starts = bounds - sizes.long()
+    xs: list[float] = []
+    ys: list[float] = []
+    for k, name in enumerate(old):
+        local = picks[which == k] - starts[k]
+        if local.numel():
+            xs += old[name].detach().float().flatten()[local.to(old[name].device)].tolist()
+            ys += new[name].detach().float().flatten()[local.to(new[name].device)].tolist()
+    return {"old": xs, "new": ys}

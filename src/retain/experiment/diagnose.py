@@ -187,10 +187,8 @@ def run_diagnose(
     skipped = _skipped(config, kind)
     wanted = [d for d in config.only if d not in skipped]
     general = _texts(config.general, None, ("test", "validation", "train"))
-    new_texts = (
-        _texts(config.data, config.text_column, ("train", "test"))
-        if config.data is not None and any(d in _NEEDS_DATA for d in wanted)
-        else []
+    new_texts = (  # read even when unused, so a wrong --data is an error before any work
+        _texts(config.data, config.text_column, ("train", "test")) if config.data else []
     )
     device = resolve_device(config.device)
     say(f"base: loading {config.base}")
@@ -212,22 +210,35 @@ def run_diagnose(
     else:
         general_task = None
         batches = _encoder_batches(tokenizer, general[: config.samples], config)
+    timings: dict[str, float] = {}
+    clock = start
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    lap("loading")
     if "drift" in wanted:
         say("drift: comparing weights")
         results["drift"] = parameter_drift(
             base.model, tuned.model, exclude=config.exclude
         ).to_dict()
+        lap("drift")
     if "representation" in wanted:
         say(f"representation: CKA per layer on {len(batches)} batches of {config.general}")
         shift = representation_shift(
             base.model, tuned.model, batches, max_tokens=config.max_tokens, progress=_bar("CKA")
         )
         results["representation"] = [vars(layer) for layer in shift]
+        lap("representation")
     if "output" in wanted:
         say(f"output: next-token KL on {len(batches)} batches of {config.general}")
         results["output"] = output_shift(
             base.model, tuned.model, batches, tokenizer=tokenizer, progress=_bar("KL")
         ).to_dict()
+        lap("output")
     if (
         general_task is not None
         and new_texts
@@ -247,6 +258,7 @@ def run_diagnose(
                 old, new, top=config.top, seed=config.seed
             ).to_dict()
             del old, new
+            lap("importance")
         if "interference" in wanted:
             say(f"interference: {config.batches} gradient pairs at the base weights")
             results["interference"] = gradient_interference(
@@ -256,6 +268,7 @@ def run_diagnose(
                 batches=config.batches,
                 batch_size=config.batch_size,
             ).to_dict()
+            lap("interference")
     from retain import __version__
 
     results = {
@@ -281,6 +294,7 @@ def run_diagnose(
         },
         **results,
         "skipped": skipped,
+        "timings": timings,
         "seconds": time.perf_counter() - start,
     }
     if config.out is not None and is_main_process():

@@ -3,7 +3,9 @@
 Each report is ONE file: CSS inline, figures embedded as ``data:image/png;base64`` URIs, no
 external URL and no JavaScript, so it opens offline, from an e-mail attachment or an artifact
 store. Every string that comes from a config or a result (experiment, task and capability names,
-stop reasons, versions) is HTML-escaped.
+stop reasons, versions) is HTML-escaped. The page helpers (:func:`escape`, :func:`number`,
+:func:`html_table`, :func:`figure_html`, :func:`page`) serve the diagnosis report too
+(:mod:`retain.report.diagnose_report`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from retain.report.comparison_plots import COMPARISON_FIGURES
-from retain.report.plots import RUN_FIGURES
+from retain.report.plots import RUN_DIAGNOSTIC_FIGURES, RUN_FIGURES
 from retain.report.summary import SUMMARY_KEYS, forgetting_cost_key, run_summary
 
-__all__ = ["CAPTIONS", "comparison_html", "run_report_html"]
+__all__ = [
+    "CAPTIONS",
+    "CSS",
+    "comparison_html",
+    "escape",
+    "figure_html",
+    "html_table",
+    "number",
+    "page",
+    "run_report_html",
+]
 
-#: What each figure shows, by the names of :data:`~retain.report.plots.RUN_FIGURES` and
+#: What each figure shows, by the names of :data:`~retain.report.plots.RUN_FIGURES`,
+#: :data:`~retain.report.plots.RUN_DIAGNOSTIC_FIGURES` and
 #: :data:`~retain.report.comparison_plots.COMPARISON_FIGURES`.
 CAPTIONS = {
     "score_matrix": "Score matrix R[t][i]: the score on task i (column) after training task t "
@@ -40,6 +53,19 @@ CAPTIONS = {
     "starting model, after each task.",
     "layer_lrs": "Learning rate of each parameter group (layer-wise learning rates).",
     "unfreezing": "Gradual unfreezing: number of trainable blocks over global steps, per task.",
+    "interference": "Gradient interference during training: every measured optimizer step, the "
+    "cosine <g_step, g_prior> / (||g_step|| ||g_prior||) between the step's gradient and the "
+    "prior capability's gradient on a fixed reference sample (dimensionless, -1 to 1), and its "
+    "moving average. Below zero (red) the step raised the prior loss to first order: the "
+    "gradients conflict. Dashed verticals: task boundaries.",
+    "representation": "Representational shift of the final model from the start of the run: "
+    "linear CKA ||Yᵀ X||²_F / (||Xᵀ X||_F ||Yᵀ Y||_F) between the two models' centred hidden "
+    "states of the same tokens, per layer (0 = embeddings); 1 = the same representation up to "
+    "rotation and scale, lower = changed more.",
+    "output_kl": "Output shift of the final model from the start of the run: histogram of the "
+    "next-token KL(p_start || q_final) = Σ_v p_v (log p_v − log q_v) per token position, in nats "
+    "(red: the mean), and the tokens whose mean predicted probability rose (blue) or fell (red) "
+    "the most.",
     "pareto": "Plasticity (mean new-task score, right is better) against forgetting cost (down "
     "is better) per variant, error bars = sample sd over seeds. Red stars joined by a line: the "
     "Pareto-optimal variants (no other variant is at least as good on both axes and better on "
@@ -57,7 +83,8 @@ _LABELS = {
     "seconds": "wall-clock seconds",
 }
 
-_CSS = """
+#: The inline style sheet of every report page.
+CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;
 color:#222;padding:0 1em;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -72,11 +99,14 @@ figcaption{font-size:.88em;color:#555;max-width:900px}
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``str(value)`` with ``& < > " '`` escaped for HTML text and attribute values."""
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any, spec: str = ".4g") -> str:
+def number(value: Any, spec: str = ".4g") -> str:
+    """A finite int or float formatted with ``spec``; ``"n/a"`` for anything else (None, NaN,
+    booleans, strings)."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return "n/a"
     return format(value, spec) if math.isfinite(value) else "n/a"
@@ -91,11 +121,12 @@ def _figure_spec(key: str, sd: bool = False) -> str:
     return ".2g" if sd else ".4g"
 
 
-def _table(
+def html_table(
     header: Sequence[str], rows: Iterable[Sequence[str]], row_classes: Sequence[str] = ()
 ) -> str:
-    """Rows of already-escaped cell HTML; a header or cell starting with ``<th``/``<td`` is kept
-    as it is (its own attributes); rows get ``row_classes``. Scrolls sideways when too wide."""
+    """A table of rows of already-escaped cell HTML; a header or cell starting with
+    ``<th``/``<td`` is kept as it is (its own attributes); rows get ``row_classes``. Scrolls
+    sideways when too wide."""
     head = "".join(
         h if h.startswith("<th") else f'<th class="l">{h}</th>' if k == 0 else f"<th>{h}</th>"
         for k, h in enumerate(header)
@@ -111,25 +142,29 @@ def _table(
     return f'<div class="wrap">{table}</div>'
 
 
+def figure_html(name: str, png: bytes, caption: str) -> str:
+    """A ``<figure id="fig-<name>">`` with ``png`` embedded as a base64 data URI and its caption
+    (both escaped)."""
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure id="fig-{escape(name)}"><img alt="{escape(caption)}" '
+        f'src="data:image/png;base64,{data}"><figcaption><b>{escape(name)}</b>: '
+        f"{escape(caption)}</figcaption></figure>"
+    )
+
+
 def _images(images: Mapping[str, bytes], order: Sequence[str]) -> str:
     names = [n for n in order if n in images] + [n for n in images if n not in order]
-    parts = []
-    for name in names:
-        caption = CAPTIONS.get(name, name)
-        data = base64.b64encode(images[name]).decode("ascii")
-        parts.append(
-            f'<figure id="fig-{_e(name)}"><img alt="{_e(caption)}" '
-            f'src="data:image/png;base64,{data}"><figcaption><b>{_e(name)}</b>: '
-            f"{_e(caption)}</figcaption></figure>"
-        )
+    parts = [figure_html(name, images[name], CAPTIONS.get(name, name)) for name in names]
     return "<h2>Figures</h2>" + "".join(parts) if parts else ""
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
+    """A whole HTML document: ``title`` (escaped), the inline :data:`CSS` and ``body`` (HTML)."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
 
@@ -165,9 +200,11 @@ def _header(results: Mapping[str, Any]) -> str:
         ("library versions", versions),
     ]
     rows = "".join(
-        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in meta if v != ""
+        f'<tr><th class="l">{escape(k)}</th><td class="l">{escape(v)}</td></tr>'
+        for k, v in meta
+        if v != ""
     )
-    return f'<h1>{_e(results.get("name", "retain run"))}</h1><table class="meta">{rows}</table>'
+    return f'<h1>{escape(results.get("name", "retain run"))}</h1><table class="meta">{rows}</table>'
 
 
 def _matrix_table(run: Mapping[str, Any]) -> str:
@@ -175,15 +212,15 @@ def _matrix_table(run: Mapping[str, Any]) -> str:
     baseline = list(run.get("baseline") or [])
     rows = [
         ["before training"]
-        + [_num(baseline[i]) if i < len(baseline) else "n/a" for i in range(len(tasks))]
+        + [number(baseline[i]) if i < len(baseline) else "n/a" for i in range(len(tasks))]
     ]
     for t, row in enumerate(run.get("matrix") or []):
         cells = [
-            f'<td class="diag">{_num(v)}</td>' if i == t else _num(v) for i, v in enumerate(row)
+            f'<td class="diag">{number(v)}</td>' if i == t else number(v) for i, v in enumerate(row)
         ]
-        rows.append([f"after {_e(tasks[t]) if t < len(tasks) else t}", *cells])
-    header = ["after training ↓ / evaluated on →", *(_e(t) for t in tasks)]
-    return "<h2>Score matrix</h2>" + _table(header, rows)
+        rows.append([f"after {escape(tasks[t]) if t < len(tasks) else t}", *cells])
+    header = ["after training ↓ / evaluated on →", *(escape(t) for t in tasks)]
+    return "<h2>Score matrix</h2>" + html_table(header, rows)
 
 
 def _suite_table(run: Mapping[str, Any], budget: float | None) -> str:
@@ -195,17 +232,17 @@ def _suite_table(run: Mapping[str, Any], budget: float | None) -> str:
     relative = suite.get("relative_degradation") or []
     rows = []
     for cap, base in suite["baseline"].items():
-        cells = [_e(cap), _num(base)]
+        cells = [escape(cap), number(base)]
         for t in range(len(after)):
             rel = (relative[t] if t < len(relative) else {}).get(cap)
             worse = rel is not None and budget is not None and rel > budget
-            text = f"{_num(after[t].get(cap))} ({_num(rel, '+.1%')})"
+            text = f"{number(after[t].get(cap))} ({number(rel, '+.1%')})"
             cells.append(f'<td class="worse">{text}</td>' if worse else text)
         rows.append(cells)
-    header = ["capability", "baseline", *(f"after {_e(t)}" for t in tasks[: len(after)])]
-    name = _e(suite.get("name", "suite"))
+    header = ["capability", "baseline", *(f"after {escape(t)}" for t in tasks[: len(after)])]
+    name = escape(suite.get("name", "suite"))
     note = "<p>Score after each task (relative degradation against the baseline, + = worse).</p>"
-    return f"<h2>Capability suite: {name}</h2>{note}" + _table(header, rows)
+    return f"<h2>Capability suite: {name}</h2>{note}" + html_table(header, rows)
 
 
 def _monitor_table(run: Mapping[str, Any]) -> str:
@@ -218,39 +255,67 @@ def _monitor_table(run: Mapping[str, Any]) -> str:
         reason = mon.get("reason") or log.get("stop_reason") or ("completed" if mon else "")
         rows.append(
             [
-                _e(log.get("task", "")),
-                _num(log.get("steps"), "d"),
+                escape(log.get("task", "")),
+                number(log.get("steps"), "d"),
                 "yes" if log.get("stopped") or mon.get("stopped") else "no",
-                f'<td class="l">{_e(reason) if reason else "not monitored"}</td>',
-                _num(mon.get("best_step"), "d"),
+                f'<td class="l">{escape(reason) if reason else "not monitored"}</td>',
+                number(mon.get("best_step"), "d"),
                 "yes" if mon.get("restored") else "no",
-                _num(mon.get("final_worst_degradation"), "+.1%"),
+                number(mon.get("final_worst_degradation"), "+.1%"),
             ]
         )
     header = ["task", "steps", "stopped", "reason", "best step", "restored", "final worst degr."]
-    return "<h2>Forgetting monitor</h2>" + _table(header, rows)
+    return "<h2>Forgetting monitor</h2>" + html_table(header, rows)
+
+
+def _diagnostics_table(results: Mapping[str, Any]) -> str:
+    """Gradient interference summary and what the shift was measured on (or why not)."""
+    interference, shift = results.get("interference") or {}, results.get("shift") or {}
+    rows = []
+    if interference:
+        summary = interference.get("summary") or {}
+        rows += [
+            ["interference: prior capability", escape(interference.get("prior", "n/a"))],
+            ["interference: measured every", f"{number(interference.get('every'), 'd')} steps"],
+            ["interference: measured steps", number(summary.get("measured"), "d")],
+            [
+                "interference: conflicting (cosine &lt; 0)",
+                number(summary.get("conflicting"), ".1%"),
+            ],
+            ["interference: mean cosine", number(summary.get("mean_cosine"), "+.3f")],
+        ]
+    if shift:
+        rows.append(["shift: measured on", escape(shift.get("data", "n/a"))])
+        for name, reason in (shift.get("skipped") or {}).items():
+            rows.append(
+                [f"shift: {escape(name)}", f'<td class="l">not computed: {escape(reason)}</td>']
+            )
+    return "<h2>Diagnostics</h2>" + html_table(["figure", "value"], rows) if rows else ""
 
 
 def run_report_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
-    """The report of one run: header, summary, score matrix, suite, monitor, figures.
+    """The report of one run: header, summary, score matrix, suite, monitor, diagnostics,
+    figures.
 
     ``results`` is a run's ``results.json`` dictionary; ``images`` maps figure names (see
-    :data:`CAPTIONS`) to PNG bytes, embedded in :data:`~retain.report.plots.RUN_FIGURES` order.
+    :data:`CAPTIONS`) to PNG bytes, embedded in :data:`~retain.report.plots.RUN_FIGURES`, then
+    :data:`~retain.report.plots.RUN_DIAGNOSTIC_FIGURES` order.
     """
     run = results.get("run") or {}
     summary = run_summary(results)
-    rows = [[_e(_LABELS[k]), _num(summary[k], _figure_spec(k))] for k in SUMMARY_KEYS]
+    rows = [[escape(_LABELS[k]), number(summary[k], _figure_spec(k))] for k in SUMMARY_KEYS]
     budget = (results.get("monitor") or {}).get("max_degradation")
     body = [
         _header(results),
-        "<h2>Summary</h2>" + _table(["figure", "value"], rows),
+        "<h2>Summary</h2>" + html_table(["figure", "value"], rows),
         _matrix_table(run),
         _suite_table(run, budget),
         _monitor_table(run),
-        _images(images, RUN_FIGURES),
+        _diagnostics_table(results),
+        _images(images, (*RUN_FIGURES, *RUN_DIAGNOSTIC_FIGURES)),
     ]
     title = f"{results.get('name', 'retain run')} · {results.get('variant', '')}"
-    return _page(title, "\n".join(b for b in body if b))
+    return page(title, "\n".join(b for b in body if b))
 
 
 def comparison_html(
@@ -271,44 +336,45 @@ def comparison_html(
         "variant",
         '<th class="l">strategies</th>',
         "seeds",
-        *(_e(_LABELS[k]) for k in SUMMARY_KEYS),
+        *(escape(_LABELS[k]) for k in SUMMARY_KEYS),
     ]
     table = []
     for row in rows:
         cells = [
-            _e(row["variant"]) + (" ★" if row.get("pareto") else ""),
-            f'<td class="l">{_e(row.get("strategies", ""))}</td>',
-            _e(", ".join(str(s) for s in row.get("seeds", []))),
+            escape(row["variant"]) + (" ★" if row.get("pareto") else ""),
+            f'<td class="l">{escape(row.get("strategies", ""))}</td>',
+            escape(", ".join(str(s) for s in row.get("seeds", []))),
         ]
         for key in SUMMARY_KEYS:
             stat = row.get(key) or {}
             mean, sd = (
-                _num(stat.get("mean"), _figure_spec(key)),
-                _num(stat.get("sd"), _figure_spec(key, sd=True)),
+                number(stat.get("mean"), _figure_spec(key)),
+                number(stat.get("sd"), _figure_spec(key, sd=True)),
             )
             single = stat.get("mean") is None or int(row.get("n", 2)) < 2
             cells.append(mean if single else f"{mean} ± {sd}")
         table.append(cells)
     marks = ["pareto" if row.get("pareto") else "" for row in rows]
-    html_rows = _table(header, table, marks)
+    html_rows = html_table(header, table, marks)
     explain = (
         f"<p>Mean ± sample sd over seeds. ★ = Pareto-optimal in (new-task score, "
-        f"{_e(_LABELS[cost])}): no other variant is at least as good on both and better on one."
+        f"{escape(_LABELS[cost])}): no other variant is at least as good on both and better on one."
         "</p>"
     )
     items = []
     for k, results in enumerate(results_list):
         label = f"{results.get('variant', '?')} · seed {results.get('seed', '?')}"
         if k < len(links):
-            items.append(f'<li><a href="{_e(links[k])}">{_e(label)}</a></li>')
+            items.append(f'<li><a href="{escape(links[k])}">{escape(label)}</a></li>')
         else:
-            items.append(f"<li>{_e(label)}</li>")
+            items.append(f"<li>{escape(label)}</li>")
     body = [
-        f"<h1>Comparison: {_e(', '.join(names))}</h1>",
-        f"<p>{len(rows)} variants, {len(results_list)} runs; score: {_e(_score(results_list))}; "
-        f"models: {_e(', '.join(sorted({str(r.get('model', '?')) for r in results_list})))}.</p>",
+        f"<h1>Comparison: {escape(', '.join(names))}</h1>",
+        f"<p>{len(rows)} variants, {len(results_list)} runs; score: "
+        f"{escape(_score(results_list))}; models: "
+        f"{escape(', '.join(sorted({str(r.get('model', '?')) for r in results_list})))}.</p>",
         "<h2>Variants</h2>" + explain + html_rows,
         _images(images, COMPARISON_FIGURES),
         "<h2>Runs</h2><ul>" + "".join(items) + "</ul>",
     ]
-    return _page("comparison: " + ", ".join(names), "\n".join(body))
+    return page("comparison: " + ", ".join(names), "\n".join(body))

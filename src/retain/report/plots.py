@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from retain.report.summary import run_summary
 
 __all__ = [
+    "RUN_DIAGNOSTIC_FIGURES",
     "RUN_FIGURES",
     "budget_figure",
     "degradation_figure",
@@ -37,11 +38,13 @@ __all__ = [
     "loss_figure",
     "run_figures",
     "score_matrix_figure",
+    "steps_axis",
     "task_curves_figure",
+    "task_offsets",
     "unfreezing_figure",
 ]
 
-#: The names of :func:`run_figures`, in report order.
+#: The names of :func:`run_figures` from the training records, in report order.
 RUN_FIGURES = (
     "score_matrix",
     "task_curves",
@@ -52,6 +55,9 @@ RUN_FIGURES = (
     "layer_lrs",
     "unfreezing",
 )
+#: Then those of the optional ``interference`` and ``shift`` sections
+#: (:mod:`retain.report.diagnostic_run_plots`).
+RUN_DIAGNOSTIC_FIGURES = ("interference", "representation", "output_kl")
 Results = dict[str, Any]
 # Artist styles.
 _BOUNDARY: dict[str, Any] = {"color": "0.5", "linestyle": "--", "linewidth": 0.8}
@@ -102,7 +108,7 @@ def _after(tasks: Sequence[str], count: int) -> list[str]:
     return [f"after {short(tasks[t], 16)}" if t < len(tasks) else str(t + 1) for t in range(count)]
 
 
-def _offsets(results: Results, count: int) -> list[float]:
+def task_offsets(results: Results, count: int) -> list[float]:
     """Global step at the start of each of ``count`` tasks (``sum_{s<t} logs[s]["steps"]``)."""
     logs = _run(results).get("logs") or []
     steps = [float(log.get("steps") or 0) for log in logs[:count]]
@@ -110,7 +116,7 @@ def _offsets(results: Results, count: int) -> list[float]:
     return [float(sum(steps[:t])) for t in range(count)]
 
 
-def _steps_axis(
+def steps_axis(
     ax: Axes, results: Results, offsets: Sequence[float], title: str, names: bool = True
 ) -> None:
     """Global-step x axis: dashed task boundaries and (``names``) task names over their spans."""
@@ -227,7 +233,7 @@ def degradation_figure(results: Results) -> Figure | None:
     histories = [(t, m) for t, m in monitors if isinstance(m, dict) and m.get("history")]
     if not histories:
         return _suite_degradation_figure(results)
-    offsets = _offsets(results, max(len(logs), len(_tasks(results))))
+    offsets = task_offsets(results, max(len(logs), len(_tasks(results))))
     records = [h for _, m in histories for h in m["history"]]
     names = list(dict.fromkeys(n for h in records for n in h.get("degradation", {})))
     colors = _colors(names)
@@ -251,7 +257,7 @@ def degradation_figure(results: Results) -> Figure | None:
             ax.annotate(str(stops), (steps[-1], worst[-1]), color="darkred", **_STOP_NUMBER)
     _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
     ax.set_ylabel("relative degradation (positive = worse)")
-    _steps_axis(ax, results, offsets, "Capability degradation during training (monitor)")
+    steps_axis(ax, results, offsets, "Capability degradation during training (monitor)")
     _legend(ax)
     return fig
 
@@ -283,7 +289,7 @@ def _suite_degradation_figure(results: Results) -> Figure | None:
 def loss_figure(results: Results) -> Figure | None:
     """Training loss per optimizer step over the whole sequence, with a moving average."""
     logs = _run(results).get("logs") or []
-    offsets = _offsets(results, len(logs))
+    offsets = task_offsets(results, len(logs))
     xs: list[float] = []
     ys: list[float] = []
     for t, log in enumerate(logs):
@@ -303,7 +309,7 @@ def loss_figure(results: Results) -> Figure | None:
         label = f"mean of {window} steps"
         ax.plot(xs[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=label)
     ax.set_ylabel("training loss")
-    _steps_axis(ax, results, offsets, "Training loss")
+    steps_axis(ax, results, offsets, "Training loss")
     _legend(ax)
     return fig
 
@@ -321,7 +327,7 @@ def budget_figure(results: Results) -> Figure | None:
     history = _per_task(budget.get("history"))
     if not any(history):
         return None
-    offsets = _offsets(results, len(history))
+    offsets = task_offsets(results, len(history))
     fig = new_figure(11.0, 5.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
     for t, records in enumerate(history):
@@ -334,8 +340,8 @@ def budget_figure(results: Results) -> Figure | None:
     _budget_line(bottom, budget.get("max_degradation"))
     top.set_ylabel("penalty strength")
     bottom.set_ylabel("worst relative degradation")
-    _steps_axis(top, results, offsets, "Forgetting budget controller")
-    _steps_axis(bottom, results, offsets, "", names=False)
+    steps_axis(top, results, offsets, "Forgetting budget controller")
+    steps_axis(bottom, results, offsets, "", names=False)
     top.set_xlabel("")
     if bottom.get_legend_handles_labels()[0]:
         bottom.legend(fontsize=7, loc="upper left")
@@ -389,7 +395,7 @@ def unfreezing_figure(results: Results) -> Figure | None:
     timeline = _per_task(results.get("unfreezing"))
     if not any(timeline):
         return None
-    offsets, tasks = _offsets(results, len(timeline)), _tasks(results)
+    offsets, tasks = task_offsets(results, len(timeline)), _tasks(results)
     fig = new_figure(11.0, 4.0)
     ax = fig.add_subplot()
     for t, points in enumerate(timeline):
@@ -400,13 +406,16 @@ def unfreezing_figure(results: Results) -> Figure | None:
             ax.step(steps, blocks, where="post", marker="o", markersize=3, label=label)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("trainable blocks")
-    _steps_axis(ax, results, offsets, "Gradual unfreezing")
+    steps_axis(ax, results, offsets, "Gradual unfreezing")
     _legend(ax)
     return fig
 
 
 def run_figures(results: Results) -> dict[str, Figure]:
-    """Every figure the run has data for, by name in :data:`RUN_FIGURES` order."""
+    """Every figure the run has data for, by name: :data:`RUN_FIGURES`, then
+    :data:`RUN_DIAGNOSTIC_FIGURES` (when ``interference`` or ``shift`` is in the results)."""
+    from retain.report.diagnostic_run_plots import run_diagnostic_figures  # it imports this
+
     builders = {
         "score_matrix": score_matrix_figure,
         "task_curves": task_curves_figure,
@@ -418,4 +427,5 @@ def run_figures(results: Results) -> dict[str, Figure]:
         "unfreezing": unfreezing_figure,
     }
     figures = {name: builders[name](results) for name in RUN_FIGURES}
+    figures.update(run_diagnostic_figures(results))
     return {name: fig for name, fig in figures.items() if fig is not None}

@@ -1,0 +1,344 @@
+"""Figures of ``retain diagnose`` results: drift, Fisher importance, interference, CKA, KL.
+
+Every function takes the diagnosis dictionary (format ``retain.diagnose/1``, see
+:func:`retain.experiment.diagnose.run_diagnose`) and returns a free-standing
+:class:`~matplotlib.figure.Figure` (no pyplot), or None when its section is missing (``None``:
+skipped or not requested). Layers are drawn in the order the results list them (model order).
+JSON ``null`` (an undefined value) is drawn as a gap or a zero-height bar, never dropped, so
+every layer keeps its place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from numpy.typing import NDArray
+
+from retain.report.plots import floats, fmt, new_figure, short
+
+__all__ = [
+    "DIAGNOSE_FIGURES",
+    "TOP_TOKENS",
+    "diagnose_figures",
+    "drift_figure",
+    "importance_layers_figure",
+    "importance_scatter_figure",
+    "interference_figure",
+    "output_kl_figure",
+    "representation_figure",
+    "token_label",
+]
+
+#: The names of :func:`diagnose_figures`, in report order.
+DIAGNOSE_FIGURES = (
+    "drift",
+    "importance_layers",
+    "importance_scatter",
+    "interference",
+    "representation",
+    "output_kl",
+)
+#: Tokens per side (gained, lost) in the bar panel of :func:`output_kl_figure`.
+TOP_TOKENS = 10
+Results = Mapping[str, Any]
+_POSITIVE, _NEGATIVE = "tab:blue", "tab:red"
+_REFERENCE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
+
+
+def token_label(token: str) -> str:
+    r"""A token as its Python ``repr``: quoted, so leading spaces show, with whitespace and
+    control characters escaped (a newline shows as ``'\n'``).
+
+    >>> token_label(" the"), token_label("\n")
+    ("' the'", "'\\n'")
+    """
+    return repr(str(token))
+
+
+def _drawable(text: str) -> str:
+    """``text`` with the characters the default font lacks (CJK, say) written as ``\\u`` escapes,
+    so a figure never draws empty boxes or warns about missing glyphs."""
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return "".join(c if font.get_char_index(ord(c)) else ascii(c)[1:-1] for c in text)
+
+
+def _section(results: Results, key: str) -> Any:
+    return results.get(key) or None
+
+
+def _layer_axis(ax: Axes, names: Sequence[str], rotate: bool = True) -> None:
+    """Layer names as x ticks (cut to 24 characters), smaller when there are many."""
+    size = 8 if len(names) <= 16 else 6.5 if len(names) <= 40 else 5
+    labels = [short(n, 24) for n in names]
+    ax.set_xticks(range(len(names)), labels=labels, rotation=90 if rotate else 0, fontsize=size)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+
+
+def _width(count: int) -> float:
+    """Figure width (inches) for ``count`` bars: about 0.28 inch each, 8 to 24 inches."""
+    return float(min(24.0, max(8.0, 0.28 * count + 3.0)))
+
+
+def _signed_colors(values: NDArray[np.float64]) -> list[str]:
+    return [_NEGATIVE if v < 0 else _POSITIVE for v in np.nan_to_num(values)]
+
+
+def drift_figure(results: Results) -> Figure | None:
+    """Per-layer relative drift ``||θ - θ*||₂ / ||θ*||₂`` (top, bars, the whole model's as a
+    dashed line) and per-layer RMS change ``sqrt(mean (θ - θ*)²)`` (bottom, parameter units)."""
+    drift = _section(results, "drift")
+    layers = list((drift or {}).get("layers") or [])
+    if not layers:
+        return None
+    names = [str(layer.get("name", "?")) for layer in layers]
+    total = drift.get("total") or {}
+    fig = new_figure(_width(len(names)), 6.5)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax, key, label in (
+        (top, "relative", "relative drift ||Δθ|| / ||θ*||"),
+        (bottom, "rms", "RMS change per parameter"),
+    ):
+        values = floats([layer.get(key) for layer in layers])
+        ax.bar(range(len(names)), np.nan_to_num(values), color="tab:purple")
+        if total.get(key) is not None:
+            ax.axhline(float(total[key]), label=f"whole model {fmt(total[key])}", **_REFERENCE)
+            ax.legend(fontsize=8, loc="upper right")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    _layer_axis(bottom, names)
+    top.set_title(
+        f"Parameter drift per layer (whole model: relative {fmt(total.get('relative'))}, "
+        f"RMS {fmt(total.get('rms'))})"
+    )
+    return fig
+
+
+def importance_layers_figure(results: Results) -> Figure | None:
+    """Per-layer share of the Fisher mass ``Σ_layer F / Σ_all F``, prior capability (old) and new
+    task side by side (top), and per-layer overlap ``1 - ½ Σ (√F̂_old - √F̂_new)²`` (bottom)."""
+    importance = _section(results, "importance")
+    layers = list((importance or {}).get("layers") or [])
+    if not layers:
+        return None
+    names = [str(layer.get("name", "?")) for layer in layers]
+    x = np.arange(len(names))
+    fig = new_figure(_width(int(1.5 * len(names))), 6.5)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for j, (key, label, color) in enumerate(
+        (
+            ("old_share", "prior capability (old)", "tab:blue"),
+            ("new_share", "new task", "tab:orange"),
+        )
+    ):
+        shares = np.nan_to_num(floats([layer.get(key) for layer in layers]))
+        top.bar(x + (j - 0.5) * 0.4, shares, 0.4, color=color, label=label)
+    top.yaxis.set_major_formatter(PercentFormatter(1.0))
+    top.set_ylabel("share of the Fisher mass")
+    top.legend(fontsize=8, loc="upper right")
+    overall = importance.get("overlap")
+    top.set_title(
+        f"Fisher importance per layer (overall overlap {fmt(overall, '.3f')}; critical = top "
+        f"{fmt(importance.get('top'), '.0%')} per capability)"
+    )
+    bottom.bar(x, np.nan_to_num(floats([layer.get("overlap") for layer in layers])), color="0.45")
+    if overall is not None:
+        bottom.axhline(float(overall), label=f"whole model {fmt(overall, '.3f')}", **_REFERENCE)
+        bottom.legend(fontsize=8, loc="upper right")
+    bottom.set_ylim(0.0, 1.05)
+    bottom.set_ylabel("overlap of old and new Fisher")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3, axis="y")
+    _layer_axis(bottom, names)
+    return fig
+
+
+def _quadrant_text(ax: Axes, x: float, y: float, label: str, count: Any, total: float) -> None:
+    share = f" ({count / total:.1%})" if isinstance(count, int) and total > 0 else ""
+    text = f"{label}\n{count:,}{share}" if isinstance(count, int) else f"{label}\nn/a"
+    box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"}
+    ax.text(x, y, text, ha="center", va="center", fontsize=8.5, bbox=box, zorder=5)
+
+
+def importance_scatter_figure(results: Results) -> Figure | None:
+    """Log-log scatter of the sampled ``(F_old, F_new)`` pairs, the two ``(1 - top)`` quantile
+    thresholds (dashed) and the quadrant counts over ALL parameters (not just the sample).
+
+    Fisher values ``<= 0`` cannot sit on a log axis: they are drawn at a floor (a tenth of the
+    smallest positive value shown), which the axis labels state.
+    """
+    importance = _section(results, "importance")
+    scatter = (importance or {}).get("scatter") or {}
+    old, new = floats(scatter.get("old") or []), floats(scatter.get("new") or [])
+    if not old.size or old.size != new.size:
+        return None
+    thresholds = importance.get("thresholds") or {}
+    t_old, t_new = floats([thresholds.get("old")])[0], floats([thresholds.get("new")])[0]
+    candidates = np.concatenate([old, new, [t_old, t_new]])
+    positive = candidates[np.isfinite(candidates) & (candidates > 0)]
+    floor = float(positive.min()) / 10 if positive.size else 1e-12
+    top_value = float(positive.max()) if positive.size else 1.0
+    xs, ys = (np.where(np.isfinite(v) & (v > floor), v, floor) for v in (old, new))
+    t_old, t_new = (t if math.isfinite(t) and t > floor else floor for t in (t_old, t_new))
+    fig = new_figure(7.5, 6.5)
+    ax = fig.add_subplot()
+    ax.scatter(xs, ys, s=3, alpha=0.25, color="tab:blue", linewidths=0, rasterized=True)
+    lo, hi = floor / 2, top_value * 3
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.axvline(t_old, **_REFERENCE)
+    ax.axhline(t_new, **_REFERENCE)
+    counts = importance.get("quadrants") or {}
+    total = float(importance.get("numel") or sum(v for v in counts.values() if isinstance(v, int)))
+    left, right = math.sqrt(lo * t_old), math.sqrt(t_old * hi)
+    low, high = math.sqrt(lo * t_new), math.sqrt(t_new * hi)
+    for x, y, key, label in (
+        (right, low, "old_only", "critical for old only"),
+        (left, high, "new_only", "critical for new only"),
+        (right, high, "both", "critical for both"),
+        (left, low, "neither", "neither"),
+    ):
+        _quadrant_text(ax, x, y, label, counts.get(key), total)
+    ax.set_xlabel("Fisher, prior capability F_old")
+    clipped = [int((~(np.isfinite(v) & (v > floor))).sum()) for v in (old, new)]
+    if any(clipped):
+        note = f"{clipped[0]:,} F_old and {clipped[1]:,} F_new values ≤ 0 drawn at {floor:.1e}"
+        ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7.5, color="0.3")
+    ax.set_ylabel("Fisher, new task F_new")
+    ax.set_title(
+        f"Fisher importance of {len(old):,} sampled parameters; counts over all "
+        f"{int(total):,}\ndashed: top-{fmt(importance.get('top'), '.0%')} thresholds "
+        f"(old {t_old:.2e}, new {t_new:.2e})",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, which="major")
+    return fig
+
+
+def interference_figure(results: Results) -> Figure | None:
+    """Cosine of the mean new-task and prior-capability gradients per layer (left; negative =
+    conflicting, red) and the overall cosine of each (new batch, prior batch) pair (right)."""
+    interference = _section(results, "interference")
+    layers = dict((interference or {}).get("layers") or {})
+    pairs = floats(list((interference or {}).get("pair_cosines") or []))
+    if not layers and not pairs.size:
+        return None
+    names = list(layers)
+    cosines = floats([layers[n] for n in names])
+    fig = new_figure(_width(len(names) + len(pairs)), 5.0)
+    left, right = fig.subplots(1, 2, width_ratios=[4, 1])
+    left.bar(range(len(names)), np.nan_to_num(cosines), color=_signed_colors(cosines))
+    _layer_axis(left, names)
+    left.set_ylabel("cosine(g_new, g_old)")
+    conflicting = interference.get("conflicting")
+    left.set_title(
+        f"Gradient interference per layer (overall cosine {fmt(interference.get('cosine'), '+.3f')}"
+        f", conflicting pairs {fmt(conflicting, '.0%')})"
+    )
+    right.bar(range(1, len(pairs) + 1), np.nan_to_num(pairs), color=_signed_colors(pairs))
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_xlabel("mini-batch pair")
+    right.set_title("Per pair")
+    for ax in (left, right):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def representation_figure(results: Results, title: str | None = None) -> Figure | None:
+    """Linear CKA of base and tuned hidden states per layer (index 0 = embeddings, ``l`` = block
+    ``l``), y from the lowest value (or 0.9) to 1; ``title`` replaces the default one."""
+    layers = list(_section(results, "representation") or [])
+    if not layers:
+        return None
+    x = floats([layer.get("index", k) for k, layer in enumerate(layers)])
+    cka = floats([layer.get("cka") for layer in layers])
+    fig = new_figure(max(6.5, min(16.0, 0.3 * len(layers) + 4.0)), 4.2)
+    ax = fig.add_subplot()
+    ax.plot(x, cka, marker="o", markersize=4, color="tab:green")
+    finite = cka[np.isfinite(cka)]
+    low = min(0.9, float(finite.min())) if finite.size else 0.0
+    ax.set_ylim(low - 0.02 * (1.0 - low + 1e-3), 1.0 + 0.01 * (1.0 - low + 1e-3))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
+    ax.set_ylabel("linear CKA (1 = same representation)")
+    worst = int(np.nanargmin(cka)) if finite.size else None
+    detail = "" if worst is None else f"; lowest {cka[worst]:.3f} at {layers[worst].get('name')}"
+    ax.set_title(title or f"Representational similarity of base and tuned per layer{detail}")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _token_bars(ax: Axes, gained: list[Any], lost: list[Any]) -> None:
+    rows = gained[:TOP_TOKENS] + lost[:TOP_TOKENS][::-1]
+    changes = floats([row.get("change") for row in rows])
+    ax.barh(range(len(rows)), np.nan_to_num(changes), color=_signed_colors(changes))
+    labels = [short(_drawable(token_label(str(row.get("token", "?")))), 20) for row in rows]
+    ax.set_yticks(range(len(rows)), labels=labels, fontsize=7.5, parse_math=False)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlabel("mean probability change Δ (tuned - base)")
+    ax.set_title(f"Top {min(len(gained), TOP_TOKENS)} gained / lost tokens")
+    ax.grid(alpha=0.3, axis="x")
+
+
+def output_kl_figure(results: Results, title: str | None = None) -> Figure | None:
+    """Histogram of the per-position next-token ``KL(base || tuned)`` sample in nats (mean: red
+    line, median: dotted) and, when present, the tokens whose mean probability rose (blue) or fell
+    (red) the most; ``title`` replaces the default one."""
+    output = _section(results, "output")
+    if output is None:
+        return None
+    sample = floats(list(output.get("kl_sample") or []))
+    sample = sample[np.isfinite(sample)]
+    gained, lost = list(output.get("gained") or []), list(output.get("lost") or [])
+    if not sample.size and not gained and not lost:
+        return None
+    tokens = bool(gained or lost)
+    fig = new_figure(12.0 if tokens else 7.0, 4.8)
+    axes = fig.subplots(1, 2, width_ratios=[3, 2]) if tokens else [fig.add_subplot()]
+    ax = axes[0]
+    if sample.size:
+        ax.hist(sample, bins=40, color="tab:blue", alpha=0.8)
+    mean, median = output.get("kl_mean"), output.get("kl_median")
+    if mean is not None:
+        ax.axvline(float(mean), color="tab:red", linewidth=1.5, label=f"mean {fmt(mean)} nats")
+    if median is not None:
+        ax.axvline(float(median), color="black", linestyle=":", label=f"median {fmt(median)}")
+    ax.set_xlabel("KL(base || tuned) per token position, nats")
+    ax.set_ylabel("positions")
+    change = output.get("entropy_change")
+    ax.set_title(
+        title
+        or f"Next-token KL over {len(sample):,} positions (entropy change {fmt(change, '+.3f')} "
+        "nats)"
+    )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if tokens:
+        _token_bars(axes[1], gained, lost)
+    return fig
+
+
+def diagnose_figures(results: Results) -> dict[str, Figure]:
+    """Every figure the diagnosis has data for, by name in :data:`DIAGNOSE_FIGURES` order."""
+    builders = {
+        "drift": drift_figure,
+        "importance_layers": importance_layers_figure,
+        "importance_scatter": importance_scatter_figure,
+        "interference": interference_figure,
+        "representation": representation_figure,
+        "output_kl": output_kl_figure,
+    }
+    figures = {name: builders[name](results) for name in DIAGNOSE_FIGURES}
+    return {name: fig for name, fig in figures.items() if fig is not None}
