@@ -405,3 +405,12 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     for estimator in ESTIMATORS:
         ref = estimate_fisher(model, task, estimator=estimator, batch_size=2)
         assert_same_fisher(got[estimator], ref, tol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["hooks", "loop"])
+def test_progress_reports_the_samples_done_after_each_batch(engine: str) -> None:
+    seen: list[tuple[int, int]] = []
+    estimate_fisher(
+        mlp(), image_task(n=10), batch_size=4, engine=engine, progress=lambda *a: seen.append(a)
+    )
+    assert seen == [(4, 10), (8, 10), (10, 10)]

@@ -46,7 +46,7 @@ are all-reduced, so the result is the mean over the samples of every rank.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 import torch
@@ -76,6 +76,7 @@ def estimate_fisher(
     batch_size: int = 32,
     engine: FisherEngine = "auto",
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher ``{name: F}`` of ``model`` on the first ``max_samples`` examples of ``task``.
 
@@ -84,7 +85,8 @@ def estimate_fisher(
     2020). ``params`` defaults to every parameter with ``requires_grad`` (names from
     ``model.named_parameters()``); frozen parameters may be passed explicitly. ``engine`` picks
     how exact per-sample gradients are computed (``"batch"`` needs none and ignores it); ``seed``
-    seeds the label sampling of ``"true"``. Unknown parameter names, an empty task and a
+    seeds the label sampling of ``"true"``; ``progress(done, total)`` is called with the samples
+    done after each mini-batch. Unknown parameter names, an empty task and a
     non-finite loss raise :class:`RetainError`.
 
     >>> from torch import nn
@@ -113,6 +115,7 @@ def estimate_fisher(
         p.requires_grad_(True)
     try:
         run = _Run(model, task, selected, estimator, n_total, batch_size, seed)
+        run.progress = progress
         if estimator == "batch":
             sums, count = run.batch_estimate()
         elif engine == "loop":
@@ -130,6 +133,7 @@ def estimate_fisher(
                     stacklevel=2,
                 )
                 run = _Run(model, task, selected, estimator, n_total, batch_size, seed)
+                run.progress = progress
                 sums, count = run.loop_estimate()
     finally:
         for p in frozen:
@@ -204,6 +208,7 @@ class _Run:
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.generator: torch.Generator | None = None
+        self.progress: Callable[[int, int], None] | None = None
         self.sums = {
             n: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             for n, p in selected.items()
@@ -215,6 +220,8 @@ class _Run:
             stop = min(start + self.batch_size, self.n_total)
             batch = self.task.collate([self.task.examples[i] for i in range(start, stop)])
             yield start, {k: v.to(self.device) for k, v in batch.items()}
+            if self.progress is not None:
+                self.progress(stop, self.n_total)
 
     def targets(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The dataset's targets, or for ``"true"`` labels sampled from ``softmax(logits)``."""

@@ -21,7 +21,7 @@ NeurIPS; Yu et al., 2020, "Gradient surgery for multi-task learning", NeurIPS): 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,9 +150,11 @@ def gradient_interference(
     batches: int = 8,
     batch_size: int = 8,
     params: Mapping[str, nn.Parameter] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InterferenceReport:
     """Interference of ``new_task`` with ``prior_task`` at ``model``'s current weights, over
-    ``batches`` pairs of consecutive mini-batches of ``batch_size`` examples each."""
+    ``batches`` pairs of consecutive mini-batches of ``batch_size`` examples each;
+    ``progress(done, total)`` is called after each pair."""
     if batches < 1 or batch_size < 1:
         raise RetainError(f"batches and batch_size must be >= 1, got {batches} and {batch_size}")
     chosen = dict(params) if params is not None else _trainable(model)
@@ -171,7 +173,7 @@ def gradient_interference(
     mean_old = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in chosen.items()}
     pair_cosines: list[float | None] = []
     negative: dict[str, int] = {}
-    for a, b in zip(new_batches[:pairs], old_batches[:pairs], strict=True):
+    for k, (a, b) in enumerate(zip(new_batches[:pairs], old_batches[:pairs], strict=True)):
         g_new = task_gradient(model, a, chosen, batch_size=batch_size)
         g_old = task_gradient(model, b, chosen, batch_size=batch_size)
         overall, layers = gradient_cosines(g_new, g_old)
@@ -181,6 +183,8 @@ def gradient_interference(
         for name in chosen:
             mean_new[name].add_(g_new[name], alpha=1 / pairs)
             mean_old[name].add_(g_old[name], alpha=1 / pairs)
+        if progress is not None:
+            progress(k + 1, pairs)
     cosine, layers = gradient_cosines(mean_new, mean_old)
     conflicting = sum(1 for c in pair_cosines if c is not None and c < 0) / max(pairs, 1)
     return InterferenceReport(

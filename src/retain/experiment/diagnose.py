@@ -252,8 +252,10 @@ def run_diagnose(
                 "max_samples": config.fisher_samples,
                 "batch_size": config.batch_size,
             }
-            old = estimate_fisher(base.model, general_task, **fisher_kw)
-            new = estimate_fisher(base.model, new_task, **fisher_kw)
+            old = estimate_fisher(
+                base.model, general_task, progress=_bar("Fisher (general)"), **fisher_kw
+            )
+            new = estimate_fisher(base.model, new_task, progress=_bar("Fisher (new)"), **fisher_kw)
             results["importance"] = fisher_overlap(
                 old, new, top=config.top, seed=config.seed
             ).to_dict()
@@ -267,6 +269,7 @@ def run_diagnose(
                 general_task,
                 batches=config.batches,
                 batch_size=config.batch_size,
+                progress=_bar("interference"),
             ).to_dict()
             lap("interference")
     from retain import __version__
