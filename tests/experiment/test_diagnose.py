@@ -138,3 +138,23 @@ def test_smollm2_at_a_larger_learning_rate_drifts_and_shifts_more(tmp_path: Path
     (drift_low, kl_low), (drift_high, kl_high) = figures[1e-4], figures[3e-4]
     assert 0 < drift_low < drift_high
     assert 0 < kl_low < kl_high
+
+
+def test_a_local_file_with_its_own_text_column_is_the_new_task(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, tuned = tiny_lm_dirs
+    data = tmp_path / "notes.csv"
+    rows = [f"note {i}: the meeting moved to room {i % 7} at {i % 12} pm" for i in range(40)]
+    data.write_text("body\n" + "\n".join(rows) + "\n")
+    settings = {**TINY, "only": ("importance",), "data": str(data), "text_column": "body"}
+    results = run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), **settings))
+    assert results["importance"]["numel"] > 0
+    with pytest.raises(RetainError, match="no column 'text'; its columns are: body"):
+        run_diagnose(
+            DiagnoseConfig(base=str(base), tuned=str(tuned), **{**settings, "text_column": None})
+        )
+    with pytest.raises(RetainError, match="no column 'x'"):
+        run_diagnose(
+            DiagnoseConfig(base=str(base), tuned=str(tuned), **{**settings, "text_column": "x"})
+        )

@@ -114,12 +114,14 @@ class DiagnoseConfig:
 
 
 def _texts(name: str, column: str | None, splits: Sequence[str]) -> list[str]:
-    dataset = load_dataset(name, text_column=None if name in DATASETS else column)
+    registry = name in DATASETS
+    # Files and hub datasets come back with their text column renamed to "text".
+    dataset = load_dataset(name, text_column=None if registry else column)
     split = next((s for s in splits if s in dataset), None)
     if split is None:
         raise RetainError(f"dataset {name!r} has none of the splits {list(splits)}")
     rows = dataset[split]
-    wanted = column or (DATASETS.get(name).text_column if name in DATASETS else "text")
+    wanted = (column or DATASETS.get(name).text_column) if registry else "text"
     if wanted not in rows.column_names:
         raise RetainError(
             f"dataset {name!r} has no text column {wanted!r} (columns: "
@@ -203,6 +205,14 @@ def run_diagnose(
     base.model.to(device)
     tuned.model.to(device)
     tokenizer = base.tokenizer
+    warnings = []
+    if base.describe()["tokenizer"] != tuned.describe()["tokenizer"]:
+        warnings.append(
+            "base and tuned use different tokenizers: both read the base tokenizer's ids, so the "
+            "tuned model's CKA and KL are measured on text tokenized for the base"
+        )
+    for warning in warnings:
+        say(f"warning: {warning}")
     results: dict[str, Any] = dict.fromkeys(DIAGNOSTICS)
     if kind == "causal-lm":
         general_task = _lm_task("general", tokenizer, general, config)
@@ -297,6 +307,7 @@ def run_diagnose(
         },
         **results,
         "skipped": skipped,
+        "warnings": warnings,
         "timings": timings,
         "seconds": time.perf_counter() - start,
     }

@@ -276,6 +276,7 @@ def _header(results: Mapping[str, Any]) -> str:
         ("tuned", _model(results.get("tuned"))),
         ("settings", ", ".join(f"{k}={v}" for k, v in settings.items())),
         ("seconds", number(results.get("seconds"), ".1f")),
+        ("warnings", "; ".join(str(w) for w in results.get("warnings") or [])),
         ("created", results.get("created", "")),
         ("retain version", results.get("retain_version", "")),
     ]
