@@ -181,3 +181,55 @@ def test_an_mlp_run_skips_the_representation_shift_with_a_reason(tmp_path: Path)
     assert results["shift"]["representation"] is None
     assert "not token sequences" in results["shift"]["skipped"]["representation"]
     assert results["interference"] is None
+
+
+def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    import copy
+
+    from retain.diagnostics.similarity import representation_shift
+
+    data: dict[str, Any] = {
+        "name": "heads",
+        "model": {"name": str(tiny_bert_dir), "kind": "task-heads"},
+        "tasks": [
+            {"dataset": "trec", "train": 32, "test": 16, "max_length": 16},
+            {"dataset": "sms_spam", "train": 32, "test": 16, "max_length": 16},
+        ],
+        "training": {"lr": 1e-3, "batch_size": 8, "max_steps": 4},
+        "diagnostics": {"shift": True, "shift_from": "first_task", "shift_samples": 16},
+        "checkpoints": {"enabled": False},
+        "seeds": [0],
+    }
+    config = config_from_dict(data)
+    results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    assert results["shift"]["reference"] == "after trec"
+
+    built = build_experiment(config, 0)  # the same run through the engine, with a snapshot
+    snapshots: list[Any] = []
+    model, _ = fit_sequence(
+        built.model,
+        built.splits,
+        [],
+        train_config(config, 0),
+        built.score,
+        progress=False,
+        after_task=lambda t, m: snapshots.append(copy.deepcopy(m)) if t == 0 else None,
+    )
+    batches = [
+        {k: v for k, v in b.items() if k in ("input_ids", "attention_mask")}
+        for b in built.splits[0].test.batches(8, limit=16)
+    ]
+    expected = representation_shift(snapshots[0], model, batches)
+    got = [layer["cka"] for layer in results["shift"]["representation"]]
+    assert got == pytest.approx([layer.cka for layer in expected], abs=1e-9)
+    start = run_experiment(
+        RunSpec(
+            config_from_dict({**data, "diagnostics": {"shift": True, "shift_samples": 16}}),
+            out=tmp_path / "from-start",
+            report=False,
+        )
+    )
+    assert start["shift"]["reference"] == "start"
+    assert start["shift"]["representation"][2]["cka"] < got[2]  # includes what trec changed

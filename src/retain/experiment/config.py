@@ -226,15 +226,19 @@ class DiagnosticsSection(_Section):
             gradient and the prior capability's gradient (0: off). The prior capability is
             general text for a causal LM, else the earlier tasks of the sequence.
         interference_samples: examples of each prior capability the reference gradient uses.
-        shift: after the run, compare the final model with the starting one: linear CKA per
-            layer and (causal LMs) next-token KL, on the first task's test text (keeps a copy of
-            the starting model in memory).
+        shift: after the run, compare the final model with a reference copy: linear CKA per
+            layer and (causal LMs) next-token KL, on the first task's test text (keeps the copy
+            in memory).
+        shift_from: the reference: ``start`` (the model before training: everything the run
+            changed) or ``first_task`` (the model right after the first task: how far the later
+            tasks moved the representation the first task's head reads).
         shift_samples: texts (or token blocks) the shift uses.
     """
 
     interference_every: int = Field(default=0, ge=0)
     interference_samples: int = Field(default=16, ge=1)
     shift: bool = False
+    shift_from: Literal["start", "first_task"] = "start"
     shift_samples: int = Field(default=32, ge=2)
 
 

@@ -6,9 +6,12 @@ representational and output shift of the final model from the starting one.
   (``general_text``, blocks of the first task's ``max_length``) for a causal LM, else the earlier
   tasks of the sequence. ``results.json`` gets ``interference``: the settings, every record and
   the summary (conflicting fraction, mean cosine, mean per layer).
-* ``shift: true``: a copy of the starting model is kept; after the run, linear CKA per layer on
-  the first task's test examples and, for a causal LM, the next-token KL go to ``shift``. Models
-  without hidden states (an MLP) get ``representation: None`` and the reason.
+* ``shift: true``: a copy of the model before training (``shift_from: start``) or right after the
+  first task (``first_task``) is kept; after the run, linear CKA per layer on the first task's
+  test examples and, for a causal LM, the next-token KL go to ``shift``. From the start, the
+  shift includes what the first task itself changed; from the first task, it is how far the later
+  tasks moved the representation that task's head reads. Models without hidden states (an MLP)
+  get ``representation: None`` and the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from retain.errors import RetainError
 from retain.experiment.build import Experiment
 from retain.experiment.config import ExperimentConfig
 
-__all__ = ["interference_results", "interference_tracker", "shift_results", "starting_copy"]
+__all__ = ["interference_results", "interference_tracker", "reference_copy", "shift_results"]
 
 _GENERAL = "general_text"
 
@@ -64,9 +67,13 @@ def interference_results(
     }
 
 
-def starting_copy(config: ExperimentConfig, model: nn.Module) -> nn.Module | None:
-    """A frozen copy of the starting model when ``diagnostics.shift`` is on."""
-    if not config.diagnostics.shift:
+def reference_copy(config: ExperimentConfig, model: nn.Module, finished: int) -> nn.Module | None:
+    """A frozen copy of ``model`` when it is the shift's reference: before any task
+    (``finished == 0``) for ``shift_from: start``, after the first (``finished == 1``) for
+    ``first_task``; else None."""
+    settings = config.diagnostics
+    wanted = {"start": 0, "first_task": 1}[settings.shift_from]
+    if not settings.shift or finished != wanted:
         return None
     start = copy.deepcopy(model).eval()
     for param in start.parameters():
@@ -78,17 +85,32 @@ def shift_results(
     config: ExperimentConfig, built: Experiment, start: nn.Module | None, final: nn.Module
 ) -> dict[str, Any] | None:
     """``results.json``'s ``shift`` entry: CKA per layer and (causal LMs) the output shift of
-    ``final`` from ``start`` on the first task's test examples."""
-    if start is None:
+    ``final`` from the reference copy ``start`` on the first task's test examples."""
+    if not config.diagnostics.shift:
         return None
     test = built.splits[0].test
+    reference = "start" if config.diagnostics.shift_from == "start" else f"after {test.name}"
+    if start is None:  # a run resumed after the reference point: the copy was not kept
+        reason = "the run resumed after its reference point; rerun it whole for the shift"
+        return {
+            "data": test.name,
+            "reference": reference,
+            "representation": None,
+            "output": None,
+            "skipped": {"representation": reason, "output": reason},
+        }
     batches = [
         {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         for batch in test.batches(
             config.training.batch_size, limit=config.diagnostics.shift_samples
         )
     ]
-    result: dict[str, Any] = {"data": test.name, "representation": None, "output": None}
+    result: dict[str, Any] = {
+        "data": test.name,
+        "reference": reference,
+        "representation": None,
+        "output": None,
+    }
     skipped: dict[str, str] = {}
     if not batches or "input_ids" not in batches[0]:
         skipped["representation"] = "the tasks are not token sequences (no hidden states)"

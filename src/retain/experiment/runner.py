@@ -36,8 +36,8 @@ from retain.experiment.layer_drift import LayerDrift
 from retain.experiment.run_diagnostics import (
     interference_results,
     interference_tracker,
+    reference_copy,
     shift_results,
-    starting_copy,
 )
 from retain.experiment.run_dir import write_json, write_text
 from retain.strategies.base import Strategy
@@ -168,7 +168,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         f"seed {seed} in {out}"
     )
     drift = LayerDrift(built.model)
-    start_model = starting_copy(config, built.model)
+    reference = [reference_copy(config, built.model, 0)]
     tracker = interference_tracker(config, built)
     chain = strategies if tracker is None else [tracker, *strategies]
     progress_file = out / "progress.json"
@@ -179,6 +179,8 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
     seen = [sum(len(h) for h in done["budget"])]  # a resumed budget restores its history
 
     def after_task(t: int, model: nn.Module) -> None:
+        if reference[0] is None:
+            reference[0] = reference_copy(config, model, t + 1)
         done["drift"] = [*done["drift"][:t], drift.measure(model)]
         if budgets:
             history = getattr(budgets[0], "history", [])
@@ -224,7 +226,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         "drift": {"layers": drift.layers, "after": done["drift"]},
         **_extras(strategies, model, config.training.lr, result.logs),
         "interference": interference_results(tracker, config),
-        "shift": shift_results(config, built, start_model, model),
+        "shift": shift_results(config, built, reference[0], model),
         "seconds": time.perf_counter() - begin,
     }
     if not is_main_process():
