@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Our own progress lines go to stderr; library progress bars and advisories would bury them.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Library deprecation notices are for retain's developers, not for a user reading a report.
     warnings.filterwarnings("ignore", category=FutureWarning)

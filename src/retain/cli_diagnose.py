@@ -34,24 +34,40 @@ def add_diagnose_command(sub: Any) -> None:
         help="the new task's dataset (registry name, file, hub name); needed for importance and "
         "interference",
     )
-    p.add_argument("--general", default="general_text", help="held-out general text dataset")
+    p.add_argument(
+        "--general",
+        default="general_text",
+        help="held-out general text dataset (default general_text)",
+    )
     p.add_argument("--text-column", help="text column of --data (default: the dataset's own)")
+    p.add_argument("--general-column", help="text column of --general (default: its own)")
     p.add_argument(
         "--only",
-        help=f"comma-separated subset of: {','.join(DIAGNOSTICS)} (default: all that apply)",
+        help=f"comma-separated subset of: {','.join(DIAGNOSTICS)} (default: every one that "
+        "applies; a named one that cannot run is an error)",
     )
-    p.add_argument("--samples", type=int, default=32, help="general-text sequences for CKA/KL")
-    p.add_argument("--fisher-samples", type=int, default=16, help="sequences per Fisher")
-    p.add_argument("--batches", type=int, default=4, help="gradient pairs for interference")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--max-tokens", type=int, default=2048, help="token positions per CKA layer")
+    p.add_argument(
+        "--samples", type=int, default=32, help="general-text sequences for CKA/KL (default 32)"
+    )
+    p.add_argument(
+        "--fisher-samples", type=int, default=16, help="sequences per Fisher (default 16)"
+    )
+    p.add_argument(
+        "--batches", type=int, default=4, help="gradient pairs for interference (default 4)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="sequences per forward pass (default 8)"
+    )
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument(
+        "--max-tokens", type=int, default=2048, help="token positions per CKA layer (default 2048)"
+    )
     p.add_argument(
         "--top", type=float, default=0.1, help="fraction of parameters counted critical (0.1)"
     )
     p.add_argument("--exclude", help="regex of parameter names left out of the drift")
     p.add_argument("--out", type=Path, help="run directory (default: print only, write nothing)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier diagnose --out")
     p.add_argument("--adapter-base", help="base model of a PEFT adapter --tuned")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     p.add_argument(
@@ -61,16 +77,21 @@ def add_diagnose_command(sub: Any) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run ``retain diagnose`` from parsed arguments; returns the exit code."""
-    from retain.experiment.diagnose import DIAGNOSTICS, DiagnoseConfig, run_diagnose
+    from retain.experiment.diagnose import DiagnoseConfig, run_diagnose
     from retain.report.diagnose_report import diagnose_table
 
-    only = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else DIAGNOSTICS
+    only = (
+        tuple(x.strip() for x in args.only.split(",") if x.strip())
+        if args.only is not None
+        else None
+    )
     config = DiagnoseConfig(
         base=args.base,
         tuned=args.tuned,
         data=args.data,
         general=args.general,
         text_column=args.text_column,
+        general_column=args.general_column,
         only=only,
         samples=args.samples,
         fisher_samples=args.fisher_samples,

@@ -58,6 +58,22 @@ def test_new_heads_and_changed_shapes_are_excluded_and_listed() -> None:
     assert "matches exclude" in excluded.excluded["encoder.w"]
 
 
+def test_tied_tensors_of_a_state_dict_count_once() -> None:
+    from transformers import LlamaForCausalLM
+
+    from tiny_models import tiny_llama_config
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_llama_config(50, tie_word_embeddings=True))
+    tuned = copy.deepcopy(base)
+    with torch.no_grad():
+        tuned.model.embed_tokens.weight.add_(1.0)
+    from_models = parameter_drift(base, tuned)
+    from_state = parameter_drift(base.state_dict(), tuned.state_dict())
+    assert from_state.total == from_models.total
+    assert "lm_head.weight" not in {g.name for g in from_state.parameters}
+
+
 def test_nothing_comparable_and_bad_regex_are_one_line_errors() -> None:
     with pytest.raises(RetainError, match="no parameter of the tuned model matches"):
         parameter_drift({"a": torch.ones(1)}, {"b": torch.ones(1)})

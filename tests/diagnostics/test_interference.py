@@ -117,6 +117,7 @@ def test_tracker_cosines_equal_an_independent_recomputation() -> None:
     values = [r["cosine"] for r in tracker.records]
     assert summary["measured"] == 3
     assert summary["conflicting"] == sum(v < 0 for v in values) / 3
+    assert tracker.describe() == "interference(every=2, samples=6, prior='earlier tasks')"
     restored = InterferenceTracker(every=2, samples=6, tasks=[first, second])
     restored.load_state_dict(tracker.state_dict())
     assert restored.records == tracker.records

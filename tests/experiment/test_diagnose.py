@@ -77,10 +77,32 @@ def test_bad_settings_are_one_line_errors() -> None:
         DiagnoseConfig(base="a", tuned="b", top=10)
     with pytest.raises(RetainError, match="samples must be >= 1"):
         DiagnoseConfig(base="a", tuned="b", samples=0)
+    with pytest.raises(RetainError, match="not a regular expression"):
+        DiagnoseConfig(base="a", tuned="b", exclude="([")
+    assert DiagnoseConfig(base="a", tuned="b", only="drift").only == ("drift",)
+
+
+def test_what_cannot_run_is_refused_before_any_work(
+    tiny_lm_dirs: tuple[Path, Path], tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    base, tuned = tiny_lm_dirs
+    with pytest.raises(RetainError, match="diagnostic 'importance' cannot run: it needs the new"):
+        run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), only=("importance",)))
+    with pytest.raises(RetainError, match="'output' cannot run: it needs a causal language"):
+        run_diagnose(
+            DiagnoseConfig(base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), only=("output",))
+        )
+    with pytest.raises(RetainError, match="is a causal-lm model and tuned .* a encoder model"):
+        run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tiny_bert_dir)))
+    with pytest.raises(RetainError, match="'mnist' holds image-classification data, not text"):
+        run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), general="mnist"))
 
 
 def test_cli_writes_the_run_directory_and_refuses_bad_input(
-    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_lm_dirs: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base, tuned = tiny_lm_dirs
     args = ["diagnose", "--base", str(base), "--tuned", str(tuned), "--samples", "4"]
@@ -99,6 +121,17 @@ def test_cli_writes_the_run_directory_and_refuses_bad_input(
     assert "unknown diagnostic 'cka'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main([*args, "--data", "no_such_data", "--only", "importance"]) == 2
+    capsys.readouterr()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("months of work")
+    assert main([*args, "--out", str(precious), "--overwrite"]) == 2
+    assert "never deleted, even with --overwrite" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "months of work"
+    assert main([*args, "--out", str(out), "--overwrite"]) == 0  # an earlier diagnose: replaced
+    monkeypatch.chdir(out)
+    assert main([*args, "--out", ".", "--overwrite"]) == 2
+    assert "working directory" in capsys.readouterr().err
 
 
 def fine_tune(lr: float, out: Path) -> None:
@@ -150,7 +183,7 @@ def test_a_local_file_with_its_own_text_column_is_the_new_task(
     settings = {**TINY, "only": ("importance",), "data": str(data), "text_column": "body"}
     results = run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), **settings))
     assert results["importance"]["numel"] > 0
-    with pytest.raises(RetainError, match="no column 'text'; its columns are: body"):
+    with pytest.raises(RetainError, match="its columns are: body \\(pass --text-column naming"):
         run_diagnose(
             DiagnoseConfig(base=str(base), tuned=str(tuned), **{**settings, "text_column": None})
         )

@@ -167,8 +167,8 @@ def test_interference_during_training_and_shift_of_a_task_heads_run(
     assert shift["data"] == "trec"
     assert [layer["name"] for layer in shift["representation"]] == [
         "embeddings",
+        "block 0",
         "block 1",
-        "block 2",
     ]
     assert all(layer["cka"] < 1 for layer in shift["representation"][1:])
     assert shift["output"] is None

@@ -36,6 +36,8 @@ def test_smollm2_domain_runs_with_its_budget(tmp_path: Path) -> None:
     assert [r["global_step"] for r in results["interference"]["records"]] == [2, 4]
     assert "model.layers.29" in results["interference"]["records"][0]["layers"]
     assert len(results["shift"]["representation"]) == 31  # embeddings + 30 blocks
+    assert results["shift"]["data"] == "general_text"  # what a causal LM forgets
+    assert len(results["run"]["strategies"]) < 200  # the tracker is named, not printed with data
     assert results["shift"]["output"]["kl_mean"] > 0
     assert results["score"]["name"].startswith("negative loss")
     assert run["matrix"][0][0] > run["baseline"][0]  # the domain loss fell

@@ -215,9 +215,19 @@ class DriftReport:
 
 
 def _values(source: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """Effective parameters of a model; a mapping (a ``state_dict``) with tensors that share
+    storage (tied weights) keeps the first name of each, as ``named_parameters()`` does."""
     if isinstance(source, nn.Module):
         return effective_parameters(source)
-    return {plain_name(k): v for k, v in source.items()}
+    seen: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
+    values = {}
+    for name, tensor in source.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        values[plain_name(name)] = tensor
+    return values
 
 
 def _pairs(

@@ -270,6 +270,11 @@ class InterferenceTracker(Strategy):
             }
         )
 
+    def describe(self) -> str:
+        """``interference(every=..., samples=..., prior=...)``, without the reference data."""
+        prior = self.prior.name if self.prior is not None else "earlier tasks"
+        return f"interference(every={self.every}, samples={self.samples}, prior={prior!r})"
+
     def on_step(self, step: int, model: nn.Module) -> None:
         self.task_step = step
         self.global_step += 1

@@ -13,7 +13,12 @@ transforms and isotropic scaling of either side (not to arbitrary invertible map
 :func:`representation_shift` runs both models on the same batches (``no_grad``, eval mode) with
 ``output_hidden_states=True`` and compares, layer by layer, the hidden states of the first
 ``max_tokens`` real (attention-mask 1) tokens: row ``i`` of ``X`` and of ``Y`` is the same token
-of the same text. Index 0 is the embedding output, index ``l`` the output of block ``l``.
+of the same text. The first ``skip_first`` positions of every sequence are left out (default 1):
+in transformer LMs the first position is an attention sink whose hidden state is hundreds of
+times larger than the others' in the middle blocks ("massive activations", Sun et al., 2024,
+COLM), and linear CKA, a ratio of squared norms, would measure little else. Hidden-state index 0
+is the embedding output (``"embeddings"``); index ``k + 1`` is the output of transformer block
+``k`` (``"block k"``), counted from 0 as in parameter names (``model.layers.k``).
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 
 def hidden_states(model: nn.Module, batch: Batch) -> tuple[Tensor, ...]:
-    """``(embeddings, block 1, ..., block L)``, each ``[batch, tokens, d]``, of one forward pass.
+    """``(embeddings, block 0, ..., block L-1)``, each ``[batch, tokens, d]``, of one forward.
 
     A model with task heads is read through its encoder (:func:`feature_model`).
     """
@@ -80,7 +85,7 @@ def hidden_states(model: nn.Module, batch: Batch) -> tuple[Tensor, ...]:
 
 @dataclass(frozen=True)
 class LayerSimilarity:
-    """CKA of one layer's hidden states: ``index`` 0 is the embeddings, ``l`` block ``l``."""
+    """CKA of one layer's hidden states: ``index`` 0 is the embeddings, ``k + 1`` block ``k``."""
 
     index: int
     name: str
@@ -98,15 +103,19 @@ def representation_shift(
     batches: Sequence[Batch],
     *,
     max_tokens: int = 2048,
+    skip_first: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[LayerSimilarity]:
     """Per-layer linear CKA between ``base`` and ``tuned`` on the same ``batches``.
 
-    Uses the first ``max_tokens`` real tokens (mask 1) in batch order. ``progress(done, total)``
+    Uses the first ``max_tokens`` real tokens (mask 1) in batch order, leaving out the first
+    ``skip_first`` positions of each sequence (see the module docstring). ``progress(done, total)``
     is called after each batch. Both models must have the same number of hidden-state layers.
     """
     if max_tokens < 2:
         raise RetainError(f"max_tokens must be >= 2 for CKA, got {max_tokens}")
+    if skip_first < 0:
+        raise RetainError(f"skip_first must be >= 0, got {skip_first}")
     gathered: list[tuple[list[Tensor], list[Tensor]]] = []
     count = 0
     modes = [(m, m.training) for m in (*base.modules(), *tuned.modules())]
@@ -125,11 +134,11 @@ def representation_shift(
                         f"{len(t_states)}; CKA compares models of one architecture"
                     )
                 mask = batch.get("attention_mask")
-                keep = (
-                    mask.bool().reshape(-1)
-                    if mask is not None
-                    else torch.ones(b_states[0].shape[0] * b_states[0].shape[1], dtype=torch.bool)
-                )
+                shape = b_states[0].shape[:2]
+                real = mask.bool() if mask is not None else torch.ones(shape, dtype=torch.bool)
+                real = real.clone()
+                real[:, :skip_first] = False
+                keep = real.reshape(-1)
                 take = min(int(keep.sum()), max_tokens - count)
                 rows = keep.nonzero().squeeze(1)[:take]
                 if not gathered:
@@ -144,11 +153,14 @@ def representation_shift(
         for module, mode in modes:
             module.training = mode
     if count < 2:
-        raise RetainError("representation_shift got fewer than 2 tokens; pass more text")
+        raise RetainError(
+            f"representation_shift got {count} tokens after leaving out the first {skip_first} "
+            "of each sequence; pass more or longer text"
+        )
     return [
         LayerSimilarity(
             index=i,
-            name="embeddings" if i == 0 else f"block {i}",
+            name="embeddings" if i == 0 else f"block {i - 1}",
             cka=linear_cka(torch.cat(xs), torch.cat(ys)),
         )
         for i, (xs, ys) in enumerate(gathered)

@@ -96,7 +96,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     start = time.perf_counter()
     factory = SUITES.get(config.suite)
     if config.out is not None:
-        check_output_dir(config.out, overwrite=config.overwrite)
+        check_output_dir(config.out, overwrite=config.overwrite, kind="audit")
     kind = factory.model_kind
     # Fail fast on typos and mismatches, before minutes of work.
     check_model_reference(config.base, reach_hub=True, kind=kind)
@@ -149,7 +149,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
         "seconds": time.perf_counter() - start,
     }
     if config.out is not None and is_main_process():
-        with output_directory(config.out, overwrite=config.overwrite) as tmp:
+        with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
             write_json(tmp / "results.json", results)
             write_text(tmp / "report.md", audit_markdown(results))
     return results

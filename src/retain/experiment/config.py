@@ -227,8 +227,8 @@ class DiagnosticsSection(_Section):
             general text for a causal LM, else the earlier tasks of the sequence.
         interference_samples: examples of each prior capability the reference gradient uses.
         shift: after the run, compare the final model with a reference copy: linear CKA per
-            layer and (causal LMs) next-token KL, on the first task's test text (keeps the copy
-            in memory).
+            layer and (causal LMs) next-token KL, on held-out general text for a causal LM, else
+            on the first task's test text (keeps the copy in memory).
         shift_from: the reference: ``start`` (the model before training: everything the run
             changed) or ``first_task`` (the model right after the first task: how far the later
             tasks moved the representation the first task's head reads).

@@ -24,6 +24,8 @@ everything finished, written by the main process.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from retain.assets.datasets import DATASETS, load_dataset
-from retain.assets.models import check_model_reference, default_kind, load_model
+from retain.assets.models import (
+    ModelKind,
+    check_model_reference,
+    default_kind,
+    is_adapter_folder,
+    load_model,
+    model_folder,
+)
 from retain.data.task import Batch, Task
 from retain.data.text import causal_lm_task
 from retain.diagnostics.drift import parameter_drift
@@ -62,7 +71,9 @@ class DiagnoseConfig:
         data: the new task's dataset (registry name, file, hub name), its ``train`` split's text.
         general: held-out general text (prior capability), its ``test`` split (else ``train``).
         text_column: column of ``data`` holding the text (default: the dataset's own, or ``text``).
-        only: which diagnostics to compute (default: all of :data:`DIAGNOSTICS`).
+        general_column: the same for ``general``.
+        only: which diagnostics to compute (default None: every one that applies; a named one
+            that cannot run is an error).
         samples: sequences of general text for CKA and KL.
         fisher_samples: sequences per Fisher (general text and new task).
         batches: mini-batch pairs for the gradient interference.
@@ -80,7 +91,8 @@ class DiagnoseConfig:
     data: str | None = None
     general: str = "general_text"
     text_column: str | None = None
-    only: tuple[str, ...] = DIAGNOSTICS
+    general_column: str | None = None
+    only: tuple[str, ...] | None = None
     samples: int = 32
     fisher_samples: int = 16
     batches: int = 4
@@ -98,12 +110,22 @@ class DiagnoseConfig:
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
-        unknown = [d for d in self.only if d not in DIAGNOSTICS]
-        if unknown or not self.only:
+        if isinstance(self.only, str):
+            object.__setattr__(self, "only", (self.only,))
+        named = self.only
+        unknown = [] if named is None else [d for d in named if d not in DIAGNOSTICS]
+        if unknown or named == ():
             raise RetainError(
                 f"unknown diagnostic {unknown[0] if unknown else '(none)'!r}; choose from "
                 f"{', '.join(DIAGNOSTICS)}"
             )
+        if self.exclude is not None:
+            try:
+                re.compile(self.exclude)
+            except re.error as exc:
+                raise RetainError(
+                    f"exclude {self.exclude!r} is not a regular expression: {exc}"
+                ) from None
         for name in ("samples", "fisher_samples", "batches", "batch_size", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise RetainError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -113,10 +135,18 @@ class DiagnoseConfig:
             raise RetainError(f"top must be a fraction in (0, 1) (0.1 = 10 %), got {self.top}")
 
 
-def _texts(name: str, column: str | None, splits: Sequence[str]) -> list[str]:
+def _texts(name: str, column: str | None, splits: Sequence[str], option: str) -> list[str]:
     registry = name in DATASETS
+    if registry and DATASETS.get(name).kind not in ("text", "text-classification"):
+        raise RetainError(
+            f"dataset {name!r} holds {DATASETS.get(name).kind} data, not text; diagnose reads "
+            "text (see: retain ls)"
+        )
     # Files and hub datasets come back with their text column renamed to "text".
-    dataset = load_dataset(name, text_column=None if registry else column)
+    try:
+        dataset = load_dataset(name, text_column=None if registry else column)
+    except RetainError as err:  # name the command-line option, not the Python argument
+        raise RetainError(str(err).replace("text_column=", option)) from None
     split = next((s for s in splits if s in dataset), None)
     if split is None:
         raise RetainError(f"dataset {name!r} has none of the splits {list(splits)}")
@@ -125,7 +155,7 @@ def _texts(name: str, column: str | None, splits: Sequence[str]) -> list[str]:
     if wanted not in rows.column_names:
         raise RetainError(
             f"dataset {name!r} has no text column {wanted!r} (columns: "
-            f"{', '.join(rows.column_names)}); pass --text-column"
+            f"{', '.join(rows.column_names)}); pass {option}"
         )
     return [str(t) for t in rows[wanted] if str(t).strip()]
 
@@ -166,13 +196,64 @@ def _bar(description: str) -> Callable[[int, int], None]:
 
 
 def _skipped(config: DiagnoseConfig, kind: str) -> dict[str, str]:
+    """``{diagnostic: why it cannot run}``; a diagnostic named in ``only`` that cannot run is an
+    error instead."""
     skipped: dict[str, str] = {}
-    for name in config.only:
+    for name in config.only or DIAGNOSTICS:
         if name in _NEEDS_LM and kind != "causal-lm":
-            skipped[name] = f"needs a causal language model (a next-token loss); this is {kind}"
+            skipped[name] = (
+                f"needs a causal language model (a next-token loss); these are {kind} models"
+            )
         elif name in _NEEDS_DATA and config.data is None:
             skipped[name] = "needs the new task's data (--data NAME)"
+    if config.only is not None and skipped:
+        name, reason = next(iter(skipped.items()))
+        raise RetainError(f"diagnostic {name!r} cannot run: it {reason}")
     return skipped
+
+
+_ENCODERS = ("encoder", "sequence-classification", "masked-lm")
+
+
+def _kinds(config: DiagnoseConfig) -> tuple[ModelKind, list[str]]:
+    """The kind both models load as, and warnings; models of different kinds are refused."""
+    base_kind = default_kind(config.base)
+    tuned_kind = default_kind(config.tuned)
+    if base_kind == tuned_kind:
+        return base_kind, []
+    if base_kind in _ENCODERS and tuned_kind in _ENCODERS:
+        return "encoder", [
+            f"base is a {base_kind} model and tuned a {tuned_kind} model: both are compared as "
+            "encoders, so a head only one of them has is left out"
+        ]
+    raise RetainError(
+        f"base {config.base!r} is a {base_kind} model and tuned {config.tuned!r} a {tuned_kind} "
+        "model; diagnose compares a fine-tune with the model it started from (one architecture)"
+    )
+
+
+def _adapter_warning(config: DiagnoseConfig) -> list[str]:
+    """A warning when ``tuned`` is an adapter recorded on another base than ``base``."""
+    if config.adapter_base is not None or not is_adapter_folder(config.tuned):
+        return []
+    try:
+        recorded = json.loads(
+            (Path(config.tuned).expanduser() / "adapter_config.json").read_text()
+        ).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return []
+    if not recorded or recorded == config.base:
+        return []
+    try:
+        same = model_folder(str(recorded))[0] == model_folder(config.base)[0]
+    except RetainError:
+        same = False
+    if same:
+        return []
+    return [
+        f"the adapter {config.tuned!r} records base {recorded!r}, not --base {config.base!r}: "
+        f"tuned is {recorded!r} + adapter (pass --adapter-base to load it on another base)"
+    ]
 
 
 def run_diagnose(
@@ -182,15 +263,20 @@ def run_diagnose(
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     if config.out is not None:
-        check_output_dir(config.out, overwrite=config.overwrite)
-    kind = default_kind(config.base)
-    check_model_reference(config.base, reach_hub=True, kind=kind)
-    check_model_reference(config.tuned, reach_hub=True, kind=kind, adapter_base=config.adapter_base)
+        check_output_dir(config.out, overwrite=config.overwrite, kind="diagnose")
+    check_model_reference(config.base, reach_hub=True)
+    check_model_reference(config.tuned, reach_hub=True, adapter_base=config.adapter_base)
+    kind, warnings = _kinds(config)
+    warnings += _adapter_warning(config)
     skipped = _skipped(config, kind)
-    wanted = [d for d in config.only if d not in skipped]
-    general = _texts(config.general, None, ("test", "validation", "train"))
+    wanted = [d for d in config.only or DIAGNOSTICS if d not in skipped]
+    general = _texts(
+        config.general, config.general_column, ("test", "validation", "train"), "--general-column"
+    )
     new_texts = (  # read even when unused, so a wrong --data is an error before any work
-        _texts(config.data, config.text_column, ("train", "test")) if config.data else []
+        _texts(config.data, config.text_column, ("train", "test"), "--text-column")
+        if config.data
+        else []
     )
     device = resolve_device(config.device)
     say(f"base: loading {config.base}")
@@ -205,7 +291,6 @@ def run_diagnose(
     base.model.to(device)
     tuned.model.to(device)
     tokenizer = base.tokenizer
-    warnings = []
     if base.describe()["tokenizer"] != tuned.describe()["tokenizer"]:
         warnings.append(
             "base and tuned use different tokenizers: both read the base tokenizer's ids, so the "
@@ -314,6 +399,6 @@ def run_diagnose(
     if config.out is not None and is_main_process():
         from retain.report.diagnose_report import write_diagnose_report
 
-        with output_directory(config.out, overwrite=config.overwrite) as tmp:
+        with output_directory(config.out, overwrite=config.overwrite, kind="diagnose") as tmp:
             write_diagnose_report(tmp, results)
     return results

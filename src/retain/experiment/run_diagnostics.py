@@ -1,5 +1,5 @@
 """The ``diagnostics`` section of a run: gradient interference during training, and the
-representational and output shift of the final model from the starting one.
+representational and output shift of the final model from a reference copy.
 
 * ``interference_every: N``: an :class:`~retain.diagnostics.interference.InterferenceTracker`
   goes first in the strategy chain. Its prior capability is held-out general text
@@ -7,11 +7,12 @@ representational and output shift of the final model from the starting one.
   tasks of the sequence. ``results.json`` gets ``interference``: the settings, every record and
   the summary (conflicting fraction, mean cosine, mean per layer).
 * ``shift: true``: a copy of the model before training (``shift_from: start``) or right after the
-  first task (``first_task``) is kept; after the run, linear CKA per layer on the first task's
-  test examples and, for a causal LM, the next-token KL go to ``shift``. From the start, the
-  shift includes what the first task itself changed; from the first task, it is how far the later
-  tasks moved the representation that task's head reads. Models without hidden states (an MLP)
-  get ``representation: None`` and the reason.
+  first task (``first_task``) is kept; after the run, linear CKA per layer and, for a causal LM,
+  the next-token KL go to ``shift``: for a causal LM on held-out general text (what it forgets),
+  else on the first task's test examples. From the start, the shift includes what the first
+  task itself changed; from the first task, it is how far the later tasks moved the
+  representation that task's head reads. Models without hidden states (an MLP) get
+  ``representation: None`` and the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from retain.assets.datasets import load_dataset
+from retain.data.task import Task
 from retain.data.text import causal_lm_task
 from retain.diagnostics.interference import InterferenceTracker
 from retain.diagnostics.output_shift import output_shift
@@ -35,6 +37,12 @@ __all__ = ["interference_results", "interference_tracker", "reference_copy", "sh
 _GENERAL = "general_text"
 
 
+def _general_blocks(built: Experiment, config: ExperimentConfig) -> Task:
+    """Held-out general text in blocks of the first task's ``max_length`` tokens."""
+    texts = [t for t in load_dataset(_GENERAL)["test"]["text"] if t.strip()]
+    return causal_lm_task(_GENERAL, built.tokenizer, texts, block_size=config.tasks[0].max_length)
+
+
 def interference_tracker(config: ExperimentConfig, built: Experiment) -> InterferenceTracker | None:
     """The tracker the config asks for (None when ``interference_every`` is 0)."""
     settings = config.diagnostics
@@ -42,10 +50,7 @@ def interference_tracker(config: ExperimentConfig, built: Experiment) -> Interfe
         return None
     every, samples = settings.interference_every, settings.interference_samples
     if config.model.kind == "causal-lm":
-        texts = [t for t in load_dataset(_GENERAL)["test"]["text"] if t.strip()]
-        prior = causal_lm_task(
-            _GENERAL, built.tokenizer, texts, block_size=config.tasks[0].max_length
-        )
+        prior = _general_blocks(built, config)
         return InterferenceTracker(
             every, samples, prior=prior.with_examples(prior.examples[:samples])
         )
@@ -85,15 +90,21 @@ def shift_results(
     config: ExperimentConfig, built: Experiment, start: nn.Module | None, final: nn.Module
 ) -> dict[str, Any] | None:
     """``results.json``'s ``shift`` entry: CKA per layer and (causal LMs) the output shift of
-    ``final`` from the reference copy ``start`` on the first task's test examples."""
+    ``final`` from the reference copy ``start``: on held-out general text for a causal LM (what
+    it forgets), else on the first task's test examples."""
     if not config.diagnostics.shift:
         return None
-    test = built.splits[0].test
-    reference = "start" if config.diagnostics.shift_from == "start" else f"after {test.name}"
+    first = built.splits[0].test
+    reference = "start" if config.diagnostics.shift_from == "start" else f"after {first.name}"
+    size, limit = config.training.batch_size, config.diagnostics.shift_samples
+    if config.model.kind == "causal-lm":  # what an LM forgets: held-out general text
+        data, task = _GENERAL, _general_blocks(built, config)
+    else:
+        data, task = first.name, first
     if start is None:  # a run resumed after the reference point: the copy was not kept
         reason = "the run resumed after its reference point; rerun it whole for the shift"
         return {
-            "data": test.name,
+            "data": data,
             "reference": reference,
             "representation": None,
             "output": None,
@@ -101,12 +112,10 @@ def shift_results(
         }
     batches = [
         {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        for batch in test.batches(
-            config.training.batch_size, limit=config.diagnostics.shift_samples
-        )
+        for batch in task.batches(size, limit=limit)
     ]
     result: dict[str, Any] = {
-        "data": test.name,
+        "data": data,
         "reference": reference,
         "representation": None,
         "output": None,

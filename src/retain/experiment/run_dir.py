@@ -34,15 +34,41 @@ def _umask() -> int:
     return mask
 
 
-def check_output_dir(out: Path, *, overwrite: bool) -> None:
-    """Fail early (before any work) if ``out`` cannot be written as a fresh run directory."""
+def _kind_of(folder: Path) -> str | None:
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(data.get("kind")) if isinstance(data, dict) else None
+
+
+def check_output_dir(out: Path, *, overwrite: bool, kind: str | None = None) -> None:
+    """Fail early (before any work) if ``out`` cannot be written as a fresh run directory.
+
+    ``overwrite`` replaces only an earlier output of the same ``kind`` (its ``results.json``
+    says so): any other non-empty folder is refused, never deleted. The working directory and
+    the folders above it are refused too (they cannot be replaced).
+    """
     if out.exists() and not out.is_dir():
         raise RetainError(f"output path {str(out)!r} is a file; pass a directory (--out DIR)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
         raise RetainError(
-            f"output directory {str(out)!r} already exists and is not empty; "
-            "choose another --out or pass --overwrite"
+            f"--out {str(out)!r} is the working directory or a folder above it; pass a new "
+            "folder for the output (e.g. --out diag/)"
         )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RetainError(
+                f"output directory {str(out)!r} already exists and is not empty; "
+                "choose another --out or pass --overwrite"
+            )
+        if kind is not None and _kind_of(out) != kind:
+            raise RetainError(
+                f"{str(out)!r} is not the output of an earlier retain {kind} (no results.json "
+                f"of kind {kind!r}); it is never deleted, even with --overwrite: choose another "
+                "--out"
+            )
     parent = out.resolve().parent
     if not parent.is_dir():
         raise RetainError(f"parent directory of --out {str(out)!r} does not exist; create it first")
@@ -51,7 +77,9 @@ def check_output_dir(out: Path, *, overwrite: bool) -> None:
 
 
 @contextmanager
-def output_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def output_directory(
+    out: Path, *, overwrite: bool = False, kind: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``out`` only if the block finishes.
 
     >>> import tempfile, pathlib
@@ -61,7 +89,7 @@ def output_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     >>> sorted(p.name for p in (root / "run").iterdir())
     ['results.json']
     """
-    check_output_dir(out, overwrite=overwrite)
+    check_output_dir(out, overwrite=overwrite, kind=kind)
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a run directory is an ordinary folder

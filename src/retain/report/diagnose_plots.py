@@ -254,8 +254,8 @@ def interference_figure(results: Results) -> Figure | None:
 
 
 def representation_figure(results: Results, title: str | None = None) -> Figure | None:
-    """Linear CKA of base and tuned hidden states per layer (index 0 = embeddings, ``l`` = block
-    ``l``), y from the lowest value (or 0.9) to 1; ``title`` replaces the default one."""
+    """Linear CKA of base and tuned hidden states per layer (index 0 = embeddings, ``k + 1`` =
+    block ``k``), y from the lowest value (or 0.9) to 1; ``title`` replaces the default one."""
     layers = list(_section(results, "representation") or [])
     if not layers:
         return None
@@ -268,10 +268,10 @@ def representation_figure(results: Results, title: str | None = None) -> Figure 
     low = min(0.9, float(finite.min())) if finite.size else 0.0
     ax.set_ylim(low - 0.02 * (1.0 - low + 1e-3), 1.0 + 0.01 * (1.0 - low + 1e-3))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
+    ax.set_xlabel("hidden state (0 = embeddings, k + 1 = output of block k)")
     ax.set_ylabel("linear CKA (1 = same representation)")
     worst = int(np.nanargmin(cka)) if finite.size else None
-    detail = "" if worst is None else f"; lowest {cka[worst]:.3f} at {layers[worst].get('name')}"
+    detail = "" if worst is None else f"\nlowest {cka[worst]:.3f} at {layers[worst].get('name')}"
     ax.set_title(title or f"Representational similarity of base and tuned per layer{detail}")
     ax.grid(alpha=0.3)
     return fig

@@ -61,8 +61,10 @@ DIAGNOSE_CAPTIONS = {
     "first order. Right: the overall cosine of each (new batch, prior batch) pair.",
     "representation": "Linear CKA ||Yᵀ X||²_F / (||Xᵀ X||_F ||Yᵀ Y||_F) between the base (X) and "
     "tuned (Y) hidden states of the same tokens of general text, each centred, per layer (0 = "
-    "embeddings, l = output of block l). 1 = the same representation up to rotation and scale; "
-    "lower = the layer's representation changed more.",
+    "embeddings, k + 1 = output of block k, numbered from 0 as in the parameter names). The "
+    "first token of each sequence is left out: it is an attention sink whose huge activations "
+    "would dominate the score. 1 = the same representation up to rotation and scale; lower = "
+    "the layer's representation changed more.",
     "output_kl": "Left: histogram of the next-token KL(p_base || q_tuned) = Σ_v p_v (log p_v − "
     "log q_v) at each token position of general text, in nats (red: mean, dotted: median). "
     "Right: the tokens whose mean predicted probability rose (blue) or fell (red) the most, "
@@ -191,7 +193,10 @@ def _representation_table(layers: Sequence[Mapping[str, Any]]) -> str:
             number(r.get("index"), "d"),
             escape(r.get("name", "?")),
             number(r.get("cka"), ".4f"),
-            number(1.0 - r["cka"] if isinstance(r.get("cka"), (int, float)) else None, ".4f"),
+            number(
+                max(0.0, 1.0 - r["cka"]) if isinstance(r.get("cka"), (int, float)) else None,
+                ".4f",
+            ),
         ]
         for r in layers
     ]
@@ -339,7 +344,9 @@ def _headline(name: str, section: Any) -> str:
         total = section.get("total") or {}
         text = f"relative {number(total.get('relative'), '.3g')}, RMS {number(total.get('rms'))}"
         top = _ranked(list(section.get("layers") or []), "relative", reverse=True)
-        if top:
+        if top and not top[0]["relative"]:
+            text += "; no layer moved"
+        elif top:
             text += f"; most drifted layer {top[0]['name']} ({number(top[0]['relative'], '.3g')})"
         return text
     if name == "importance":

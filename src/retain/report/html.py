@@ -58,14 +58,16 @@ CAPTIONS = {
     "prior capability's gradient on a fixed reference sample (dimensionless, -1 to 1), and its "
     "moving average. Below zero (red) the step raised the prior loss to first order: the "
     "gradients conflict. Dashed verticals: task boundaries.",
-    "representation": "Representational shift of the final model from the start of the run: "
+    "representation": "Representational shift of the final model from the reference model (the "
+    "start of the run, or the model right after the first task: see the Diagnostics table): "
     "linear CKA ||Yᵀ X||²_F / (||Xᵀ X||_F ||Yᵀ Y||_F) between the two models' centred hidden "
-    "states of the same tokens, per layer (0 = embeddings); 1 = the same representation up to "
-    "rotation and scale, lower = changed more.",
-    "output_kl": "Output shift of the final model from the start of the run: histogram of the "
-    "next-token KL(p_start || q_final) = Σ_v p_v (log p_v − log q_v) per token position, in nats "
-    "(red: the mean), and the tokens whose mean predicted probability rose (blue) or fell (red) "
-    "the most.",
+    "states of the same tokens (the first of each sequence left out), per layer (0 = "
+    "embeddings, k + 1 = output of block k); 1 = the same representation up to rotation and "
+    "scale, lower = changed more.",
+    "output_kl": "Output shift of the final model from the reference model on general text: "
+    "histogram of the next-token KL(p_ref || q_final) = Σ_v p_v (log p_v − log q_v) per token "
+    "position, in nats (red: the mean), and the tokens whose mean predicted probability rose "
+    "(blue) or fell (red) the most.",
     "pareto": "Plasticity (mean new-task score, right is better) against forgetting cost (down "
     "is better) per variant, error bars = sample sd over seeds. Red stars joined by a line: the "
     "Pareto-optimal variants (no other variant is at least as good on both axes and better on "
@@ -286,6 +288,19 @@ def _diagnostics_table(results: Mapping[str, Any]) -> str:
         ]
     if shift:
         rows.append(["shift: measured on", escape(shift.get("data", "n/a"))])
+        rows.append(["shift: reference model", escape(shift.get("reference", "start"))])
+        layers = [r for r in shift.get("representation") or [] if r.get("cka") is not None]
+        if layers:
+            low = min(layers, key=lambda r: float(r["cka"]))
+            rows.append(
+                ["shift: lowest CKA", f"{number(low['cka'], '.4f')} ({escape(low.get('name'))})"]
+            )
+        output = shift.get("output") or {}
+        if output:
+            rows.append(["shift: next-token KL mean (nats)", number(output.get("kl_mean"), ".4f")])
+            rows.append(
+                ["shift: entropy change (nats)", number(output.get("entropy_change"), "+.4f")]
+            )
         for name, reason in (shift.get("skipped") or {}).items():
             rows.append(
                 [f"shift: {escape(name)}", f'<td class="l">not computed: {escape(reason)}</td>']
