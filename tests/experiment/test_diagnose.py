@@ -92,7 +92,7 @@ def test_what_cannot_run_is_refused_before_any_work(
         run_diagnose(
             DiagnoseConfig(base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), only=("output",))
         )
-    with pytest.raises(RetainError, match="is a causal-lm model and tuned .* a encoder model"):
+    with pytest.raises(RetainError, match=r"is a causal-lm model and tuned .* an encoder model"):
         run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tiny_bert_dir)))
     with pytest.raises(RetainError, match="'mnist' holds image-classification data, not text"):
         run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), general="mnist"))

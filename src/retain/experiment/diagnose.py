@@ -223,13 +223,19 @@ def _kinds(config: DiagnoseConfig) -> tuple[ModelKind, list[str]]:
         return base_kind, []
     if base_kind in _ENCODERS and tuned_kind in _ENCODERS:
         return "encoder", [
-            f"base is a {base_kind} model and tuned a {tuned_kind} model: both are compared as "
-            "encoders, so a head only one of them has is left out"
+            f"base is {_a(base_kind)} model and tuned {_a(tuned_kind)} model: both are compared "
+            "as encoders, so a head only one of them has is left out"
         ]
     raise RetainError(
-        f"base {config.base!r} is a {base_kind} model and tuned {config.tuned!r} a {tuned_kind} "
-        "model; diagnose compares a fine-tune with the model it started from (one architecture)"
+        f"base {config.base!r} is {_a(base_kind)} model and tuned {config.tuned!r} "
+        f"{_a(tuned_kind)} model; diagnose compares a fine-tune with the model it started from "
+        "(one architecture)"
     )
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: ``an encoder``, ``a causal-lm``."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _adapter_warning(config: DiagnoseConfig) -> list[str]:

@@ -55,9 +55,9 @@ CAPTIONS = {
     "unfreezing": "Gradual unfreezing: number of trainable blocks over global steps, per task.",
     "interference": "Gradient interference during training: every measured optimizer step, the "
     "cosine <g_step, g_prior> / (||g_step|| ||g_prior||) between the step's gradient and the "
-    "prior capability's gradient on a fixed reference sample (dimensionless, -1 to 1), and its "
-    "moving average. Below zero (red) the step raised the prior loss to first order: the "
-    "gradients conflict. Dashed verticals: task boundaries.",
+    "prior capability's gradient on a fixed reference sample (dimensionless, -1 to 1), and (from "
+    "8 measurements on) its moving average. Below zero (red) the step raised the prior loss to "
+    "first order: the gradients conflict. Dashed verticals: task boundaries.",
     "representation": "Representational shift of the final model from the reference model (the "
     "start of the run, or the model right after the first task: see the Diagnostics table): "
     "linear CKA ||Yᵀ X||²_F / (||Xᵀ X||_F ||Yᵀ Y||_F) between the two models' centred hidden "
