@@ -55,3 +55,26 @@ def test_json_is_strict_and_plain(tmp_path: Path) -> None:
     assert to_jsonable(data) == {"nan": None, "inf": None, "np": 0.5, "i": 3, "t": [1]}
     write_json(tmp_path / "r.json", data)
     assert json.loads((tmp_path / "r.json").read_text())["np"] == 0.5
+
+
+def test_overwrite_replaces_only_an_earlier_output_of_the_same_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(RetainError, match="never deleted, even with --overwrite"):
+        check_output_dir(out, overwrite=True, kind="diagnose")
+    (out / "results.json").write_text('{"kind": "audit"}')
+    with pytest.raises(RetainError, match="not the output of an earlier retain diagnose"):
+        check_output_dir(out, overwrite=True, kind="diagnose")
+    assert (out / "notes.txt").read_text() == "keep me"
+    (out / "results.json").write_text('{"kind": "diagnose"}')
+    with output_directory(out, overwrite=True, kind="diagnose") as tmp:
+        (tmp / "results.json").write_text('{"kind": "diagnose", "new": true}')
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    monkeypatch.chdir(out)
+    with pytest.raises(RetainError, match="working directory or a folder above it"):
+        check_output_dir(Path("."), overwrite=True, kind="diagnose")
+    with pytest.raises(RetainError, match="working directory or a folder above it"):
+        check_output_dir(tmp_path, overwrite=True)
