@@ -24,24 +24,15 @@ everything finished, written by the main process.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retain.assets.datasets import DATASETS, load_dataset
-from retain.assets.models import (
-    ModelKind,
-    check_model_reference,
-    default_kind,
-    is_adapter_folder,
-    load_model,
-    model_folder,
-)
+from retain.assets.models import check_model_reference, load_model
 from retain.data.task import Batch, Task
 from retain.data.text import causal_lm_task
 from retain.diagnostics.drift import parameter_drift
@@ -53,6 +44,7 @@ from retain.diagnostics.similarity import representation_shift
 from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.experiment.audit import resolve_device
+from retain.experiment.diagnose_inputs import adapter_warning, dataset_texts, model_kinds
 from retain.experiment.run_dir import check_output_dir, output_directory
 
 __all__ = ["DIAGNOSTICS", "DiagnoseConfig", "run_diagnose"]
@@ -135,31 +127,6 @@ class DiagnoseConfig:
             raise RetainError(f"top must be a fraction in (0, 1) (0.1 = 10 %), got {self.top}")
 
 
-def _texts(name: str, column: str | None, splits: Sequence[str], option: str) -> list[str]:
-    registry = name in DATASETS
-    if registry and DATASETS.get(name).kind not in ("text", "text-classification"):
-        raise RetainError(
-            f"dataset {name!r} holds {DATASETS.get(name).kind} data, not text; diagnose reads "
-            "text (see: retain ls)"
-        )
-    # Files and hub datasets come back with their text column renamed to "text".
-    try:
-        dataset = load_dataset(name, text_column=None if registry else column)
-    except RetainError as err:  # name the command-line option, not the Python argument
-        raise RetainError(str(err).replace("text_column=", option)) from None
-    split = next((s for s in splits if s in dataset), None)
-    if split is None:
-        raise RetainError(f"dataset {name!r} has none of the splits {list(splits)}")
-    rows = dataset[split]
-    wanted = (column or DATASETS.get(name).text_column) if registry else "text"
-    if wanted not in rows.column_names:
-        raise RetainError(
-            f"dataset {name!r} has no text column {wanted!r} (columns: "
-            f"{', '.join(rows.column_names)}); pass {option}"
-        )
-    return [str(t) for t in rows[wanted] if str(t).strip()]
-
-
 def _encoder_batches(tokenizer: Any, texts: list[str], config: DiagnoseConfig) -> list[Batch]:
     batches = []
     for start in range(0, len(texts), config.batch_size):
@@ -212,56 +179,6 @@ def _skipped(config: DiagnoseConfig, kind: str) -> dict[str, str]:
     return skipped
 
 
-_ENCODERS = ("encoder", "sequence-classification", "masked-lm")
-
-
-def _kinds(config: DiagnoseConfig) -> tuple[ModelKind, list[str]]:
-    """The kind both models load as, and warnings; models of different kinds are refused."""
-    base_kind = default_kind(config.base)
-    tuned_kind = default_kind(config.tuned)
-    if base_kind == tuned_kind:
-        return base_kind, []
-    if base_kind in _ENCODERS and tuned_kind in _ENCODERS:
-        return "encoder", [
-            f"base is {_a(base_kind)} model and tuned {_a(tuned_kind)} model: both are compared "
-            "as encoders, so a head only one of them has is left out"
-        ]
-    raise RetainError(
-        f"base {config.base!r} is {_a(base_kind)} model and tuned {config.tuned!r} "
-        f"{_a(tuned_kind)} model; diagnose compares a fine-tune with the model it started from "
-        "(one architecture)"
-    )
-
-
-def _a(word: str) -> str:
-    """``word`` with its indefinite article: ``an encoder``, ``a causal-lm``."""
-    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
-
-
-def _adapter_warning(config: DiagnoseConfig) -> list[str]:
-    """A warning when ``tuned`` is an adapter recorded on another base than ``base``."""
-    if config.adapter_base is not None or not is_adapter_folder(config.tuned):
-        return []
-    try:
-        recorded = json.loads(
-            (Path(config.tuned).expanduser() / "adapter_config.json").read_text()
-        ).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return []
-    if not recorded or recorded == config.base:
-        return []
-    try:
-        same = model_folder(str(recorded))[0] == model_folder(config.base)[0]
-    except RetainError:
-        same = False
-    if same:
-        return []
-    return [
-        f"the adapter {config.tuned!r} records base {recorded!r}, not --base {config.base!r}: "
-        f"tuned is {recorded!r} + adapter (pass --adapter-base to load it on another base)"
-    ]
-
-
 def run_diagnose(
     config: DiagnoseConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -272,15 +189,15 @@ def run_diagnose(
         check_output_dir(config.out, overwrite=config.overwrite, kind="diagnose")
     check_model_reference(config.base, reach_hub=True)
     check_model_reference(config.tuned, reach_hub=True, adapter_base=config.adapter_base)
-    kind, warnings = _kinds(config)
-    warnings += _adapter_warning(config)
+    kind, warnings = model_kinds(config.base, config.tuned)
+    warnings += adapter_warning(config.base, config.tuned, config.adapter_base)
     skipped = _skipped(config, kind)
     wanted = [d for d in config.only or DIAGNOSTICS if d not in skipped]
-    general = _texts(
+    general = dataset_texts(
         config.general, config.general_column, ("test", "validation", "train"), "--general-column"
     )
     new_texts = (  # read even when unused, so a wrong --data is an error before any work
-        _texts(config.data, config.text_column, ("train", "test"), "--text-column")
+        dataset_texts(config.data, config.text_column, ("train", "test"), "--text-column")
         if config.data
         else []
     )
