@@ -136,22 +136,27 @@ def test_max_steps_alone_runs_as_many_epochs_as_it_takes(tmp_path: Path) -> None
     assert results["run"]["logs"][0]["epochs_done"] == 3
 
 
+def heads_data(folder: Path, diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """A short TREC -> SMS task-heads run of the tiny BERT at ``folder``, seed 0."""
+    return {
+        "name": "heads",
+        "model": {"name": str(folder), "kind": "task-heads"},
+        "tasks": [
+            {"dataset": "trec", "train": 32, "test": 16, "max_length": 16},
+            {"dataset": "sms_spam", "train": 32, "test": 16, "max_length": 16},
+        ],
+        "training": {"lr": 1e-3, "batch_size": 8, "max_steps": 4},
+        "diagnostics": diagnostics,
+        "checkpoints": {"enabled": False},
+        "seeds": [0],
+    }
+
+
 def test_interference_during_training_and_shift_of_a_task_heads_run(
     tmp_path: Path, tiny_bert_dir: Path
 ) -> None:
-    config = config_from_dict(
-        {
-            "name": "heads",
-            "model": {"name": str(tiny_bert_dir), "kind": "task-heads"},
-            "tasks": [
-                {"dataset": "trec", "train": 32, "test": 16, "max_length": 16},
-                {"dataset": "sms_spam", "train": 32, "test": 16, "max_length": 16},
-            ],
-            "training": {"lr": 1e-3, "batch_size": 8, "max_steps": 4},
-            "diagnostics": {"interference_every": 2, "interference_samples": 8, "shift": True},
-            "checkpoints": {"enabled": False},
-        }
-    )
+    diagnostics = {"interference_every": 2, "interference_samples": 8, "shift": True}
+    config = config_from_dict(heads_data(tiny_bert_dir, diagnostics))
     results = run_experiment(RunSpec(config, out=tmp_path / "run"))
     interference = results["interference"]
     assert interference["prior"] == "earlier tasks"
@@ -190,18 +195,9 @@ def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
 
     from retain.diagnostics.similarity import representation_shift
 
-    data: dict[str, Any] = {
-        "name": "heads",
-        "model": {"name": str(tiny_bert_dir), "kind": "task-heads"},
-        "tasks": [
-            {"dataset": "trec", "train": 32, "test": 16, "max_length": 16},
-            {"dataset": "sms_spam", "train": 32, "test": 16, "max_length": 16},
-        ],
-        "training": {"lr": 1e-3, "batch_size": 8, "max_steps": 4},
-        "diagnostics": {"shift": True, "shift_from": "first_task", "shift_samples": 16},
-        "checkpoints": {"enabled": False},
-        "seeds": [0],
-    }
+    data = heads_data(
+        tiny_bert_dir, {"shift": True, "shift_from": "first_task", "shift_samples": 16}
+    )
     config = config_from_dict(data)
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
     assert results["shift"]["reference"] == "after trec"

@@ -32,6 +32,7 @@ from retain.data.task import Task, batch_loss
 from retain.data.task_heads import tag_with_head
 from retain.diagnostics.drift import layer_of, plain_name
 from retain.errors import RetainError
+from retain.evaluation.base import model_device
 from retain.strategies.base import StateDict, Strategy
 
 __all__ = [
@@ -79,11 +80,6 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return named
 
 
-def _device(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def task_gradient(
     model: nn.Module,
     tasks: Task | Sequence[Task],
@@ -100,7 +96,7 @@ def task_gradient(
         raise RetainError("task_gradient needs at least one task")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in chosen.items()}
     try:
         for task in tasks:

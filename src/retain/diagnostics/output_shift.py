@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from retain.data.task import Batch, model_logits
 from retain.errors import RetainError
+from retain.evaluation.base import eval_mode, model_device
 
 __all__ = ["OutputShift", "TokenShift", "output_shift"]
 
@@ -77,14 +78,9 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
         return str(token_id)
 
 
-def _device(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def _positions(model: nn.Module, batch: Batch) -> Tensor:
     """Log-probabilities ``[positions, V]`` (float32) at the batch's real positions."""
-    inputs = {k: v.to(_device(model)) for k, v in batch.items() if k != "labels"}
+    inputs = {k: v.to(model_device(model)) for k, v in batch.items() if k != "labels"}
     logits = model_logits(model, inputs)
     if logits.dim() != 3:
         raise RetainError(
@@ -117,38 +113,31 @@ def output_shift(
     change: Tensor | None = None
     mass_p: Tensor | None = None
     mass_q: Tensor | None = None
-    modes = [(m, m.training) for m in (*base.modules(), *tuned.modules())]
-    base.eval()
-    tuned.eval()
-    try:
-        with torch.no_grad():
-            for k, batch in enumerate(batches):
-                b_all, t_all = _positions(base, batch), _positions(tuned, batch)
-                if b_all.shape != t_all.shape:
-                    raise RetainError(
-                        f"base gives logits {tuple(b_all.shape)} and tuned {tuple(t_all.shape)}; "
-                        "output shift needs two models with the same vocabulary"
-                    )
-                for lo in range(0, b_all.shape[0], chunk):
-                    lp = torch.log_softmax(b_all[lo : lo + chunk].float(), dim=-1).cpu()
-                    lq = torch.log_softmax(t_all[lo : lo + chunk].float(), dim=-1).cpu()
-                    p, q = lp.exp(), lq.exp()
-                    kls.append((p * (lp - lq)).sum(-1).clamp_min(0.0))
-                    entropy_p += float(-(p * lp).sum())
-                    entropy_q += float(-(q * lq).sum())
-                    if change is None:
-                        change = torch.zeros(p.shape[-1], dtype=torch.float64)
-                        mass_p = torch.zeros_like(change)
-                        mass_q = torch.zeros_like(change)
-                    assert mass_p is not None
-                    assert mass_q is not None
-                    mass_p += p.sum(0, dtype=torch.float64)
-                    mass_q += q.sum(0, dtype=torch.float64)
-                if progress is not None:
-                    progress(k + 1, len(batches))
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(base), eval_mode(tuned):  # no_grad; each model's mode restored after
+        for k, batch in enumerate(batches):
+            b_all, t_all = _positions(base, batch), _positions(tuned, batch)
+            if b_all.shape != t_all.shape:
+                raise RetainError(
+                    f"base gives logits {tuple(b_all.shape)} and tuned {tuple(t_all.shape)}; "
+                    "output shift needs two models with the same vocabulary"
+                )
+            for lo in range(0, b_all.shape[0], chunk):
+                lp = torch.log_softmax(b_all[lo : lo + chunk].float(), dim=-1).cpu()
+                lq = torch.log_softmax(t_all[lo : lo + chunk].float(), dim=-1).cpu()
+                p, q = lp.exp(), lq.exp()
+                kls.append((p * (lp - lq)).sum(-1).clamp_min(0.0))
+                entropy_p += float(-(p * lp).sum())
+                entropy_q += float(-(q * lq).sum())
+                if change is None:
+                    change = torch.zeros(p.shape[-1], dtype=torch.float64)
+                    mass_p = torch.zeros_like(change)
+                    mass_q = torch.zeros_like(change)
+                assert mass_p is not None
+                assert mass_q is not None
+                mass_p += p.sum(0, dtype=torch.float64)
+                mass_q += q.sum(0, dtype=torch.float64)
+            if progress is not None:
+                progress(k + 1, len(batches))
     if not kls or mass_p is None or mass_q is None:
         raise RetainError("output_shift got no token positions; pass non-empty text batches")
     kl = torch.cat(kls)

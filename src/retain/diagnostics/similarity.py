@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from retain.data.task import Batch
 from retain.errors import RetainError
+from retain.evaluation.base import eval_mode, model_device
 from retain.evaluation.representation import feature_model
 
 __all__ = ["LayerSimilarity", "hidden_states", "linear_cka", "representation_shift"]
@@ -92,11 +93,6 @@ class LayerSimilarity:
     cka: float
 
 
-def _device(model: nn.Module) -> torch.device:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def representation_shift(
     base: nn.Module,
     tuned: nn.Module,
@@ -118,40 +114,35 @@ def representation_shift(
         raise RetainError(f"skip_first must be >= 0, got {skip_first}")
     gathered: list[tuple[list[Tensor], list[Tensor]]] = []
     count = 0
-    modes = [(m, m.training) for m in (*base.modules(), *tuned.modules())]
-    base.eval()
-    tuned.eval()
-    try:
-        with torch.no_grad():
-            for k, batch in enumerate(batches):
-                if count >= max_tokens:
-                    break
-                b_states = hidden_states(base, {n: t.to(_device(base)) for n, t in batch.items()})
-                t_states = hidden_states(tuned, {n: t.to(_device(tuned)) for n, t in batch.items()})
-                if len(b_states) != len(t_states):
-                    raise RetainError(
-                        f"base has {len(b_states)} hidden-state layers and tuned "
-                        f"{len(t_states)}; CKA compares models of one architecture"
-                    )
-                mask = batch.get("attention_mask")
-                shape = b_states[0].shape[:2]
-                real = mask.bool() if mask is not None else torch.ones(shape, dtype=torch.bool)
-                real = real.clone()
-                real[:, :skip_first] = False
-                keep = real.reshape(-1)
-                take = min(int(keep.sum()), max_tokens - count)
-                rows = keep.nonzero().squeeze(1)[:take]
-                if not gathered:
-                    gathered = [([], []) for _ in b_states]
-                for (xs, ys), b, t in zip(gathered, b_states, t_states, strict=True):
-                    xs.append(b.reshape(-1, b.shape[-1])[rows.to(b.device)].float().cpu())
-                    ys.append(t.reshape(-1, t.shape[-1])[rows.to(t.device)].float().cpu())
-                count += take
-                if progress is not None:
-                    progress(k + 1, len(batches))
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(base), eval_mode(tuned):  # no_grad; each model's mode restored after
+        for k, batch in enumerate(batches):
+            if count >= max_tokens:
+                break
+            b_states = hidden_states(base, {n: t.to(model_device(base)) for n, t in batch.items()})
+            t_states = hidden_states(
+                tuned, {n: t.to(model_device(tuned)) for n, t in batch.items()}
+            )
+            if len(b_states) != len(t_states):
+                raise RetainError(
+                    f"base has {len(b_states)} hidden-state layers and tuned "
+                    f"{len(t_states)}; CKA compares models of one architecture"
+                )
+            mask = batch.get("attention_mask")
+            shape = b_states[0].shape[:2]
+            real = mask.bool() if mask is not None else torch.ones(shape, dtype=torch.bool)
+            real = real.clone()
+            real[:, :skip_first] = False
+            keep = real.reshape(-1)
+            take = min(int(keep.sum()), max_tokens - count)
+            rows = keep.nonzero().squeeze(1)[:take]
+            if not gathered:
+                gathered = [([], []) for _ in b_states]
+            for (xs, ys), b, t in zip(gathered, b_states, t_states, strict=True):
+                xs.append(b.reshape(-1, b.shape[-1])[rows.to(b.device)].float().cpu())
+                ys.append(t.reshape(-1, t.shape[-1])[rows.to(t.device)].float().cpu())
+            count += take
+            if progress is not None:
+                progress(k + 1, len(batches))
     if count < 2:
         raise RetainError(
             f"representation_shift got {count} tokens after leaving out the first {skip_first} "
