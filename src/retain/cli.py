@@ -186,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RetainError as err:
         print(f"retain: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system said no (permissions, space, a path that cannot be)
+        where = f": {err.filename!r}" if err.filename else ""
+        print(
+            f"retain: error: {err.strerror or err}{where}; check the path and its permissions",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("retain: interrupted", file=sys.stderr)
         return 130

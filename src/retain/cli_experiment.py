@@ -149,20 +149,29 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from retain.errors import RetainError
+    from retain.output_dirs import check_output_parent, output_kind, output_lock
     from retain.report.write import find_run_dirs, write_comparison_report, write_run_report
 
     runs = find_run_dirs(args.dirs)
     if len(runs) == 1 and args.out is None:
-        print(f"report: {write_run_report(runs[0])}")
+        with output_lock(runs[0]):
+            print(f"report: {write_run_report(runs[0])}")
         return 0
-    for run in runs:
-        write_run_report(run)
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else None)
     if out is None:
-        from retain.errors import RetainError
-
         raise RetainError("several folders give one comparison: name its folder with --out DIR")
-    print(f"report: {write_comparison_report(runs, out)}")
+    check_output_parent(out)
+    if out.is_dir() and any(out.iterdir()) and output_kind(out) not in ("comparison", "sweep"):
+        raise RetainError(
+            f"--out {str(out)!r} is not empty and not a retain comparison or sweep folder; "
+            "retain never writes over files it did not write: choose a new folder"
+        )
+    with output_lock(out):
+        for run in runs:
+            with output_lock(run):
+                write_run_report(run)
+        print(f"report: {write_comparison_report(runs, out)}")
     return 0
 
 

@@ -23,8 +23,9 @@ YAML (``1e-4`` is a number, ``null`` is None, ``[0, 1]`` is a list).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,6 +46,7 @@ __all__ = [
     "TaskSection",
     "TrainingSection",
     "apply_overrides",
+    "check_seeds",
     "config_from_dict",
     "config_to_yaml",
     "load_config",
@@ -52,6 +54,10 @@ __all__ = [
 
 
 ModelKind = Literal["task-heads", "classifier", "causal-lm", "mlp"]
+#: A seed: what NumPy and torch accept, 0 .. 2**32 - 1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: ``auto``, ``cpu``, ``cuda``, ``cuda:<n>`` or ``mps``.
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 class _Section(BaseModel):
@@ -75,7 +81,7 @@ class ModelSection(_Section):
 
     name: str
     kind: ModelKind = "task-heads"
-    hidden: list[int] = Field(default_factory=lambda: [256])
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256])
     pooling: Literal["cls", "mean"] = "cls"
     trust_remote_code: bool = False
 
@@ -188,6 +194,13 @@ class TrainingSection(_Section):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:<n> or mps")
+        return value
+
 
 class MonitorSection(_Section):
     """The forgetting monitor (:class:`retain.training.monitor.MonitorConfig`): watch the suite
@@ -253,7 +266,7 @@ class SweepSection(_Section):
 
     variants: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     settings: dict[str, list[str]] = Field(default_factory=dict)
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = None
 
 
 class ExperimentConfig(_Section):
@@ -283,7 +296,7 @@ class ExperimentConfig(_Section):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     diagnostics: DiagnosticsSection = Field(default_factory=DiagnosticsSection)
     sweep: SweepSection = Field(default_factory=SweepSection)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     out: str | None = None
     variant: str | None = None
 
@@ -327,6 +340,13 @@ class ExperimentConfig(_Section):
     def output_dir(self) -> Path:
         """``out`` or ``runs/<name>``."""
         return Path(self.out) if self.out else Path("runs") / self.name
+
+
+def check_seeds(seeds: list[int], where: str) -> None:
+    """Refuse a seed outside ``0 .. 2**32 - 1`` (what NumPy and torch accept), naming ``where``."""
+    for seed in seeds:
+        if not 0 <= seed <= 2**32 - 1:
+            raise RetainError(f"{where}: seed {seed} is out of range; use 0 .. {2**32 - 1}")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

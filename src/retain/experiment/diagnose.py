@@ -28,6 +28,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from retain.errors import RetainError
 from retain.experiment.audit import resolve_device
 from retain.experiment.diagnose_inputs import adapter_warning, dataset_texts, model_kinds
 from retain.experiment.run_dir import check_output_dir, output_directory
+from retain.output_dirs import output_lock
 
 __all__ = ["DIAGNOSTICS", "DiagnoseConfig", "run_diagnose"]
 
@@ -182,7 +184,15 @@ def _skipped(config: DiagnoseConfig, kind: str) -> dict[str, str]:
 def run_diagnose(
     config: DiagnoseConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Compute the diagnostics; return (and write) the results dictionary."""
+    """Compute the diagnostics; return (and write) the results dictionary.
+
+    ``config.out`` is locked for the whole command (:func:`retain.output_dirs.output_lock`).
+    """
+    with nullcontext() if config.out is None else output_lock(config.out):
+        return _diagnose(config, progress)
+
+
+def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) -> dict[str, Any]:
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     if config.out is not None:

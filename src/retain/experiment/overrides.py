@@ -100,6 +100,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         )
     try:
         data = yaml_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RetainError(f"{path}: not a UTF-8 text file; give a YAML config") from None
+    except OSError as error:
+        raise RetainError(f"cannot read config file {str(path)!r} ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -28,10 +28,18 @@ from typing import Any
 
 from torch import nn
 
+from retain.atomic_files import write_json, write_text
 from retain.distributed import is_main_process
 from retain.errors import RetainError
-from retain.experiment.build import build_experiment, build_strategies, train_config
-from retain.experiment.config import ExperimentConfig, config_to_yaml
+from retain.experiment.build import (
+    Experiment,
+    build_experiment,
+    build_strategies,
+    check_training,
+    run_device,
+    train_config,
+)
+from retain.experiment.config import ExperimentConfig, check_seeds, config_to_yaml
 from retain.experiment.layer_drift import LayerDrift
 from retain.experiment.run_diagnostics import (
     interference_results,
@@ -39,14 +47,21 @@ from retain.experiment.run_diagnostics import (
     reference_copy,
     shift_results,
 )
-from retain.experiment.run_dir import write_json, write_text
+from retain.output_dirs import (
+    MARKER,
+    check_output_parent,
+    check_replaceable,
+    output_kind,
+    output_lock,
+    write_marker,
+)
 from retain.strategies.base import Strategy
+from retain.training.checkpoint import latest_checkpoint
 from retain.training.sequence import fit_sequence
 
 __all__ = ["RESULTS_FORMAT", "RunSpec", "run_experiment", "run_state"]
 
 RESULTS_FORMAT = "retain.run/1"
-_RUN_FILES = ("config.yaml", "results.json")
 
 
 @dataclass(frozen=True)
@@ -72,49 +87,79 @@ class RunSpec:
 
 
 def run_state(out: Path, config_yaml: str) -> str:
-    """``"new"``, ``"resume"``, ``"finished"``, ``"different"`` or ``"foreign"`` for ``out``."""
-    if out.exists() and not out.is_dir():
+    """``"new"``, ``"resume"``, ``"finished"``, ``"different"`` or ``"foreign"`` for ``out``.
+
+    A non-empty folder is a run only when it holds retain's run marker
+    (:mod:`retain.output_dirs`); anything else (a file, a link, a folder of the user's) is
+    ``"foreign"``.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         return "foreign"
     if not out.is_dir() or not any(out.iterdir()):
         return "new"
+    if output_kind(out) != "run":
+        return "foreign"
     if (out / "results.json").is_file():
         return "finished"
     stored = out / "config.yaml"
-    if not stored.is_file():
-        return "foreign"
-    return "resume" if stored.read_text(encoding="utf-8") == config_yaml else "different"
+    same = stored.is_file() and stored.read_text(encoding="utf-8") == config_yaml
+    return "resume" if same else "different"
 
 
 def _check(out: Path, config_yaml: str, overwrite: bool) -> str:
     """``out``'s :func:`run_state`, refusing what may not be run into (nothing is written)."""
+    check_output_parent(out)
     state = run_state(out, config_yaml)
     if state == "foreign":
         raise RetainError(
-            f"{str(out)!r} exists and is not a retain run directory (no config.yaml); "
+            f"{str(out)!r} exists and is not a retain run directory (no {MARKER} of a run); "
             "choose another --out (it is never deleted, even with --overwrite)"
         )
-    if state in ("finished", "different") and not overwrite:
-        what = (
-            "a finished run (results.json)"
-            if state == "finished"
-            else "an unfinished run of a different config"
-        )
-        raise RetainError(
-            f"{str(out)!r} holds {what}; choose another --out or pass --overwrite to replace it"
-        )
-    if not out.resolve().parent.is_dir():
-        raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
+    if state in ("finished", "different"):
+        if not overwrite:
+            what = (
+                "a finished run (results.json)"
+                if state == "finished"
+                else "an unfinished run of a different config"
+            )
+            raise RetainError(
+                f"{str(out)!r} holds {what}; choose another --out or pass --overwrite to replace it"
+            )
+        check_replaceable(out, "run")
     return state
 
 
-def _prepare(out: Path, config_yaml: str, state: str) -> None:
-    """Make ``out`` ready for a run in ``state`` (only the main process writes)."""
-    if is_main_process():
-        if state in ("finished", "different"):
-            shutil.rmtree(out)
-        out.mkdir(exist_ok=True)
-        if state != "resume":
-            write_text(out / "config.yaml", config_yaml)
+def _prepare(out: Path, config_yaml: str, state: str) -> bool:
+    """Make ``out`` ready for a run in ``state`` (only the main process writes); returns whether
+    the folder was created here."""
+    if not is_main_process():
+        return False
+    if state in ("finished", "different"):
+        shutil.rmtree(out)  # retain's own files only: _check made sure
+    created = not out.exists()
+    out.mkdir(exist_ok=True)
+    if state != "resume":
+        write_marker(out, "run")
+        write_text(out / "config.yaml", config_yaml)
+    return created
+
+
+def _undo(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote into ``out`` when it failed with nothing to resume from (no
+    complete checkpoint): the folder when this run created it, else only its contents."""
+    folder = out / "checkpoints"
+    if not is_main_process() or any(
+        latest_checkpoint(folder / part) is not None for part in ("tasks", "steps")
+    ):
+        return
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _extras(
@@ -149,20 +194,49 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
     """Train ``spec.config``'s task sequence with its first seed; returns ``results.json``'s data.
 
     The run directory is described in the module docstring; the report is written by
-    :func:`retain.report.write.write_run_report`.
+    :func:`retain.report.write.write_run_report`. The folder is locked for the whole run
+    (:func:`retain.output_dirs.output_lock`); every input and setting that can be checked is
+    checked before the first byte is written, and a fresh run that fails with no checkpoint to
+    resume from leaves nothing behind.
     """
-    say = spec.say or (lambda _line: None)
     config = spec.config
-    seed = config.seeds[0]
-    config = config.model_copy(update={"seeds": [seed]})
+    check_seeds(config.seeds[:1], "seed")
+    config = config.model_copy(update={"seeds": config.seeds[:1]})
     out = spec.out or config.output_dir()
+    check_output_parent(out)  # the lock lives beside it
+    with output_lock(out):
+        return _run(spec, config, out)
+
+
+def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> dict[str, Any]:
+    seed = config.seeds[0]
     config_yaml = config_to_yaml(config)
     state = _check(out, config_yaml, spec.overwrite)  # every process, before anything is written
     resume = state == "resume"
     begin = time.perf_counter()
     built = build_experiment(config, seed)  # bad data or names fail here, with nothing written
     strategies = build_strategies(config.strategies, config, built.suite, built.tokenizer)
-    _prepare(out, config_yaml, state)
+    check_training(config)
+    created = _prepare(out, config_yaml, state)
+    try:
+        return _train(spec, config, out, built, strategies, resume, begin)
+    except BaseException:
+        if not resume:
+            _undo(out, created)
+        raise
+
+
+def _train(
+    spec: RunSpec,
+    config: ExperimentConfig,
+    out: Path,
+    built: Experiment,
+    strategies: list[Strategy],
+    resume: bool,
+    begin: float,
+) -> dict[str, Any]:
+    say = spec.say or (lambda _line: None)
+    seed = config.seeds[0]
     say(
         ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
         f"seed {seed} in {out}"
@@ -203,7 +277,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         checkpoint_dir=out / "checkpoints" if checkpoints.enabled else None,
         checkpoint_every=checkpoints.every if checkpoints.enabled else 0,
         resume=resume and checkpoints.enabled,
-        device=None if config.training.device == "auto" else config.training.device,
+        device=run_device(config),
         progress=spec.progress,
         after_task=after_task,
     )

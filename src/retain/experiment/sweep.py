@@ -16,21 +16,25 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retain.atomic_files import write_text
 from retain.errors import RetainError
-from retain.experiment.build import build_strategies
+from retain.experiment.build import build_strategies, check_training
 from retain.experiment.config import (
     ExperimentConfig,
+    check_seeds,
     config_from_dict,
     config_to_yaml,
 )
 from retain.experiment.overrides import apply_overrides, parse_value
-from retain.experiment.run_dir import write_text
 from retain.experiment.runner import RunSpec, run_experiment, run_state
+from retain.output_dirs import MARKER, check_output_parent, output_kind, output_lock, write_marker
+from retain.training.checkpoint import latest_checkpoint
 
 __all__ = ["SweepSpec", "parse_seeds", "run_sweep", "sweep_variants", "variant_folder"]
 
@@ -76,9 +80,11 @@ def parse_seeds(text: str) -> list[int]:
                 f"--seeds {text!r}: a count must be >= 1; for the one seed {values[0]} write "
                 f"--seeds {values[0]},"
             )
+        check_seeds([values[0] - 1], "--seeds")  # a count N runs seeds 0 .. N-1
         return list(range(values[0]))
     if not values:
         raise RetainError(f"--seeds {text!r}: give a count (3) or a list (0,1,2)")
+    check_seeds(values, "--seeds")
     return values
 
 
@@ -157,32 +163,71 @@ def variant_config(config: ExperimentConfig, name: str, entries: Entries, seed: 
 def variant_folder(name: str) -> str:
     """A folder name for a variant label (``ewc strength=100`` -> ``ewc_strength-100``).
 
+    A name with a path separator, or one that would be ``.``, ``..`` or hidden, is refused: a
+    variant's runs always stay inside the sweep folder.
+
     >>> variant_folder("ewc strength=100")
     'ewc_strength-100'
     """
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name.replace("=", "-")).strip("_") or "variant"
+    folder = re.sub(r"[^A-Za-z0-9._+-]+", "_", name.replace("=", "-")).strip("_")
+    if "/" in name or "\\" in name or not folder or folder.startswith("."):
+        raise RetainError(
+            f"variant name {name!r} cannot name a folder inside the sweep; start it with a letter "
+            "or digit and use no '/' (e.g. ewc-strong)"
+        )
+    return folder
 
 
 def run_sweep(spec: SweepSpec) -> Path:
-    """Run every (seed, variant) and write the comparison; returns the comparison report path."""
-    from retain.report.write import write_comparison_report
+    """Run every (seed, variant) and write the comparison; returns the comparison report path.
 
-    say = spec.say or (lambda _line: None)
+    Every variant's settings, strategies and folder name are checked before anything is written;
+    the sweep folder is locked for the whole sweep (:func:`retain.output_dirs.output_lock`); a
+    sweep that created its folder and fails before any run has a checkpoint leaves nothing.
+    """
     config = spec.config
     variants = sweep_variants(config, spec.strategies, spec.grid)
     seeds = spec.seeds or config.sweep.seeds or config.seeds
-    out = spec.out or config.output_dir()
-    plan = config_to_yaml(config) + f"# variants: {variants}\n# seeds: {seeds}\n"
+    check_seeds(seeds, "seeds")
     for name, entries in variants.items():  # every variant's settings and strategies, up front
         checked = variant_config(config, name, entries, seeds[0])
         try:
             build_strategies(entries, checked, None, None)
+            check_training(checked)
         except RetainError as error:
             raise RetainError(f"variant {name!r}: {error}") from None
-    _prepare_sweep(out, plan, spec.overwrite)
     folders = [variant_folder(name) for name in variants]
     if len(set(folders)) < len(folders):
         raise RetainError("two variants map to the same folder; give them distinct names")
+    out = spec.out or config.output_dir()
+    check_output_parent(out)  # the lock lives beside it
+    with output_lock(out):
+        plan = config_to_yaml(config) + f"# variants: {variants}\n# seeds: {seeds}\n"
+        created = not out.exists()
+        _prepare_sweep(out, plan, spec.overwrite)
+        try:
+            return _run_all(spec, out, variants, seeds)
+        except BaseException:
+            if created and not _has_progress(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether any run of the sweep in ``out`` finished or has a checkpoint to resume from."""
+    runs = [p for p in out.glob("*/seed-*") if p.is_dir()]
+    return any(
+        (run / "results.json").is_file()
+        or any(latest_checkpoint(run / "checkpoints" / part) for part in ("tasks", "steps"))
+        for run in runs
+    )
+
+
+def _run_all(spec: SweepSpec, out: Path, variants: dict[str, Entries], seeds: list[int]) -> Path:
+    from retain.report.write import write_comparison_report
+
+    say = spec.say or (lambda _line: None)
+    config = spec.config
     run_dirs = []
     total = len(variants) * len(seeds)
     for n, (seed, (name, entries)) in enumerate(itertools.product(seeds, variants.items())):
@@ -202,22 +247,22 @@ def run_sweep(spec: SweepSpec) -> Path:
 
 
 def _prepare_sweep(out: Path, plan: str, overwrite: bool) -> None:
+    """Make ``out`` a sweep folder (marker, ``sweep.yaml``); refuse anything else. A sweep folder
+    is never deleted: ``overwrite`` replaces its runs one by one (:func:`run_experiment`)."""
+    check_output_parent(out)
     record = out / "sweep.yaml"
     if out.is_dir() and any(out.iterdir()):
-        if not record.is_file():
+        if output_kind(out) != "sweep":
             raise RetainError(
-                f"{str(out)!r} exists and is not a retain sweep folder (no sweep.yaml); "
+                f"{str(out)!r} exists and is not a retain sweep folder (no {MARKER} of a sweep); "
                 "choose another --out (it is never deleted, even with --overwrite)"
             )
-        finished = any(out.rglob("results.json"))
-        if record.read_text(encoding="utf-8") != plan and finished and not overwrite:
+        same = record.is_file() and record.read_text(encoding="utf-8") == plan
+        if not same and any(out.rglob("results.json")) and not overwrite:
             raise RetainError(
                 f"{str(out)!r} holds a sweep of other settings; choose another --out or pass "
                 "--overwrite to replace it"
             )
-    elif out.exists() and not out.is_dir():
-        raise RetainError(f"{str(out)!r} is a file; give a folder as --out")
-    if not out.resolve().parent.is_dir():
-        raise RetainError(f"parent folder of {str(out)!r} does not exist; create it first")
     out.mkdir(exist_ok=True)
+    write_marker(out, "sweep")
     write_text(record, plan)
