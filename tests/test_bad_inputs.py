@@ -229,7 +229,12 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ),
     ("diagnose-missing-data", (), [*DIAG, "--data", "no_such_data"], "no_such_data"),
     ("diagnose-only-needs-data", (), [*DIAG, "--only", "importance"], "--data"),
-    ("diagnose-mixed-kinds", (), ["diagnose", "--base", "{lm}", "--tuned", "{bert}"], "one architecture"),
+    (
+        "diagnose-mixed-kinds",
+        (),
+        ["diagnose", "--base", "{lm}", "--tuned", "{bert}"],
+        "one architecture",
+    ),
     ("diagnose-out-foreign", ("proj",), [*DIAG, "--out", "proj", "--overwrite"], "never deleted"),
     ("diagnose-out-file", ("file",), [*DIAG, "--out", "afile"], "is a file"),
     ("diagnose-out-cwd", (), [*DIAG, "--out", ".", "--overwrite"], "working directory"),

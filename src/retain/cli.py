@@ -149,6 +149,24 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """retain's own warnings as one line ``retain: warning: ...``; others as Python shows them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        _say(f"retain: warning: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``retain`` console script; returns the exit code."""
     parser = _parser()
@@ -167,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Library deprecation notices are for retain's developers, not for a user reading a report.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.showwarning = _show_warning
     try:
         if args.command == "ls":
             return _cmd_ls()

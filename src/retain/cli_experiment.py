@@ -40,6 +40,13 @@ def add_experiment_commands(sub: Any) -> None:
     run.add_argument("--out", type=Path, help="run directory (default: the config's out)")
     run.add_argument("--seed", type=int, help="seed (default: the config's first seed)")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument(
+        "--from-checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="resume the unfinished run in --out from this checkpoint folder "
+        "(checkpoints/tasks/step-N or checkpoints/steps/step-N; default: the newest complete one)",
+    )
 
     validate = sub.add_parser(
         "validate",
@@ -130,7 +137,14 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.seed is not None:
         config = config.model_copy(update={"seeds": [args.seed]})
-    results = run_experiment(RunSpec(config, out=args.out, overwrite=args.overwrite, say=_say))
+    spec = RunSpec(
+        config,
+        out=args.out,
+        overwrite=args.overwrite,
+        from_checkpoint=args.from_checkpoint,
+        say=_say,
+    )
+    results = run_experiment(spec)
     print(run_table(results))
     out = args.out or config.output_dir()
     print(f"report: {out / 'report.html'}")

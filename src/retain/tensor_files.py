@@ -13,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from retain.atomic_files import file_mode
 from retain.errors import RetainError
 
 __all__ = ["read_safetensors", "write_safetensors"]
@@ -22,7 +23,8 @@ def write_safetensors(
     path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str]
 ) -> Path:
     """Write CPU copies of ``tensors`` and ``metadata`` to ``path``: a temporary file in the same
-    folder, renamed into place, so readers never see half a file."""
+    folder, renamed into place, so readers never see half a file. The file gets the ordinary mode
+    of a new file (``0o666`` less the umask), like the JSON written beside it."""
     path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +32,7 @@ def write_safetensors(
     os.close(fd)
     try:
         save_file(cpu, tmp, metadata=metadata)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -196,3 +196,27 @@ def test_encode_labels() -> None:
         [1, None, 0],
         ["neg", "pos"],
     )
+
+
+def test_labels_mixing_integers_with_other_values_warn(tmp_path: Path) -> None:
+    labels = ["0", "1", "x", "1.5"]
+    rows = [(text, labels[i % 4]) for i, (text, _) in enumerate(REVIEWS)]
+    path = _write_csv(tmp_path / "train.csv", ["text", "label"], rows)
+    with pytest.warns(UserWarning, match="mix integers") as caught:
+        data = load_dataset(path)
+    message = str(caught[0].message)
+    assert message == (
+        f"labels of {path} mix integers with other values ('0', '1', '1.5', 'x'): 4 classes; "
+        "check the label column 'label'"
+    )
+    assert data["train"].features["label"].names == ["0", "1", "1.5", "x"]  # accepted as asked
+    with pytest.warns(UserWarning, match=r"mix integers with other values \('0', '1', 'x'\)"):
+        encode_labels([0, 1, "x"], None, where="f.jsonl", column="label")
+
+
+@pytest.mark.filterwarnings("error")
+def test_labels_of_one_type_do_not_warn() -> None:
+    encode_labels(["neg", "pos", "neg"], None, where="f", column="label")
+    encode_labels([0, 1, 2], None, where="f", column="label")
+    encode_labels(["-1", "0", "1"], None, where="f", column="label")
+    encode_labels([-1, 0, 1], None, where="f", column="label")

@@ -19,7 +19,8 @@ def test_audit_of_two_folders_writes_results_and_report(
     base, tuned = tiny_lm_dirs
     out = tmp_path / "audit"
     results = run_audit(AuditConfig(str(base), str(tuned), out=out, size="quick"))
-    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
+    shown = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert shown == ["report.md", "results.json"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["capabilities"] == json.loads(json.dumps(results["capabilities"]))
     by_name = {c["name"]: c for c in saved["capabilities"]}
@@ -101,15 +102,71 @@ def test_a_folder_without_a_model_or_an_unreachable_hub_id_fails_first(
 
 
 def test_different_tokenizers_are_flagged(tiny_lm_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, tuned = tiny_lm_dirs
     other = tmp_path / "other_tokenizer"
-    shutil.copytree(tuned, other)
-    tokenizer = AutoTokenizer.from_pretrained(other)
-    tokenizer.add_tokens(["<extra_token>"])  # a different vocabulary, same model weights
+    tokenizer = AutoTokenizer.from_pretrained(tuned)
+    tokenizer.add_tokens(["<extra_token>"])  # a fine-tune that added a token to its vocabulary
+    model = AutoModelForCausalLM.from_pretrained(tuned)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(other)
     tokenizer.save_pretrained(other)
     results = run_audit(AuditConfig(str(base), str(other), size="quick", out=tmp_path / "o"))
     assert any("different tokenizers" in w for w in results["warnings"])
     assert "different tokenizers" in (tmp_path / "o" / "report.md").read_text()
     assert run_audit(AuditConfig(str(base), str(tuned), size="quick"))["warnings"] == []
+
+
+def _no_scoring(tmp_path: Path, base: Path, tuned: Path) -> list[str]:
+    """Run an audit that must fail; the progress lines it printed (none may report scoring)."""
+    lines: list[str] = []
+    with pytest.raises(RetainError) as caught:
+        run_audit(
+            AuditConfig(str(base), str(tuned), size="quick", out=tmp_path / "o"), lines.append
+        )
+    assert not any("evaluating" in line for line in lines), lines
+    assert not (tmp_path / "o").exists()
+    lines.append(str(caught.value))
+    return lines
+
+
+def test_a_tuned_model_that_fails_to_load_fails_before_the_base_is_scored(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    base, tuned = tiny_lm_dirs
+    grown = tmp_path / "grown_tokenizer"
+    shutil.copytree(tuned, grown)
+    tokenizer = AutoTokenizer.from_pretrained(grown)
+    tokenizer.add_tokens(["<new>"])  # added to the tokenizer, embedding not resized
+    tokenizer.save_pretrained(grown)
+    lines = _no_scoring(tmp_path, base, grown)
+    assert lines[:2] == [f"base: loading {base}", f"tuned: loading {grown}"]
+    assert "has 30523 tokens but the model's input embedding has only 30522 rows" in lines[-1]
+
+
+def test_a_tuned_folder_without_tokenizer_or_with_damaged_weights_fails_before_loading(
+    tiny_lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, tuned = tiny_lm_dirs
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tuned / name, bare / name)
+    lines = _no_scoring(tmp_path, base, bare)
+    assert lines == [
+        f"model folder '{bare}' has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+        "vocab.txt ...); copy the tokenizer files from the base model into it, or save the "
+        "tokenizer with save_pretrained"
+    ]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tuned, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    lines = _no_scoring(tmp_path, base, damaged)
+    assert lines == [
+        f"'{weights}' is truncated or corrupt (incomplete metadata, file not fully covered); "
+        "re-save or re-download the model"
+    ]

@@ -123,12 +123,15 @@ def test_lock_is_exclusive_reentrant_and_names_the_holder(tmp_path: Path) -> Non
         [sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(
-            RetainError, match=rf"in use by another retain process \(pid {holder.pid}\)"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(
+                RetainError, match=rf"in use by another retain process \(pid {holder.pid}\)"
+            ),
+            output_lock(out),
         ):
-            with output_lock(out):
-                pass
+            pass
     finally:
         holder.kill()  # like kill -9: no cleanup runs
         holder.wait()

@@ -36,7 +36,12 @@ def test_a_run_writes_its_directory_and_equals_the_engine(tmp_path: Path) -> Non
     config = mlp_config(strategies=[{"name": "l2sp", "alpha": 0.01}])
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
     out = tmp_path / "run"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".retain-output.json",
+        "checkpoints",
+        "config.yaml",
+        "results.json",
+    ]
     saved = json.loads((out / "results.json").read_text())
     assert saved["format"] == "retain.run/1"
     assert saved["variant"] == "l2sp"

@@ -78,12 +78,17 @@ def test_lora_trains_only_adapters_and_head_merges_and_exports(tmp_path: Path) -
         base_out = logits(model, ids)
     assert (base_out - logits(merged, ids)).abs().max() > 1e-3  # merging changed the weights
 
-    folder = strategy.export(model, tmp_path / "export")
+    from tiny_models import bert_tokenizer
+
+    folder = strategy.export(model, tmp_path / "export", tokenizer=bert_tokenizer())
     assert (folder / "model.safetensors").is_file()
     from transformers import BertForSequenceClassification
 
+    from retain.assets.models import check_model_folder
+
     reloaded = BertForSequenceClassification.from_pretrained(folder)
     torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=1e-5, rtol=0)
+    check_model_folder(str(folder))  # with its tokenizer, an audit accepts the exported folder
 
 
 def test_peft_ia3_trains_only_its_scalings() -> None:

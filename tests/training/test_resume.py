@@ -31,8 +31,8 @@ def finished(out: Path, *extra: str) -> None:
 
 
 def comparable(out: Path) -> dict[str, Any]:
-    result = json.loads((out / "result.json").read_text())
-    for key in ("seconds", "resumed"):
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    for key in ("seconds", "resumed", "resume_notes"):
         result.pop(key)
     return result
 
@@ -56,6 +56,11 @@ def test_killed_run_resumes_to_identical_results(tmp_path: Path) -> None:
     finished(killed, "--resume")
     resumed = json.loads((killed / "result.json").read_text())["resumed"]
     assert any("/steps/" in path for path in resumed)  # resumed mid-task, not from a boundary
+    notes = json.loads((killed / "result.json").read_text())["resume_notes"]
+    assert notes == [
+        f"resuming from {resumed[-1]!r} (the newest complete checkpoint, in the task "
+        f"begun at {resumed[0]!r})"
+    ]
     assert comparable(killed) == comparable(reference)
     a = load_file(str(reference / "weights.safetensors"))
     b = load_file(str(killed / "weights.safetensors"))

@@ -16,6 +16,11 @@ from typing import Any
 
 import torch
 
+from retain.assets.weight_files import (
+    check_weight_files,
+    corrupt_weights_error,
+    is_corrupt_weights_error,
+)
 from retain.errors import RetainError
 
 __all__ = ["adapter_kind", "check_adapter", "load_adapter"]
@@ -56,7 +61,8 @@ def _base_name(folder: str, adapter_base: str | None) -> str:
 def check_adapter(
     folder: str, adapter_base: str | None, *, kind: Any = None, reach_hub: bool = False
 ) -> None:
-    """Refuse, before any work, an adapter without weights, without a base, or of the wrong kind."""
+    """Refuse, before any work, an adapter without weights, with a truncated or corrupt weights
+    file, without a base, or of the wrong kind."""
     from retain.assets.models import check_model_reference
 
     if not any((Path(folder).expanduser() / f).exists() for f in _WEIGHT_FILES):
@@ -75,6 +81,7 @@ def check_adapter(
         check_model_reference(base, reach_hub=reach_hub, kind="causal-lm")
     else:
         check_model_reference(base, reach_hub=reach_hub)
+    check_weight_files(folder, what="adapter")
 
 
 def _num_labels(weights: dict[str, torch.Tensor]) -> int | None:
@@ -105,7 +112,12 @@ def load_adapter(
     from retain.assets.models import load_model
 
     base_name = _base_name(folder, adapter_base)
-    saved = load_peft_weights(folder, device="cpu")
+    try:
+        saved = load_peft_weights(folder, device="cpu")
+    except Exception as exc:
+        if not is_corrupt_weights_error(exc):
+            raise
+        raise corrupt_weights_error(name, folder, exc, what="adapter") from exc
     base_kind = adapter_kind(folder) or kind
     extra: dict[str, Any] = {}
     if base_kind == "sequence-classification" and (n := _num_labels(saved)) is not None:

@@ -15,6 +15,8 @@ what guarantees no text in both splits.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -78,6 +80,8 @@ def encode_labels(
     A ``ClassLabel`` column keeps its names (ids outside them, such as -1, count as missing);
     non-negative integers below 1000 keep their value as the id and are named ``"0"``, ``"1"``, ...;
     any other values (strings, negative numbers) become classes named by their sorted values.
+    Integers mixed with other values (``0``, ``1``, ``x``, ``1.5``: a typo or a stray row, most
+    likely) are accepted, each value a class, with a warning naming them.
     """
     if isinstance(feature, datasets.ClassLabel):
         names = [str(n) for n in feature.names]
@@ -94,8 +98,30 @@ def encode_labels(
     ordered: list[object] = (
         list(numbers) if len(numbers) == len(present) else sorted(present, key=str)
     )
+    _warn_mixed(ordered, where=where, column=column)
     index = {v: i for i, v in enumerate(ordered)}
     return [None if v is None else index[v] for v in cleaned], [str(v) for v in ordered]
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _warn_mixed(classes: Sequence[object], *, where: str, column: str) -> None:
+    """Warn when some classes are integers (``1`` or ``"1"``) and others are not."""
+    integral = [
+        (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, str) and _INTEGER.fullmatch(v.strip()) is not None)
+        for v in classes
+    ]
+    if not any(integral) or all(integral):
+        return
+    shown = ", ".join(repr(str(v)) for v in classes[:8]) + (", ..." if len(classes) > 8 else "")
+    warnings.warn(
+        f"labels of {where} mix integers with other values ({shown}): {len(classes)} classes; "
+        f"check the label column {column!r}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _clean_label(value: object, *, where: str, column: str) -> object:

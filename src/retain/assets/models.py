@@ -23,6 +23,12 @@ import torch
 
 from retain.assets.cache import cache_dir
 from retain.assets.packages import MINILM, SMOLLM2, asset_file
+from retain.assets.tokenizer_loading import check_tokenizer_files, check_vocab_fits, load_tokenizer
+from retain.assets.weight_files import (
+    check_weight_files,
+    corrupt_weights_error,
+    is_corrupt_weights_error,
+)
 from retain.errors import RetainError, UnknownNameError
 from retain.registry import Registry
 
@@ -31,8 +37,10 @@ __all__ = [
     "LoadedModel",
     "ModelKind",
     "ModelSpec",
+    "check_model_folder",
     "check_model_reference",
     "load_model",
+    "load_tokenizer",
     "model_folder",
 ]
 
@@ -178,7 +186,8 @@ def check_model_reference(
 ) -> Literal["registry", "local", "hub"]:
     """Say what kind of reference ``name_or_path`` is, without loading weights or converting.
 
-    Raises :class:`RetainError` for a missing path or a folder that holds no model, and
+    Raises :class:`RetainError` for a missing path, a folder that holds no model, no tokenizer
+    files or a truncated safetensors file (only headers are read), and
     :class:`UnknownNameError` (with a "did you mean") for a bare word that is not a registry name.
     With ``reach_hub``, a hub id must also resolve (only its ``config.json`` is fetched), so
     a typo fails before any long work. With ``kind``, the model must be usable as that kind
@@ -190,8 +199,11 @@ def check_model_reference(
         from retain.assets.adapters import check_adapter
 
         check_adapter(name_or_path, adapter_base, kind=kind, reach_hub=reach_hub)
-    elif kind is not None and (origin != "hub" or reach_hub):
+        return origin
+    if kind is not None and (origin != "hub" or reach_hub):
         check_kind(name_or_path, architectures_of(name_or_path, origin), kind)
+    if origin == "local":
+        check_model_folder(name_or_path)
     return origin
 
 
@@ -244,6 +256,12 @@ def check_kind(name: str, architectures: list[str] | None, needed: ModelKind) ->
             f"{name!r} is not a causal language model ({what}); this needs one: for an encoder "
             "use --suite encoder"
         )
+
+
+def check_model_folder(folder: str) -> None:
+    """A plain model folder's tokenizer files and weight headers (no tensor is loaded)."""
+    check_tokenizer_files(folder)
+    check_weight_files(folder)
 
 
 def _reference_origin(name_or_path: str, reach_hub: bool) -> Literal["registry", "local", "hub"]:
@@ -334,14 +352,17 @@ def load_model(
     if origin == "local" and is_adapter_folder(folder):
         from retain.assets.adapters import load_adapter
 
-        model, base_tokenizer = load_adapter(
+        model, tokenizer = load_adapter(
             folder, name_or_path, kind, adapter_base, trust_remote_code, dtype
         )
-        tokenizer = base_tokenizer
         if (Path(folder) / "tokenizer_config.json").exists():
             tokenizer = load_tokenizer(folder, trust_remote_code)
+        check_vocab_fits(model, tokenizer, name_or_path)
         return LoadedModel(model.eval(), tokenizer, name_or_path, "adapter", folder)
+    if origin == "registry":
+        check_model_folder(folder)  # a damaged cached conversion names its file
     try:
+        tokenizer = load_tokenizer(folder, trust_remote_code)  # cheap: fail before the weights
         model, info = _auto_class(kind).from_pretrained(
             folder,
             dtype=dtype,
@@ -349,8 +370,13 @@ def load_model(
             output_loading_info=True,
             **model_kwargs,
         )
-        tokenizer = load_tokenizer(folder, trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except RetainError:
+        raise
+    except Exception as exc:
+        if is_corrupt_weights_error(exc):
+            raise corrupt_weights_error(name_or_path, folder, exc) from exc
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
         if origin == "hub":
             raise _hub_failure(name_or_path) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -364,15 +390,6 @@ def load_model(
             f"{name_or_path!r} lacks {len(missing)} weights a {kind} model needs (e.g. "
             f"{missing[0]!r}): it is not a {kind} checkpoint; pass a matching model or suite"
         )
+    check_vocab_fits(model, tokenizer, name_or_path)
     model.eval()
     return LoadedModel(model, tokenizer, name_or_path, origin, folder)
-
-
-def load_tokenizer(folder: str, trust_remote_code: bool = False) -> Any:
-    """The folder's tokenizer, with ``pad_token`` set to ``eos_token`` when it has none."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

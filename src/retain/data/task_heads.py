@@ -257,11 +257,16 @@ class TaskHeads(nn.Module):
         from transformers import AutoModel
 
         from retain.assets.models import model_folder
+        from retain.assets.weight_files import corrupt_weights_error, is_corrupt_weights_error
 
         folder, origin = model_folder(folder_or_hub_id)
         try:
             encoder = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
+            if is_corrupt_weights_error(exc):
+                raise corrupt_weights_error(folder_or_hub_id, folder, exc) from exc
+            if not isinstance(exc, (OSError, ValueError)):
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RetainError(
                 f"cannot load {folder_or_hub_id!r} ({origin}) as an encoder: {first}; pass a "

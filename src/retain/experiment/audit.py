@@ -12,18 +12,20 @@ import gc
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from retain.assets.models import check_model_reference, load_model
+from retain.assets.models import LoadedModel, check_model_reference, load_model
 from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_json, write_text
+from retain.output_dirs import output_lock
 from retain.report.audit_report import audit_markdown
 
 __all__ = ["AuditConfig", "resolve_device", "run_audit"]
@@ -89,9 +91,17 @@ class AuditConfig:
 def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate base and tuned models on the suite; return (and write) the results dictionary.
 
-    Every input is checked before the first model is loaded, so a typo costs no time; the run
-    directory appears only when the audit finished, written by the main process only.
+    Every input is checked before the first model is loaded, so a typo costs no time, and both
+    models are loaded before either is scored, so a broken tuned model fails before the base's
+    evaluation; the run directory appears only when the audit finished, written by the main
+    process only; ``config.out`` is locked for the whole audit
+    (:func:`retain.output_dirs.output_lock`).
     """
+    with nullcontext() if config.out is None else output_lock(config.out):
+        return _audit(config, progress)
+
+
+def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[str, Any]:
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     factory = SUITES.get(config.suite)
@@ -104,25 +114,31 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
     suite: EvalSuite = factory.build(config.size)
     device = resolve_device(config.device)
 
-    def evaluate(name: str, label: str, adapter_base: str | None) -> tuple[Any, Any]:
+    def load(name: str, label: str, adapter_base: str | None) -> LoadedModel:
         say(f"{label}: loading {name}")
-        loaded = load_model(
+        return load_model(
             name,
             kind=kind,
             adapter_base=adapter_base,
             trust_remote_code=config.trust_remote_code,
         )
+
+    def evaluate(loaded: LoadedModel, label: str) -> Any:
         loaded.model.to(device)
         say(f"{label}: evaluating suite {suite.name!r} on {device}")
-        result = suite.evaluate(loaded.model, loaded.tokenizer, progress=say)
-        described = loaded.describe()
-        del loaded
-        gc.collect()
-        return result, described
+        return suite.evaluate(loaded.model, loaded.tokenizer, progress=say)
 
-    base_result, base_info = evaluate(config.base, "base", None)
-    suite.set_baseline(base_result)
-    tuned_result, tuned_info = evaluate(config.tuned, "tuned", config.adapter_base)
+    # Both models load (and pass their weight and tokenizer checks) before any scoring, so a
+    # broken tuned model fails in seconds, not after the base's minutes; both wait on the CPU.
+    base = load(config.base, "base", None)
+    tuned = load(config.tuned, "tuned", config.adapter_base)
+    base_info, tuned_info = base.describe(), tuned.describe()
+    suite.set_baseline(evaluate(base, "base"))
+    del base  # free the base (and its device memory) before the tuned model moves there
+    gc.collect()
+    tuned_result = evaluate(tuned, "tuned")
+    del tuned
+    gc.collect()
     changes = suite.compare(tuned_result)
     degraded, line = verdict(changes, config.tolerance)
     warnings = []

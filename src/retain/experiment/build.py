@@ -154,6 +154,7 @@ def _num_labels(split: TaskSplit) -> int:
 def _model(config: ExperimentConfig, splits: list[TaskSplit] | None) -> tuple[nn.Module, Any]:
     """The model (before the tasks when ``splits`` is None: only the tokenizer matters then)."""
     from retain.assets.models import load_model, load_tokenizer, model_folder
+    from retain.assets.tokenizer_loading import check_vocab_fits
 
     spec = config.model
     if spec.kind == "mlp":
@@ -174,7 +175,9 @@ def _model(config: ExperimentConfig, splits: list[TaskSplit] | None) -> tuple[nn
         model = TaskHeads.from_encoder_folder(
             folder, heads, pooling=spec.pooling, trust_remote_code=spec.trust_remote_code
         )
-        return model, load_tokenizer(folder, trust_remote_code=spec.trust_remote_code)
+        tokenizer = load_tokenizer(folder, trust_remote_code=spec.trust_remote_code)
+        check_vocab_fits(model.encoder, tokenizer, spec.name)
+        return model, tokenizer
     remote = spec.trust_remote_code
     if spec.kind == "causal-lm":
         loaded = load_model(spec.name, kind="causal-lm", trust_remote_code=remote)
@@ -332,6 +335,7 @@ def train_config(config: ExperimentConfig, seed: int) -> TrainConfig:
         shuffle=t.shuffle,
         grad_accum=t.grad_accum,
         precision=t.precision,
+        divergence_factor=t.divergence_factor,
     )
 
 

@@ -171,7 +171,9 @@ class TrainingSection(_Section):
     ends first), ``optimizer``
     (``adamw`` or ``sgd``), ``weight_decay``, ``momentum``, ``max_grad_norm``, ``shuffle``,
     ``grad_accum`` (micro-batches per step), ``precision`` (``fp32``, ``bf16``, ``fp16``),
-    ``device`` (``auto``: CUDA when available, else CPU).
+    ``device`` (``auto``: CUDA when available, else CPU), ``divergence_factor`` (stop a task
+    whose mean loss over the last 5 steps exceeds this many times its starting loss and 1 nat,
+    :mod:`retain.training.divergence`; None: only non-finite losses and gradients stop it).
     """
 
     lr: float = Field(default=1e-4, gt=0)
@@ -186,6 +188,7 @@ class TrainingSection(_Section):
     grad_accum: int = Field(default=1, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
+    divergence_factor: float | None = Field(default=10.0, gt=1)
 
     @field_validator("lr")
     @classmethod

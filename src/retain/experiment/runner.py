@@ -59,7 +59,7 @@ from retain.strategies.base import Strategy
 from retain.training.checkpoint import latest_checkpoint
 from retain.training.sequence import fit_sequence
 
-__all__ = ["RESULTS_FORMAT", "RunSpec", "run_experiment", "run_state"]
+__all__ = ["RESULTS_FORMAT", "RunSpec", "has_trained", "run_experiment", "run_state"]
 
 RESULTS_FORMAT = "retain.run/1"
 
@@ -73,6 +73,9 @@ class RunSpec:
             runs them all).
         out: the run directory (None: ``config.output_dir()``).
         overwrite: replace a finished or different run in ``out``.
+        from_checkpoint: resume an unfinished run of the same config from exactly this checkpoint
+            folder (``out/checkpoints/tasks/step-N`` or ``.../steps/step-N``) instead of the
+            newest complete one.
         report: write report.html and plots/ at the end.
         progress: tqdm bars during training (None: on a terminal).
         say: receives one-line progress messages.
@@ -81,6 +84,7 @@ class RunSpec:
     config: ExperimentConfig
     out: Path | None = None
     overwrite: bool = False
+    from_checkpoint: Path | None = None
     report: bool = True
     progress: bool | None = None
     say: Callable[[str], None] | None = None
@@ -144,13 +148,19 @@ def _prepare(out: Path, config_yaml: str, state: str) -> bool:
     return created
 
 
+def has_trained(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a complete checkpoint taken after at least one optimizer step
+    (its ``step-<n>`` has ``n > 0``; ``step-0`` is only the starting point)."""
+    folder = run_dir / "checkpoints"
+    found = [latest_checkpoint(folder / part) for part in ("tasks", "steps")]
+    return any(path is not None and path.name != "step-0" for path in found)
+
+
 def _undo(out: Path, created: bool) -> None:
-    """Remove what a fresh run wrote into ``out`` when it failed with nothing to resume from (no
-    complete checkpoint): the folder when this run created it, else only its contents."""
-    folder = out / "checkpoints"
-    if not is_main_process() or any(
-        latest_checkpoint(folder / part) is not None for part in ("tasks", "steps")
-    ):
+    """Remove what a fresh run wrote into ``out`` when it failed before any optimizer step
+    reached a checkpoint (nothing to resume from): the folder when this run created it, else
+    only its contents."""
+    if not is_main_process() or has_trained(out):
         return
     if created:
         shutil.rmtree(out, ignore_errors=True)
@@ -212,6 +222,19 @@ def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> dict[str, Any]:
     seed = config.seeds[0]
     config_yaml = config_to_yaml(config)
     state = _check(out, config_yaml, spec.overwrite)  # every process, before anything is written
+    if spec.from_checkpoint is not None and state != "resume":
+        raise RetainError(
+            f"--from-checkpoint continues an unfinished run of the same config, and {str(out)!r} "
+            f"holds {'nothing' if state == 'new' else 'a ' + state + ' run'}; drop the option"
+        )
+    if state == "resume" and spec.from_checkpoint is None:
+        why = _nothing_to_resume(out, config)
+        if why:
+            (spec.say or (lambda _line: None))(
+                f"nothing to resume in {out} ({why}): starting afresh"
+            )
+            check_replaceable(out, "run")
+            state = "different"  # replaced like an unfinished run of another config
     resume = state == "resume"
     begin = time.perf_counter()
     built = build_experiment(config, seed)  # bad data or names fail here, with nothing written
@@ -224,6 +247,22 @@ def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> dict[str, Any]:
         if not resume:
             _undo(out, created)
         raise
+
+
+def _nothing_to_resume(out: Path, config: ExperimentConfig) -> str:
+    """Why the unfinished run in ``out`` cannot resume and may simply start again ("" when it
+    can resume). Finished tasks whose checkpoints are gone are an error, never a silent restart."""
+    if not config.checkpoints.enabled:
+        return "checkpoints are off"
+    folder = out / "checkpoints"
+    if any(latest_checkpoint(folder / part) is not None for part in ("tasks", "steps")):
+        return ""
+    if (out / "progress.json").is_file():
+        raise RetainError(
+            f"{str(out)!r} has finished tasks (progress.json) but no complete checkpoint to "
+            "resume from; pass --overwrite to start afresh"
+        )
+    return "no checkpoint was written yet"
 
 
 def _train(
@@ -276,10 +315,12 @@ def _train(
         monitor=built.monitor,
         checkpoint_dir=out / "checkpoints" if checkpoints.enabled else None,
         checkpoint_every=checkpoints.every if checkpoints.enabled else 0,
-        resume=resume and checkpoints.enabled,
+        resume=resume,
+        from_checkpoint=spec.from_checkpoint,
         device=run_device(config),
         progress=spec.progress,
         after_task=after_task,
+        say=say,
     )
     for log in result.logs:
         if log["stopped"]:

@@ -32,9 +32,8 @@ from retain.experiment.config import (
     config_to_yaml,
 )
 from retain.experiment.overrides import apply_overrides, parse_value
-from retain.experiment.runner import RunSpec, run_experiment, run_state
+from retain.experiment.runner import RunSpec, has_trained, run_experiment, run_state
 from retain.output_dirs import MARKER, check_output_parent, output_kind, output_lock, write_marker
-from retain.training.checkpoint import latest_checkpoint
 
 __all__ = ["SweepSpec", "parse_seeds", "run_sweep", "sweep_variants", "variant_folder"]
 
@@ -214,13 +213,9 @@ def run_sweep(spec: SweepSpec) -> Path:
 
 
 def _has_progress(out: Path) -> bool:
-    """Whether any run of the sweep in ``out`` finished or has a checkpoint to resume from."""
+    """Whether any run of the sweep in ``out`` finished or has trained to a checkpoint."""
     runs = [p for p in out.glob("*/seed-*") if p.is_dir()]
-    return any(
-        (run / "results.json").is_file()
-        or any(latest_checkpoint(run / "checkpoints" / part) for part in ("tasks", "steps"))
-        for run in runs
-    )
+    return any((run / "results.json").is_file() or has_trained(run) for run in runs)
 
 
 def _run_all(spec: SweepSpec, out: Path, variants: dict[str, Entries], seeds: list[int]) -> Path:

@@ -302,11 +302,13 @@ class PeftStrategy(Strategy):
             ) from exc
         return result
 
-    def export(self, model: nn.Module, folder: str | Path) -> Path:
+    def export(self, model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
         """Save the merged model to ``folder`` as safetensors and return the folder.
 
         A Hugging Face model is written with ``save_pretrained`` (reload it with
         ``from_pretrained``); a plain module as ``model.safetensors`` (its ``state_dict``).
+        ``tokenizer`` is saved beside it: a text model folder without one is refused by
+        ``retain audit`` and ``retain diagnose``.
         """
         from safetensors.torch import save_model
         from transformers import PreTrainedModel
@@ -318,6 +320,8 @@ class PeftStrategy(Strategy):
             merged.save_pretrained(target)
         else:
             save_model(merged, str(target / "model.safetensors"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target)
         return target
 
 

@@ -20,9 +20,11 @@
 written into a hidden staging sibling ``.staging-step-<n>`` and renamed into place with
 ``os.replace`` (atomic on one filesystem), so a kill at any moment leaves the previous complete
 checkpoints and at most a hidden staging folder, which :func:`latest_checkpoint` ignores and the
-next save deletes. Under torch.distributed with more than one process only rank 0 writes shared
-files and every rank writes its own RNG file into the staging folder, so ``directory`` must be on a
-filesystem every rank sees; a failure on any rank is raised on every rank (a flag all-reduce).
+next save deletes. Which folders are complete: :mod:`retain.training.checkpoint_scan`; a file that
+fails verification when loaded raises :class:`CorruptCheckpointError`. Under torch.distributed
+with more than one process only rank 0 writes shared files and every rank writes its own RNG file
+into the staging folder, so ``directory`` must be on a filesystem every rank sees; a failure on any
+rank is raised on every rank (a flag all-reduce).
 
 Resuming exactly: build the model and strategies as for the original run and call
 ``load_checkpoint(path, model=m, strategies=s, rng=False)``; begin the task the position names
@@ -39,7 +41,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,13 +56,43 @@ from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
 from retain.strategies.state import load_strategy_state, save_strategy_state
 from retain.tensor_files import read_safetensors, write_safetensors
+from retain.training.checkpoint_scan import (
+    FORMAT,
+    MANIFEST,
+    CheckpointScan,
+    _checkpoints,
+    latest_checkpoint,
+    older_checkpoint,
+    scan_checkpoints,
+)
 
-__all__ = ["capture_rng", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "CheckpointScan",
+    "CorruptCheckpointError",
+    "capture_rng",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "older_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+    "scan_checkpoints",
+]
 
-FORMAT, FORMAT_VERSION, MANIFEST = "retain.checkpoint", 1, "checkpoint.json"
-_NAME = re.compile(r"step-(\d+)")
+FORMAT_VERSION = 1
 _MARKS = ("__tensor__", "__tuple__", "__float__", "__items__")
 _FIX = "resume with the same model and strategies"
+
+
+class CorruptCheckpointError(RetainError):
+    """A checkpoint file that is missing, truncated or fails SHA-256 verification at load.
+
+    ``detail`` names the file and the problem without a fix, so that a caller that knows the
+    other checkpoints of a run can name the one to use instead.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}; resume from another checkpoint")
+        self.detail = detail
 
 
 def capture_rng() -> dict[str, Any]:
@@ -167,8 +198,8 @@ def _read(path: Path, what: str) -> Any:
     except (OSError, KeyError, ValueError) as exc:
         if isinstance(exc, RetainError):
             raise
-        msg = f"{what} file {str(path)!r} is missing or corrupt ({exc}); use another checkpoint"
-        raise RetainError(msg) from exc
+        detail = f"{what} file {str(path)!r} is missing or corrupt ({exc})"
+        raise CorruptCheckpointError(detail) from exc
 
 
 def _world() -> tuple[int, int]:
@@ -236,31 +267,6 @@ def _file_info(path: Path, sync: bool = False) -> dict[str, Any]:
         if sync:
             os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def _checkpoints(directory: Path) -> list[tuple[tuple[int, int], Path]]:
-    """Complete checkpoints in ``directory``, oldest first (by save sequence, then step): a
-    ``step-<n>`` folder with a valid manifest and every file it lists at its recorded size."""
-    found = []
-    for child in directory.iterdir() if directory.is_dir() else ():
-        match = _NAME.fullmatch(child.name)
-        try:
-            manifest = json.loads((child / MANIFEST).read_text(encoding="utf-8")) if match else {}
-            if not match or manifest.get("format") != FORMAT:
-                continue
-            files = manifest["files"].items()
-            if all((child / f).stat().st_size == info["bytes"] for f, info in files):
-                found.append(((int(manifest["sequence"]), int(match.group(1))), child))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return sorted(found)
-
-
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The most recently saved complete checkpoint in ``directory`` (None when there is none);
-    staging folders and folders without a valid manifest are ignored."""
-    found = _checkpoints(Path(directory))
-    return found[-1][1] if found else None
 
 
 def _phase(world: int, cleanup: Path | None, work: Callable[[], None]) -> None:
@@ -439,9 +445,9 @@ def load_checkpoint(
     for name in reads:
         info = manifest["files"].get(name)
         if info is not None and (not (path / name).is_file() or _file_info(path / name) != info):
-            raise RetainError(
+            raise CorruptCheckpointError(
                 f"checkpoint file {str(path / name)!r} is missing, truncated or corrupt (size or "
-                "SHA-256 differs from the manifest); resume from another checkpoint"
+                "SHA-256 differs from the manifest)"
             )
     position = _read(path / "position.json", "checkpoint position")
     extra: dict[str, Tensor] = {}

@@ -47,6 +47,10 @@ Caveats:
   later (``gradual_unfreezing``) needs ``make_optimizer``, and one that sets the schedule
   (``warmup``) needs its scheduler passed; the callback refuses, at ``on_train_begin``, a set-up
   that would silently ignore them, and one where ``begin_task`` was not called for the task.
+* The plain loop's divergence checks (non-finite gradient norm, ``TrainConfig.divergence_factor``:
+  :mod:`retain.training.divergence`) are not applied here: the callback sees neither the gradient
+  norm before clipping nor the loss of every step, and a Trainer does not stop on a NaN loss. Watch
+  ``grad_norm`` and ``loss`` in the Trainer's logs, or train with the plain loop.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ task sequences, checkpoints and resume in :mod:`retain.training.sequence`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from retain.data.task import Task
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import MADE_MARK, Chain, as_chain
+from retain.training.divergence import DivergenceGuard, gradient_norm
 from retain.training.monitor import ForgettingMonitor, MonitorResult
 from retain.training.steps import (
     Precision,
@@ -60,6 +62,10 @@ class TrainConfig:
             ``batch_size`` examples: :mod:`retain.training.steps`).
         precision: ``"fp32"``, ``"bf16"`` (autocast, CPU or CUDA) or ``"fp16"`` (CUDA, loss
             scaling).
+        divergence_factor: stop the task with an error when the mean loss of the last 5 steps
+            exceeds this many times the loss at the task's start (and 1 nat per target); None
+            turns that rule off. Non-finite gradients always stop it (except under fp16, where
+            the loss scaler skips such steps). The rule: :mod:`retain.training.divergence`.
     """
 
     lr: float = 1e-3
@@ -74,6 +80,7 @@ class TrainConfig:
     shuffle: bool = True
     grad_accum: int = 1
     precision: Precision = "fp32"
+    divergence_factor: float | None = 10.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -90,6 +97,12 @@ class TrainConfig:
             raise RetainError(f"unknown precision {self.precision!r}; use 'fp32', 'bf16' or 'fp16'")
         if self.optimizer not in ("adamw", "sgd"):
             raise RetainError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
+        factor = self.divergence_factor
+        if factor is not None and not (isinstance(factor, (int, float)) and 1 < factor < math.inf):
+            raise RetainError(
+                f"divergence_factor must be a number > 1 (or None to turn the check off), "
+                f"got {factor!r}"
+            )
 
 
 @dataclass
@@ -152,12 +165,14 @@ class TaskHooks:
             ``steps`` are skipped (their data order is replayed without computing anything).
         after_step: called after every optimizer step (after ``on_step`` and the monitor check),
             e.g. to write a checkpoint.
-        last_saved: describes the last complete checkpoint for error messages (``""``: none).
+        last_saved: ``last_saved(step)`` describes the newest complete checkpoint saved by task
+            step ``step`` (0: the task's start) for error messages, e.g. ``"; the last good
+            checkpoint is '...'"`` (``""``: none).
     """
 
     resume: Callable[[Optimizer, LRScheduler | None], TaskLog] | None = None
     after_step: Callable[[TaskLog, Optimizer, LRScheduler | None], None] | None = None
-    last_saved: Callable[[], str] = field(default=lambda: "")
+    last_saved: Callable[[int], str] = field(default=lambda _step: "")
 
 
 def train_task(
@@ -178,8 +193,10 @@ def train_task(
     :mod:`retain.training.steps`). ``monitor`` (one per task) is started before the first step,
     checked after every ``eval_every``-th optimizer step (after ``on_step``) and once at the end;
     when it says stop, training ends there. Its ``finish`` (restore the best weights) runs before
-    ``on_task_end``. A NaN or infinite loss raises a :class:`RetainError` naming the step before the
-    optimizer steps, so the weights (and the last checkpoint) are those of the last good step.
+    ``on_task_end``. A NaN or infinite loss or gradient norm raises a :class:`RetainError` naming
+    the step before the optimizer steps, so the weights (and the last checkpoint) are those of the
+    last good step; so does a loss that rises ``config.divergence_factor`` times above its start
+    (:mod:`retain.training.divergence`, which names the checkpoint from before the rise).
     ``progress``: a tqdm bar with loss, learning rate and the latest forgetting figure (None: only
     on a terminal, main process).
     """
@@ -204,6 +221,7 @@ def train_task(
     scheduler = strat.lr_scheduler(optimizer, total)
     log = hooks.resume(optimizer, scheduler) if hooks.resume is not None else TaskLog(task.name)
     done = log.steps  # steps already taken before a resume
+    guard = DivergenceGuard(task.name, config.divergence_factor, hooks.last_saved)
     every = monitor.config.eval_every if monitor is not None else 0
     if monitor is not None and not monitor.started:
         monitor.start(model)
@@ -220,7 +238,9 @@ def train_task(
             loss = runner.backward(indices.tolist())
             finite_or_raise(loss, task.name, log.steps + 1, hooks.last_saved)
             runner.unscale(optimizer)
-            if config.max_grad_norm is not None:
+            if runner.scaler is None:  # under fp16 the scaler skips overflowing steps itself
+                guard.gradients(gradient_norm(model, config.max_grad_norm), log.steps + 1)
+            elif config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             strat.after_backward(model)
             log.lrs.append(float(optimizer.param_groups[0]["lr"]))
@@ -229,6 +249,7 @@ def train_task(
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             log.losses.append(loss)
+            guard.losses(log.losses)
             strat.on_step(log.steps, model)
             if monitor is not None and every and log.steps % every == 0:
                 decision = monitor.check(model, log.steps)

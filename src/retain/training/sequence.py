@@ -19,10 +19,14 @@ strategy with per-task routing (``progressive``) is routed to each task it has t
 
 Checkpoints (``checkpoint_dir``): after every task (``tasks/step-<t>``) and every
 ``checkpoint_every`` optimizer steps (``steps/step-<global step>``), through
-:mod:`retain.training.checkpoint` (safetensors, atomic). ``resume=True`` continues the newest one:
-it loads the checkpoint of the current task's start, calls ``begin_task`` exactly as the original
-run did, then loads the mid-task checkpoint (weights, optimizer, scheduler, strategies, monitor and
-RNG), so on CPU with a fixed seed the results equal an uninterrupted run's.
+:mod:`retain.training.checkpoint` (safetensors, atomic). ``resume=True`` continues the newest
+complete one, ``from_checkpoint=PATH`` exactly that one: it loads the checkpoint of the task's
+start, calls ``begin_task`` exactly as the original run did, then loads the mid-task checkpoint
+(weights, optimizer, scheduler, strategies, monitor and RNG), so on CPU with a fixed seed the
+results equal an uninterrupted run's. Which checkpoint was chosen, and which incomplete ones were
+skipped and why, is said through ``say`` and kept in :attr:`RunResult.resume_notes`; the rules
+(no silent fresh start, the next older checkpoint named on a failed verification) are in
+:mod:`retain.training.sequence_state`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from retain.atomic_files import write_json
 from retain.data.permuted import TaskSplit
 from retain.data.task import Task
 from retain.data.task_heads import task_router
@@ -49,7 +54,6 @@ from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
 from retain.evaluation.task_accuracy import task_accuracy
 from retain.evaluation.task_probe import TaskAccuracyProbe
-from retain.experiment.run_dir import write_json
 from retain.metrics import (
     average_accuracy,
     average_forgetting,
@@ -58,14 +62,13 @@ from retain.metrics import (
 )
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain
-from retain.training.checkpoint import load_checkpoint
 from retain.training.loop import TrainConfig, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
 from retain.training.sequence_state import (
     RunState,
-    checkpoint_task,
-    existing_checkpoints,
+    load_start,
     log_dict,
+    plan_resume,
     save_checkpoint_of,
     task_hooks,
 )
@@ -111,6 +114,9 @@ class RunResult:
         seconds: wall-clock seconds, ``"train/<task>"``, ``"eval/<task>"`` and ``"eval/baseline"``.
         versions: library versions (:func:`library_versions`).
         resumed: the checkpoints the run was resumed from (empty for an uninterrupted run).
+        resume_notes: per resume, one line naming the checkpoint chosen and how (the newest
+            complete one, or ``from_checkpoint``), and each incomplete ``step-<n>`` folder skipped
+            with its reason (:meth:`~retain.training.sequence_state.ResumePlan.note`).
     """
 
     tasks: list[str]
@@ -125,6 +131,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     resumed: list[str] = field(default_factory=list)
+    resume_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain Python data (``NaN`` kept; :meth:`save` turns it into ``null``)."""
@@ -180,9 +187,11 @@ def fit_sequence(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    from_checkpoint: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
     after_task: Callable[[int, nn.Module], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
 
@@ -198,43 +207,45 @@ def fit_sequence(
     ``monitor``: watch ``suite`` during each task (against the model before the sequence) and
     the held-out accuracy of every earlier task (against its accuracy when the task starts, probe
     ``task/<name>``); the new-task score for keeping the best checkpoint is ``score`` on the
-    task's test data. ``checkpoint_dir``,
-    ``checkpoint_every``, ``resume``: see the module docstring; a folder that already holds
-    checkpoints is refused unless ``resume`` is set. ``progress``: tqdm bars (None: on a terminal).
+    task's test data. ``checkpoint_dir``, ``checkpoint_every``, ``resume``: see the module
+    docstring; a folder that already holds checkpoints is refused unless ``resume`` is set, and
+    ``resume`` with no complete checkpoint in it is an error (not a fresh start).
+    ``from_checkpoint``: resume from exactly this ``checkpoints/tasks/step-<n>`` or
+    ``checkpoints/steps/step-<n>`` folder (``resume`` is then implied; later checkpoints still go to
+    ``checkpoint_dir``). ``progress``: tqdm bars (None: on a terminal).
     ``after_task(t, model)``: called after task ``t`` is trained and scored, before its
-    checkpoint (tasks finished before a resume are not called again).
+    checkpoint (tasks finished before a resume are not called again). ``say``: receives the
+    one-line resume decision.
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
     if checkpoint_every < 0:
         raise RetainError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
-    boundary, mid = existing_checkpoints(folder, resume)
+    plan = plan_resume(folder, resume, None if from_checkpoint is None else Path(from_checkpoint))
     init_distributed()
     set_seed(config.seed)
     model.to(auto_device() if device is None else torch.device(device))
     strat = as_chain(strategies)
     model = strat.prepare(model)
-    run = RunState(names)
-    start_task = 0
-    if boundary is not None:
-        position, _ = load_checkpoint(boundary, model=model, strategies=strat)
-        run, start_task = RunState.from_position(position), int(position["task"])
-        run.resumed.append(str(boundary))
+    run, start_task, start = RunState(names), 0, plan.boundary
+    if plan.boundary is not None:
+        run, start_task = load_start(plan, model, strat)
+        if say is not None:
+            say(plan.note())
         if suite is not None and suite.baseline is None and run.suite_baseline is not None:
             suite.set_baseline(SuiteResult.from_dict(run.suite_baseline))
     else:
         _score_baseline(model, strat, splits, run, suite, tokenizer, score)
-        save_checkpoint_of(folder, "tasks", model, strat, run.position(0, 0, None))
-    mid_task = None if mid is None else checkpoint_task(mid)
+        start = save_checkpoint_of(folder, "tasks", model, strat, run.position(0, 0, None))
     disable = None if progress is None else not progress
     bar = tqdm(total=len(splits), initial=start_task, desc="tasks", unit="task", disable=disable)
     for t in range(start_task, len(splits)):
         split = splits[t]
         route(model, strat, names[t])
         watch = _monitor(monitor, suite, tokenizer, score, splits, t, model)
-        resume_mid = mid if mid is not None and mid_task == t else None
-        hooks = task_hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid)
+        resume_mid = plan.mid if t == start_task else None
+        hooks = task_hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid, start)
         begin = time.perf_counter()
         log = train_task(
             model,
@@ -254,7 +265,7 @@ def fit_sequence(
             run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
         if after_task is not None:
             after_task(t, model)
-        save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
+        start = save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
         bar.update(1)
     bar.close()
     return model, _result(run, strat, config, suite)
@@ -349,6 +360,7 @@ def _result(run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite |
         suite=_suite_summary(run, suite),
         seconds=run.seconds,
         resumed=run.resumed,
+        resume_notes=run.resume_notes,
     )
 
 

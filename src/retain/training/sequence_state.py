@@ -7,11 +7,22 @@ checkpoint. Task-boundary checkpoints go to ``<checkpoint_dir>/tasks``, mid-task
 boundary checkpoint, lets ``begin_task`` run exactly as the original run did, and then loads the
 mid-task checkpoint through :func:`task_hooks` (weights, optimizer, scheduler, strategies, monitor
 and RNG).
+
+Choosing where to resume (:func:`plan_resume`): ``from_checkpoint`` names the folder exactly (a
+``tasks/step-<n>`` folder, or a ``steps/step-<n>`` one whose task start is in the sibling
+``tasks/``); else ``resume=True`` takes the newest complete task-boundary checkpoint and the newest
+complete mid-task one when it belongs to the same task. Every ``step-<n>`` folder passed over is
+recorded with its reason in the plan's :meth:`ResumePlan.note`. ``resume=True`` with no complete
+boundary checkpoint is an error, never a silent fresh start. A file that fails verification
+(size or SHA-256) when loaded is an error naming the next older complete checkpoint to pass as
+``from_checkpoint`` (``--from-checkpoint``), when one exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,19 +33,24 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from retain.errors import RetainError
 from retain.strategies.chain import Chain
-from retain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from retain.training.checkpoint import CorruptCheckpointError, load_checkpoint, save_checkpoint
+from retain.training.checkpoint_scan import checkpoint_problem, older_checkpoint, scan_checkpoints
 from retain.training.loop import TaskHooks, TaskLog
 from retain.training.monitor import ForgettingMonitor
 
 __all__ = [
+    "ResumePlan",
     "RunState",
     "checkpoint_task",
-    "existing_checkpoints",
+    "load_start",
     "log_dict",
+    "plan_resume",
     "save_checkpoint_of",
     "task_hooks",
     "task_log",
 ]
+
+_AFRESH = "start afresh with --overwrite (resume=False)"
 
 
 def log_dict(log: TaskLog) -> dict[str, Any]:
@@ -62,6 +78,7 @@ class RunState:
     suite_after: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)
+    resume_notes: list[str] = field(default_factory=list)
 
     def position(self, task: int, step: int, log: TaskLog | None) -> dict[str, Any]:
         data = asdict(self)
@@ -71,24 +88,122 @@ class RunState:
 
     @classmethod
     def from_position(cls, data: dict[str, Any]) -> RunState:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def existing_checkpoints(folder: Path | None, resume: bool) -> tuple[Path | None, Path | None]:
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a run continues from, and why.
+
+    Attributes:
+        boundary: the task-start checkpoint to load (None: start afresh).
+        mid: the mid-task checkpoint of that task to continue from (None: start the task over).
+        requested: the checkpoint was named by ``from_checkpoint`` (else: the newest complete).
+        skipped: each ``step-<n>`` folder passed over, with the reason it is not complete.
+    """
+
+    boundary: Path | None = None
+    mid: Path | None = None
+    requested: bool = False
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def note(self) -> str:
+        """One line saying which checkpoint the run continues from and what it skipped, e.g.
+        ``resuming from 'c/steps/step-20' (the newest complete checkpoint, in the task begun at
+        'c/tasks/step-12'); skipped 'c/steps/step-24': model.safetensors is missing``."""
+        if self.boundary is None:
+            return ""
+        how = "as requested" if self.requested else "the newest complete checkpoint"
+        if self.mid is not None:
+            how += f", in the task begun at {str(self.boundary)!r}"
+        line = f"resuming from {str(self.mid or self.boundary)!r} ({how})"
+        return line + "".join(f"; skipped {str(p)!r}: {why}" for p, why in self.skipped)
+
+
+def plan_resume(folder: Path | None, resume: bool, from_checkpoint: Path | None) -> ResumePlan:
+    """Where :func:`~retain.training.sequence.fit_sequence` starts; see the module docstring.
+
+    Refuses a folder that holds checkpoints unless ``resume`` (or ``from_checkpoint``) is set,
+    and ``resume`` without a complete task-boundary checkpoint to continue.
+    """
+    if from_checkpoint is not None:
+        return _requested(Path(from_checkpoint))
     if folder is None:
         if resume:
             raise RetainError("resume=True needs checkpoint_dir= (the folder of the run)")
-        return None, None
-    boundary = latest_checkpoint(folder / "tasks")
-    mid = latest_checkpoint(folder / "steps")
-    if boundary is not None and not resume:
+        return ResumePlan()
+    tasks, steps = scan_checkpoints(folder / "tasks"), scan_checkpoints(folder / "steps")
+    if tasks.complete and not resume:
         raise RetainError(
             f"{str(folder)!r} already holds checkpoints of a run; pass resume=True to continue it "
             "or choose an empty folder"
         )
-    if resume and boundary is None:
-        return None, None  # nothing saved yet: start from the beginning
-    return boundary, mid
+    if not resume:
+        return ResumePlan()
+    skipped = tuple(tasks.skipped + steps.skipped)
+    if not tasks.complete:
+        why = "".join(f"; {str(p)!r} is not complete: {reason}" for p, reason in skipped)
+        raise RetainError(
+            f"no complete checkpoint to resume from in {str(folder)!r}{why}; {_AFRESH}"
+        )
+    boundary = tasks.complete[-1]
+    mid = steps.complete[-1] if steps.complete else None
+    with _verified(older_checkpoint(boundary)):
+        task = checkpoint_task(boundary)
+    with _verified(boundary):
+        if mid is not None and checkpoint_task(mid) != task:
+            mid = None  # left by a finished task: its task's end checkpoint is newer
+    return ResumePlan(boundary, mid, False, skipped)
+
+
+def _requested(path: Path) -> ResumePlan:
+    problem = checkpoint_problem(path)
+    if problem:
+        raise RetainError(
+            f"--from-checkpoint {str(path)!r} is not a complete checkpoint ({problem}); pass a "
+            "checkpoints/tasks/step-<n> or checkpoints/steps/step-<n> folder"
+        )
+    with _verified(older_checkpoint(path)):
+        position, _ = load_checkpoint(path, model=None, rng=False)
+    if position.get("log") is None:
+        return ResumePlan(path, None, True)
+    task, tasks = int(position["task"]), path.parent.parent / "tasks"
+    starts = [p for p in scan_checkpoints(tasks).complete if checkpoint_task(p) == task]
+    if not starts:
+        raise RetainError(
+            f"--from-checkpoint {str(path)!r} is in the middle of task {task + 1}, but "
+            f"{str(tasks)!r} holds no complete checkpoint of that task's start; pass a "
+            "checkpoints/tasks/step-<n> folder instead"
+        )
+    return ResumePlan(starts[-1], path, True)
+
+
+@contextmanager
+def _verified(instead: Path | None) -> Iterator[None]:
+    """Turn a checkpoint's failed verification (size or SHA-256) into an error that names
+    ``instead``, the next older complete checkpoint (None: there is none)."""
+    try:
+        yield
+    except CorruptCheckpointError as exc:
+        if instead is None:
+            fix = f"no older complete checkpoint is left; {_AFRESH}"
+        else:
+            flag = f"--from-checkpoint {shlex.quote(str(instead))}"
+            fix = f"resume from the next older complete checkpoint with {flag}"
+        raise RetainError(f"{exc.detail}; {fix}") from exc
+
+
+def load_start(plan: ResumePlan, model: nn.Module, strat: Chain) -> tuple[RunState, int]:
+    """Load ``plan.boundary`` into ``model`` and ``strat``; returns the run so far (with the
+    plan's note recorded) and the task to start from."""
+    if plan.boundary is None:
+        raise RetainError("load_start needs a plan with a checkpoint; call plan_resume first")
+    with _verified(older_checkpoint(plan.boundary)):
+        position, _ = load_checkpoint(plan.boundary, model=model, strategies=strat)
+    run = RunState.from_position(position)
+    run.resumed.append(str(plan.boundary))
+    run.resume_notes.append(plan.note())
+    return run, int(position["task"])
 
 
 def checkpoint_task(path: Path) -> int:
@@ -98,9 +213,10 @@ def checkpoint_task(path: Path) -> int:
 
 def save_checkpoint_of(
     folder: Path | None, kind: str, model: nn.Module, strat: Chain, position: dict[str, Any]
-) -> None:
-    if folder is not None:
-        save_checkpoint(folder / kind, model=model, strategies=strat, position=position, keep=1)
+) -> Path | None:
+    if folder is None:
+        return None
+    return save_checkpoint(folder / kind, model=model, strategies=strat, position=position, keep=1)
 
 
 def task_hooks(
@@ -112,19 +228,25 @@ def task_hooks(
     t: int,
     watch: ForgettingMonitor | None,
     resume_mid: Path | None,
+    start: Path | None,
 ) -> TaskHooks:
-    saved: list[str] = []
+    """Task ``t``'s hooks: resume from ``resume_mid``, save every ``every`` steps, and name the
+    last good checkpoint: the task's newest mid-task one saved by the step asked about (older
+    ones are deleted, ``keep=1``), else ``start``, the checkpoint the task began from."""
+    saved: list[tuple[int, str]] = []  # (task step, path) of this task's mid-task checkpoints
 
     def resume(path: Path) -> Callable[[Optimizer, LRScheduler | None], TaskLog]:
         def load(optimizer: Optimizer, scheduler: LRScheduler | None) -> TaskLog:
-            position, tensors = load_checkpoint(
-                path, model=model, optimizer=optimizer, scheduler=scheduler, strategies=strat
-            )
+            with _verified(start):
+                position, tensors = load_checkpoint(
+                    path, model=model, optimizer=optimizer, scheduler=scheduler, strategies=strat
+                )
             run.resumed.append(str(path))
             if watch is not None and position.get("monitor") is not None:
                 watch.load_state(position["monitor"], tensors)
-            saved.append(str(path))
-            return task_log(position["log"])
+            log = task_log(position["log"])
+            saved.append((log.steps, str(path)))
+            return log
 
         return load
 
@@ -144,10 +266,12 @@ def task_hooks(
             tensors=tensors,
             keep=1,
         )
-        saved.append(str(path))
+        saved.append((log.steps, str(path)))
 
-    def last_saved() -> str:
-        return f"; the last checkpoint is {saved[-1]!r}" if saved else ""
+    def last_saved(step: int) -> str:
+        if saved and saved[-1][0] <= step:
+            return f"; the last good checkpoint is {saved[-1][1]!r}"
+        return "" if start is None else f"; the last good checkpoint is {str(start)!r}"
 
     return TaskHooks(
         resume=None if resume_mid is None else resume(resume_mid),

@@ -204,14 +204,15 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def finite_or_raise(loss: float, task: str, step: int, saved: Callable[[], str]) -> None:
+def finite_or_raise(loss: float, task: str, step: int, saved: Callable[[int], str]) -> None:
     """Raise a one-line :class:`RetainError` naming ``step`` when ``loss`` is NaN or infinite.
 
-    ``saved()`` describes what was kept (the last good checkpoint), appended to the message.
+    ``saved(step - 1)`` describes what was kept (the newest checkpoint saved by the step before),
+    appended to the message.
     """
     if math.isfinite(loss):
         return
     raise RetainError(
-        f"task {task!r}: loss is {loss} at step {step}; training stopped{saved()}. "
+        f"task {task!r}: loss is {loss} at step {step}; training stopped{saved(step - 1)}. "
         "Lower the learning rate, enable max_grad_norm or check the data"
     )
