@@ -50,3 +50,32 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(tiny_bert_config(len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skipped test (not expected failures) for :func:`pytest_sessionfinish`."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _SKIPPED.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``RETAIN_FORBID_SKIPS=1`` (CI), fail on a skip that is not on the allow-list."""
+    if os.environ.get("RETAIN_FORBID_SKIPS") != "1":
+        return
+    from skip_guard import ALLOW_LIST, allowed_patterns, unexpected_skips
+
+    bad = unexpected_skips(_SKIPPED, allowed_patterns(ALLOW_LIST.read_text(encoding="utf-8")))
+    if bad:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"{len(bad)} skipped test(s) not on {ALLOW_LIST.name}:", *bad]
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line, red=True)
+            else:
+                print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult
@@ -149,23 +148,12 @@ def test_empty_texts_is_a_retain_error(model: torch.nn.Module, tokenizer: Any) -
         Perplexity("toy", [])
 
 
-def _smollm_folder() -> Path | None:
-    roots = [os.environ.get("RETAIN_CACHE"), str(Path.home() / ".cache" / "retain")]
-    for root in roots:
-        if root and (Path(root) / "models" / "smollm2-135m" / "config.json").is_file():
-            return Path(root) / "models" / "smollm2-135m"
-    return None
-
-
 @pytest.mark.slow
 def test_real_smollm2_matches_token_by_token() -> None:
-    folder = _smollm_folder()
-    if folder is None:
-        pytest.skip("SmolLM2-135M not found under $RETAIN_CACHE/models or ~/.cache/retain/models")
-    from transformers import AutoModelForCausalLM
+    from retain.assets.models import load_model
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    loaded = load_model("smollm2-135m", kind="causal-lm")  # converts the GGUF asset if needed
+    tok, lm = loaded.tokenizer, loaded.model.eval()
     texts = ["The capital of France is Paris.", "Water boils at one hundred degrees Celsius."]
     ll = strided_log_likelihood(lm, tok, texts, max_length=8, stride=4, batch_size=8)
     nll, n = 0.0, 0
