@@ -14,6 +14,7 @@ from tiny_models import bert_tokenizer, tiny_bert_config, tiny_llama_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["RETAIN_STRICT_RECORDS"] = "1"  # every record a test writes must match its schema
 
 
 def _tiny_llama(vocab_size: int, seed: int) -> Any:

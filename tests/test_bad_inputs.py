@@ -66,7 +66,18 @@ SETUPS: dict[str, Callable[[Path], None]] = {
     ),
     "empty": lambda ws: (ws / "empty").mkdir(),
     "nonsense": lambda ws: _fake_run(ws, "nonsense", {"run": {"matrix": "x"}}),
+    "badmatrix": lambda ws: _fake_run(ws, "badmatrix", {**_RECORD, "run": {"matrix": "x"}}),
     "truncated": lambda ws: _fake_run(ws, "truncated", None),
+}
+
+
+_RECORD = {
+    "format": "retain.run/1",
+    "name": "x",
+    "variant": "naive",
+    "seed": 0,
+    "model": "mlp",
+    "score": {"name": "accuracy", "higher_is_better": True},
 }
 
 
@@ -79,6 +90,22 @@ def _fake_run(ws: Path, name: str, results: object) -> None:
     (folder / "results.json").write_text(text)
 
 
+def _damaged_model(source: Path, folder: Path) -> None:
+    """A copy of a real model folder without its tokenizer (``notok``), with its weights cut
+    short (``trunc``) or overwritten by garbage of the same size (``garbage``)."""
+    shutil.copytree(source, folder)
+    weights = folder / "model.safetensors"
+    if folder.name == "notok":
+        for path in folder.iterdir():
+            if path.name.startswith(("tokenizer", "special_tokens", "vocab")):
+                path.unlink()
+    elif folder.name == "trunc":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        weights.write_bytes(bytes(range(256)) * (weights.stat().st_size // 256))
+
+
+LM_RUN = ["tasks=[{dataset: sms_spam, train: 8, test: 4}]", "model.kind=causal-lm"]
 RUN = ["run", "cfg.yaml", "--out", "out"]
 SWEEP = ["sweep", "cfg.yaml", "--out", "sw", "--strategies", "naive"]
 AUDIT_LM = ["audit", "--base", "{lm}", "--tuned", "{lm_tuned}", "--suite", "general", "--quick"]
@@ -121,6 +148,17 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         "t.csv",
     ),
     ("run-label-column", ("cfg",), [*RUN, "tasks.0.label_column=missing"], "missing"),
+    ("run-no-tokenizer", ("cfg", "notok"), [*RUN, *LM_RUN, "model.name=./notok"], "tokenizer"),
+    ("run-truncated-weights", ("cfg", "trunc"), [*RUN, *LM_RUN, "model.name=./trunc"], "corrupt"),
+    ("run-garbage-weights", ("cfg", "garbage"), [*RUN, *LM_RUN, "model.name=garbage"], "corrupt"),
+    (
+        "run-diverges",
+        ("cfg",),
+        [*RUN, "training.lr=1e6", "training.max_steps=12", "training.divergence_factor=2"],
+        "diverge",
+    ),
+    ("run-divergence-factor", ("cfg",), [*RUN, "training.divergence_factor=0.5"], "divergence"),
+    ("run-from-checkpoint-new", ("cfg",), [*RUN, "--from-checkpoint", "x"], "unfinished run"),
     # --- run output folders ---
     ("run-out-file", ("cfg", "file"), ["run", "cfg.yaml", "--out", "afile"], "is a file"),
     ("run-out-no-parent", ("cfg",), ["run", "cfg.yaml", "--out", "a/b/c"], "does not exist"),
@@ -186,7 +224,8 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("report-missing", (), ["report", "nowhere"], "does not exist"),
     ("report-empty", ("empty",), ["report", "empty"], "no finished retain run"),
     ("report-user-folder", ("proj",), ["report", "proj"], "no finished retain run"),
-    ("report-nonsense", ("nonsense",), ["report", "nonsense"], "nonsense"),
+    ("report-nonsense", ("nonsense",), ["report", "nonsense"], "is not a run's results (no format"),
+    ("report-bad-matrix", ("badmatrix",), ["report", "badmatrix"], "(format retain.run/1"),
     ("report-truncated", ("truncated",), ["report", "truncated"], "truncated"),
     ("report-out-file", ("done", "file"), ["report", "done", "--out", "afile"], "is a file"),
     (
@@ -219,6 +258,9 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         "is not a causal language model",
     ),
     ("audit-missing-tuned-arg", (), ["audit", "--base", "{lm}"], "required: --tuned"),
+    ("audit-no-tokenizer", ("notok",), [*AUDIT_LM[:3], "--tuned", "notok"], "no tokenizer files"),
+    ("audit-truncated", ("trunc",), [*AUDIT_LM[:3], "--tuned", "trunc"], "truncated or corrupt"),
+    ("audit-garbage", ("garbage",), [*AUDIT_LM[:3], "--tuned", "garbage"], "truncated or corrupt"),
     # --- diagnose ---
     ("diagnose-only-bogus", (), [*DIAG, "--only", "bogus"], "bogus"),
     (
@@ -238,6 +280,8 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("diagnose-out-foreign", ("proj",), [*DIAG, "--out", "proj", "--overwrite"], "never deleted"),
     ("diagnose-out-file", ("file",), [*DIAG, "--out", "afile"], "is a file"),
     ("diagnose-out-cwd", (), [*DIAG, "--out", ".", "--overwrite"], "working directory"),
+    ("diagnose-no-tokenizer", ("notok",), [*DIAG[:3], "--tuned", "notok"], "no tokenizer files"),
+    ("diagnose-truncated", ("trunc",), [*DIAG[:3], "--tuned", "trunc"], "truncated or corrupt"),
     # --- the command line itself ---
     ("unknown-command", (), ["trian", "cfg.yaml"], "invalid choice"),
     ("unknown-option", ("cfg",), ["run", "cfg.yaml", "--lr", "3"], "unrecognized arguments"),
@@ -307,6 +351,8 @@ def test_a_bad_input_gives_one_line_exit_2_and_changes_nothing(
             (ws / "done" / "notes.txt").write_text("mine\n")
         elif name == "audited":
             shutil.copytree(request.getfixturevalue("audit_output"), ws / "audited")
+        elif name in ("notok", "trunc", "garbage"):
+            _damaged_model(request.getfixturevalue("tiny_lm_dirs")[1], ws / name)
         else:
             SETUPS[name](ws)
     places: dict[str, str] = {}

@@ -195,18 +195,20 @@ def test_write_run_report_needs_results(tmp_path: Path) -> None:
 
 
 def test_find_run_dirs(tmp_path: Path, real_results: dict[str, Any]) -> None:
-    for rel in ["sweep/b", "sweep/a", "sweep/nested/c", "single"]:
+    from retain.output_dirs import write_marker
+
+    for rel in ["sweep/b", "sweep/a", "sweep/nested/c", "single", "sweep/a/inner", "sweep/.a.tmp"]:
         (tmp_path / rel).mkdir(parents=True)
         (tmp_path / rel / "results.json").write_text("{}")
-    (tmp_path / "sweep/a/inner").mkdir()  # inside a run directory: not searched
-    (tmp_path / "sweep/a/inner/results.json").write_text("{}")
-    (tmp_path / "sweep/.a.tmp-123").mkdir()  # an unfinished run: skipped
-    (tmp_path / "sweep/.a.tmp-123/results.json").write_text("{}")
+        write_marker(tmp_path / rel, "run")
+    # sweep/a/inner: inside a run directory, not searched; sweep/.a.tmp: hidden, skipped.
+    (tmp_path / "sweep/mine").mkdir()  # a results.json without retain's marker is not a run
+    (tmp_path / "sweep/mine/results.json").write_text("{}")
     found = find_run_dirs([tmp_path / "single", tmp_path / "sweep"])
     expected = ["single", "sweep/a", "sweep/b", "sweep/nested/c"]
     assert found == [tmp_path / rel for rel in expected]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RetainError, match="no run directory"):
+    with pytest.raises(RetainError, match="no finished retain run directory"):
         find_run_dirs([tmp_path / "empty"])
     with pytest.raises(RetainError, match="does not exist"):
         find_run_dirs([tmp_path / "missing"])

@@ -24,9 +24,10 @@ from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
-from retain.experiment.run_dir import check_output_dir, output_directory, write_json, write_text
+from retain.experiment.run_dir import check_output_dir, output_directory, write_text
 from retain.output_dirs import output_lock
 from retain.report.audit_report import audit_markdown
+from retain.schema import AUDIT_FORMAT, write_record
 
 __all__ = ["AuditConfig", "resolve_device", "run_audit"]
 
@@ -152,6 +153,7 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
     from retain import __version__
 
     results: dict[str, Any] = {
+        "format": AUDIT_FORMAT,
         "kind": "audit",
         "retain_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -166,6 +168,6 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
     }
     if config.out is not None and is_main_process():
         with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
-            write_json(tmp / "results.json", results)
+            write_record(tmp / "results.json", results)
             write_text(tmp / "report.md", audit_markdown(results))
     return results

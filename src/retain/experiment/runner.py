@@ -55,6 +55,7 @@ from retain.output_dirs import (
     output_lock,
     write_marker,
 )
+from retain.schema import write_record
 from retain.strategies.base import Strategy
 from retain.training.checkpoint import latest_checkpoint
 from retain.training.sequence import fit_sequence
@@ -346,7 +347,7 @@ def _train(
     }
     if not is_main_process():
         return results  # one process writes the run directory
-    write_json(out / "results.json", results)
+    write_record(out / "results.json", results)
     progress_file.unlink(missing_ok=True)
     if spec.report:
         from retain.report.write import write_run_report

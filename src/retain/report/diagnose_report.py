@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from retain.errors import RetainError
-from retain.experiment.run_dir import write_bytes, write_json, write_text
+from retain.experiment.run_dir import write_bytes, write_text
 from retain.report.diagnose_plots import diagnose_figures, token_label
 from retain.report.html import escape, figure_html, html_table, number, page
 from retain.report.write import png_bytes
+from retain.schema import write_record
 
 __all__ = [
     "DIAGNOSE_CAPTIONS",
@@ -331,7 +332,7 @@ def write_diagnose_report(folder: Path, results: dict[str, Any]) -> None:
     folder = Path(folder)
     plots = folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "results.json", results)
+    write_record(folder / "results.json", results)
     images = {}
     for name, figure in diagnose_figures(results).items():
         images[name] = png_bytes(figure)

@@ -20,11 +20,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from retain.errors import RetainError
-from retain.experiment.run_dir import write_bytes, write_json, write_text
+from retain.experiment.run_dir import write_bytes, write_text
+from retain.output_dirs import output_kind, write_marker
 from retain.report.comparison_plots import comparison_figures
 from retain.report.html import comparison_html, run_report_html
 from retain.report.plots import run_figures
 from retain.report.summary import aggregate, higher_is_better, run_summary
+from retain.schema import write_record
 
 __all__ = [
     "COMPARISON_FORMAT",
@@ -50,7 +52,11 @@ def png_bytes(figure: Figure, dpi: int = DPI) -> bytes:
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/results.json`` as a dictionary; a missing or unreadable file is a RetainError."""
+    """``run_dir/results.json`` as a dictionary, checked against its schema (format
+    ``retain.run/1``, :mod:`retain.schema`); a missing, unreadable, foreign or invalid file is a
+    RetainError."""
+    from retain.schema import record_format, validate_record
+
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise RetainError(
@@ -61,11 +67,15 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RetainError(f"cannot read {str(path)!r} ({err}); re-run `retain run`") from None
-    if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+    found = record_format(data)
+    if found != "retain.run/1":
+        what = "no format" if found is None else f"format {found!r}"
         raise RetainError(
-            f"{str(path)!r} is not a run's results (no 'run' section); point at a run directory"
+            f"{str(path)!r} is not a run's results ({what}, not 'retain.run/1'); point at a run "
+            "directory"
         )
-    return data
+    validate_record(data, source=str(path))
+    return dict(data)
 
 
 def _save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, bytes]:
@@ -144,6 +154,8 @@ def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
     rows = aggregate(results_list)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if output_kind(out) is None:
+        write_marker(out, "comparison")
     score = results_list[0].get("score") or {}
     score_name = str(score.get("name", "score"))
     hib = higher_is_better(results_list[0])
@@ -166,17 +178,23 @@ def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
         "rows": rows,
         "runs": runs,
     }
-    write_json(out / "comparison.json", data)
+    write_record(out / "comparison.json", data)
     images = _save_figures(comparison_figures(rows, score_name, hib), out / "plots")
     report = out / "report.html"
     write_text(report, comparison_html(rows, results_list, images, links=links))
     return report
 
 
-def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
-    """Run directories in ``paths``: each is one (it has ``results.json``) or is searched.
+def _is_run(folder: Path) -> bool:
+    """A finished run directory: retain's run marker and ``results.json``."""
+    return output_kind(folder) == "run" and (folder / "results.json").is_file()
 
-    A folder without ``results.json`` is searched recursively for run directories (sorted by
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories in ``paths``: each is one (retain's run marker and ``results.json``) or
+    is searched.
+
+    A folder that is not a run directory is searched recursively for run directories (sorted by
     path); a run directory's own subfolders are not searched. Nothing found is a RetainError.
     """
     given_paths = [Path(p) for p in paths]
@@ -184,7 +202,7 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for path in given_paths:
         if not path.exists():
             raise RetainError(f"{str(path)!r} does not exist; pass a run directory or a folder")
-        if (path / "results.json").is_file():
+        if _is_run(path):
             found.append(path)
             continue
         if path.is_dir():
@@ -192,7 +210,7 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     if not found:
         shown = ", ".join(repr(str(p)) for p in given_paths)
         raise RetainError(
-            f"no run directory (a folder with results.json) in {shown}; run `retain run` first "
+            f"no finished retain run directory in {shown}; run `retain run` first "
             "or point at a run directory"
         )
     return list(dict.fromkeys(found))
@@ -201,7 +219,7 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 def _search(folder: Path) -> list[Path]:
     runs = []
     for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (child / "results.json").is_file():
+        if _is_run(child):
             runs.append(child)
         else:
             runs.extend(_search(child))
