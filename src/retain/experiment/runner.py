@@ -292,8 +292,7 @@ def _train(
             done = json.loads(progress_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise RetainError(
-                f"{str(progress_file)!r} is unreadable or corrupt; pass --overwrite to start "
-                "afresh"
+                f"{str(progress_file)!r} is unreadable or corrupt; pass --overwrite to start afresh"
             ) from None
     budgets = [s for s in strategies if s.name == "forgetting_budget"]
     seen = [sum(len(h) for h in done["budget"])]  # a resumed budget restores its history
