@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from retain.errors import RetainError
-from retain.experiment.build import build_experiment, build_strategies, train_config
+from retain.experiment.build import build_experiment, build_strategies
 from retain.experiment.config import ExperimentConfig, config_from_dict
 from retain.experiment.runner import RunSpec, run_experiment
+from retain.experiment.training_settings import train_config
 from retain.training.sequence import fit_sequence
 
 

@@ -35,9 +35,6 @@ from retain.experiment.build import (
     Experiment,
     build_experiment,
     build_strategies,
-    check_training,
-    run_device,
-    train_config,
 )
 from retain.experiment.config import ExperimentConfig, check_seeds, config_to_yaml
 from retain.experiment.layer_drift import LayerDrift
@@ -47,6 +44,7 @@ from retain.experiment.run_diagnostics import (
     reference_copy,
     shift_results,
 )
+from retain.experiment.training_settings import check_training, run_device, train_config
 from retain.output_dirs import (
     MARKER,
     check_output_parent,

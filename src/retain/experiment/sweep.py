@@ -24,7 +24,7 @@ from typing import Any
 
 from retain.atomic_files import write_text
 from retain.errors import RetainError
-from retain.experiment.build import build_strategies, check_training
+from retain.experiment.build import build_strategies
 from retain.experiment.config import (
     ExperimentConfig,
     check_seeds,
@@ -33,6 +33,7 @@ from retain.experiment.config import (
 )
 from retain.experiment.overrides import apply_overrides, parse_value
 from retain.experiment.runner import RunSpec, has_trained, run_experiment, run_state
+from retain.experiment.training_settings import check_training
 from retain.output_dirs import MARKER, check_output_parent, output_kind, output_lock, write_marker
 
 __all__ = ["SweepSpec", "parse_seeds", "run_sweep", "sweep_variants", "variant_folder"]

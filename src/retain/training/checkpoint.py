@@ -37,16 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import math
 import os
-import random
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -56,6 +52,13 @@ from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
 from retain.strategies.state import load_strategy_state, save_strategy_state
 from retain.tensor_files import read_safetensors, write_safetensors
+from retain.training.checkpoint_files import (
+    CorruptCheckpointError,
+    capture_rng,
+    read_tree,
+    restore_rng,
+    write_tree,
+)
 from retain.training.checkpoint_scan import (
     FORMAT,
     MANIFEST,
@@ -79,127 +82,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-_MARKS = ("__tensor__", "__tuple__", "__float__", "__items__")
 _FIX = "resume with the same model and strategies"
-
-
-class CorruptCheckpointError(RetainError):
-    """A checkpoint file that is missing, truncated or fails SHA-256 verification at load.
-
-    ``detail`` names the file and the problem without a fix, so that a caller that knows the
-    other checkpoints of a run can name the one to use instead.
-    """
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{detail}; resume from another checkpoint")
-        self.detail = detail
-
-
-def capture_rng() -> dict[str, Any]:
-    """Every global RNG state: ``torch.cpu`` (and ``torch.cuda.<i>`` per visible CUDA device) as
-    uint8 tensors, Python ``random`` as JSON ``{version, internal, gauss_next}``, NumPy's legacy
-    MT19937 as ``numpy.keys`` (624 words, int64 tensor) plus JSON ``{algorithm, pos, ...}``."""
-    state: dict[str, Any] = {"torch.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state.update({f"torch.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    version, internal, gauss = random.getstate()
-    state["python"] = {"version": version, "internal": list(internal), "gauss_next": gauss}
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-    state["numpy"] = {"algorithm": name, "pos": pos, "has_gauss": has_gauss, "gauss": cached}
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set every global RNG to ``state`` from :func:`capture_rng`. CUDA states are restored for
-    the devices both runs see (resuming on other hardware continues, not bit-identically)."""
-    missing = [k for k in ("torch.cpu", "python", "numpy", "numpy.keys") if k not in state]
-    if missing:
-        raise RetainError(f"RNG state lacks {missing[0]!r}; pass what capture_rng() returned")
-    torch.set_rng_state(state["torch.cpu"])
-    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        if f"torch.cuda.{i}" in state:
-            torch.cuda.set_rng_state(state[f"torch.cuda.{i}"], i)
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-    keys = state["numpy.keys"].numpy().astype(np.uint32)
-    np.random.set_state((npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
-
-
-def _encode(value: Any, tensors: dict[str, Tensor], key: str) -> Any:
-    """JSON for ``value``; tensors go to ``tensors[key]``. Tuples, non-finite floats and dicts with
-    non-string keys are tagged so that :func:`_decode` restores the exact types."""
-    if torch.is_tensor(value):
-        while key in tensors:
-            key += "_"
-        tensors[key] = value
-        return {"__tensor__": key}
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"__float__": repr(value)}
-    at = (key + ".") if key else ""
-    if isinstance(value, (list, tuple)):
-        items = [_encode(v, tensors, f"{at}{i}") for i, v in enumerate(value)]
-        return {"__tuple__": items} if isinstance(value, tuple) else items
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value) and not any(m in value for m in _MARKS):
-            return {k: _encode(v, tensors, f"{at}{k}") for k, v in value.items()}
-        pairs = [[_encode(k, {}, ""), _encode(v, tensors, f"{at}{k}")] for k, v in value.items()]
-        return {"__items__": pairs}
-    raise RetainError(
-        f"checkpoint value {key!r} has type {type(value).__name__}; a checkpoint stores tensors, "
-        "numbers, strings, None, lists, tuples and dicts"
-    )
-
-
-def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
-    """The inverse of :func:`_encode`."""
-    if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) == 1 and next(iter(value)) in _MARKS:
-        ((mark, inner),) = value.items()
-        if mark == "__tensor__":
-            return tensors[inner]
-        if mark == "__float__":
-            return float(inner)
-        if mark == "__tuple__":
-            return tuple(_decode(v, tensors) for v in inner)
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in inner}
-    return {k: _decode(v, tensors) for k, v in value.items()}
-
-
-def _write(path: Path, tree: Any, what: str) -> None:
-    """``tree`` as a ``.safetensors`` file (tensors plus typed JSON in the header) or as a
-    ``.json`` file (which must hold no tensors)."""
-    tensors: dict[str, Tensor] = {}
-    binary = path.suffix == ".safetensors"
-    tree = _encode(tree, tensors, "" if binary else what)
-    text = json.dumps(tree, indent=None if binary else 1, allow_nan=False)
-    if binary:
-        write_safetensors(path, tensors, {"retain.tree": text})
-    elif tensors:
-        raise RetainError(f"{what} holds tensor {next(iter(tensors))!r}; pass it in tensors=")
-    else:
-        path.write_text(text + "\n", encoding="utf-8")
-
-
-def _read(path: Path, what: str) -> Any:
-    """What :func:`_write` wrote to ``path``."""
-    try:
-        if path.suffix != ".safetensors":
-            return _decode(json.loads(path.read_text(encoding="utf-8")), {})
-        tensors, metadata = read_safetensors(path, what)
-        return _decode(json.loads(metadata["retain.tree"]), tensors)
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, RetainError):
-            raise
-        detail = f"{what} file {str(path)!r} is missing or corrupt ({exc})"
-        raise CorruptCheckpointError(detail) from exc
 
 
 def _world() -> tuple[int, int]:
@@ -338,7 +221,7 @@ def save_checkpoint(
             staging.mkdir()
 
     def write() -> None:
-        _write(staging / _rng_file(rank, world), capture_rng(), "RNG state")
+        write_tree(staging / _rng_file(rank, world), capture_rng(), "RNG state")
         if rank != 0:
             return
         unique, manifest["model"] = _model_state(model)
@@ -347,13 +230,13 @@ def save_checkpoint(
             manifest[what] = None if obj is None else {"class": type(obj).__name__}
             if obj is not None:
                 suffix = "safetensors" if what == "optimizer" else "json"
-                _write(staging / f"{what}.{suffix}", obj.state_dict(), what)
+                write_tree(staging / f"{what}.{suffix}", obj.state_dict(), what)
         manifest["strategies"] = None if chain is None else [s.name for s in chain]
         if chain is not None:
             save_strategy_state(chain, staging / "strategies.safetensors")
         if tensors:
-            _write(staging / "tensors.safetensors", dict(tensors), "tensors")
-        _write(staging / "position.json", position, "position")
+            write_tree(staging / "tensors.safetensors", dict(tensors), "tensors")
+        write_tree(staging / "position.json", position, "position")
 
     def publish() -> None:
         if rank != 0:
@@ -363,7 +246,7 @@ def save_checkpoint(
         files = {p.name: _file_info(p, sync=True) for p in sorted(staging.iterdir())}
         manifest.update(sequence=sequence, world_size=world, files=files)
         manifest.update(retain_version=__version__, torch_version=torch.__version__)
-        _write(staging / MANIFEST, manifest, "manifest")
+        write_tree(staging / MANIFEST, manifest, "manifest")
         _file_info(staging / MANIFEST, sync=True)
         old = directory / f".staging-{name}-replaced"
         if final.exists():
@@ -405,7 +288,7 @@ def load_checkpoint(
     each file this call reads.
     """
     path = Path(path)
-    manifest = _read(path / MANIFEST, "checkpoint manifest")
+    manifest = read_tree(path / MANIFEST, "checkpoint manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RetainError(f"{str(path)!r} is not a retain checkpoint; pass a step-<n> folder")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -449,15 +332,15 @@ def load_checkpoint(
                 f"checkpoint file {str(path / name)!r} is missing, truncated or corrupt (size or "
                 "SHA-256 differs from the manifest)"
             )
-    position = _read(path / "position.json", "checkpoint position")
+    position = read_tree(path / "position.json", "checkpoint position")
     extra: dict[str, Tensor] = {}
     if (path / "tensors.safetensors").is_file():
-        extra = _read(path / "tensors.safetensors", "checkpoint tensors")
+        extra = read_tree(path / "tensors.safetensors", "checkpoint tensors")
     opt_state: Any = (
-        None if optimizer is None else _read(path / "optimizer.safetensors", "optimizer")
+        None if optimizer is None else read_tree(path / "optimizer.safetensors", "optimizer")
     )
-    sch_state = None if scheduler is None else _read(path / "scheduler.json", "scheduler")
-    rng_state = _read(path / _rng_file(rank, world), "RNG state") if rng else None
+    sch_state = None if scheduler is None else read_tree(path / "scheduler.json", "scheduler")
+    rng_state = read_tree(path / _rng_file(rank, world), "RNG state") if rng else None
     if model is not None:
         unique, _ = read_safetensors(path / "model.safetensors", "checkpoint model")
         aliases = manifest["model"]["aliases"]
