@@ -44,6 +44,7 @@ class Row:
 ROWS = [
     Row("l2sp", {"alpha": 0.5}, {"alpha": 0.0}, penalty=True),
     Row("ewc", {"strength": 50.0, "fisher_samples": 16}, {"strength": 0.0}, penalty=True),
+    Row("mas", {"strength": 50.0, "samples": 16}, {"strength": 0.0}, penalty=True),
     Row("replay", {"ratio": 0.5, "buffer_size": 16}, {"ratio": 0.0}),
     Row(
         "generative_replay",

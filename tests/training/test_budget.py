@@ -149,7 +149,7 @@ def test_l2sp_target_tunes_alpha(setup: tuple[list[TaskSplit], MLP]) -> None:
 def test_errors(setup: tuple[list[TaskSplit], MLP]) -> None:
     tasks, _ = setup
     suite = _suite(tasks)
-    with pytest.raises(RetainError, match=r"cannot tune 'replay'.*\['ewc', 'l2sp'\]"):
+    with pytest.raises(RetainError, match=r"cannot tune 'replay'.*\['ewc', 'l2sp', 'mas'\]"):
         ForgettingBudget(build_strategy("replay"), suite, BUDGET)
     for bad in (0.0, -0.1):
         with pytest.raises(RetainError, match="max_degradation must be > 0"):

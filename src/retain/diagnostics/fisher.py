@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from retain.data.task import IGNORE_INDEX, Batch, Task, per_sample_loss
 from retain.diagnostics import per_sample_rules as rules
+from retain.distributed import rank_and_world
 from retain.errors import RetainError
 
 __all__ = ["FisherEngine", "FisherEstimator", "estimate_fisher"]
@@ -183,12 +184,6 @@ def _reduce(sums: dict[str, Tensor], count: int) -> dict[str, Tensor]:
     return {name: value.div_(max(total, 1.0)) for name, value in sums.items()}
 
 
-def _rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
-
-
 class _Run:
     """One estimate's settings, data and label generator (shared by the engines)."""
 
@@ -204,7 +199,7 @@ class _Run:
     ) -> None:
         self.model, self.task, self.selected = model, task, selected
         self.estimator, self.n_total, self.batch_size = estimator, n_total, batch_size
-        self.seed = seed + _rank()
+        self.seed = seed + rank_and_world()[0]
         first = next(iter(model.parameters()), None)
         self.device = first.device if first is not None else torch.device("cpu")
         self.generator: torch.Generator | None = None

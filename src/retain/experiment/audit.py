@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from retain.assets.models import LoadedModel, check_model_reference, load_model
-from retain.distributed import is_main_process
+from retain.distributed import is_main_process, resolve_device
 from retain.errors import RetainError
 from retain.evaluation.suite import EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
@@ -30,19 +28,6 @@ from retain.report.audit_report import audit_markdown
 from retain.schema import AUDIT_FORMAT, write_record
 
 __all__ = ["AuditConfig", "resolve_device", "run_audit"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else must name a usable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RetainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RetainError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
-    return device
 
 
 @dataclass(frozen=True)

@@ -326,15 +326,21 @@ class ExperimentConfig(_Section):
             )
         lists = [self.strategies, *self.sweep.variants.values()]
         marked = [e for entries in lists for e in entries if e.get("budget")]
-        for entry in marked:
-            if entry["name"] not in ("ewc", "l2sp"):
-                raise ValueError(f"budget: true works on ewc or l2sp entries, not {entry['name']}")
+        if marked:
+            from retain.strategies.base import STRATEGIES, tunable_strategies
+
+            for entry in marked:
+                name = entry["name"]
+                if name not in STRATEGIES or STRATEGIES.get(name).tunable_strength is None:
+                    tunable = " or ".join(tunable_strategies())
+                    raise ValueError(f"budget: true works on {tunable} entries, not {name}")
         if self.budget is not None:
             if self.suite is None:
                 raise ValueError("budget needs a suite (the capabilities it keeps within budget)")
             if not marked:
                 raise ValueError(
-                    "budget tunes the ewc or l2sp entries marked `budget: true`; mark one"
+                    "budget tunes the strategy entry marked `budget: true` (a penalty with a "
+                    "strength, such as ewc); mark one"
                 )
         elif marked:
             raise ValueError("a strategy is marked `budget: true` but there is no budget section")

@@ -55,6 +55,8 @@ from retain.output_dirs import (
 )
 from retain.schema import write_record
 from retain.strategies.base import Strategy
+from retain.strategies.chain import as_chain
+from retain.training.budget import ForgettingBudget
 from retain.training.checkpoint import latest_checkpoint
 from retain.training.sequence import fit_sequence
 
@@ -171,34 +173,6 @@ def _undo(out: Path, created: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _extras(
-    strategies: list[Strategy], model: nn.Module, lr: float, logs: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Per-layer learning rates and the unfreezing timeline (in optimizer steps of each task;
-    epochs are converted with the task's steps per epoch), when those strategies are used."""
-    extras: dict[str, Any] = {"layer_lrs": None, "unfreezing": None}
-    for s in strategies:
-        if s.name == "layerwise_lr":
-            groups = s.param_groups(model, lr) or []
-            extras["layer_lrs"] = [
-                {"group": str(g.get("name", f"group {k}")), "lr": float(g["lr"])}
-                for k, g in enumerate(groups)
-            ]
-        if s.name == "gradual_unfreezing":
-            lines = getattr(s, "timelines", [])
-            per_epoch = [
-                log["steps"] / max(1, log["epochs_done"])
-                if getattr(s, "unit", "") == "epoch"
-                else 1.0
-                for log in logs
-            ]
-            extras["unfreezing"] = [
-                [[round(unit * scale), k + 1] for k, (unit, _depth) in enumerate(sorted(line))]
-                for line, scale in zip(lines, per_epoch, strict=False)
-            ]
-    return extras
-
-
 def run_experiment(spec: RunSpec) -> dict[str, Any]:
     """Train ``spec.config``'s task sequence with its first seed; returns ``results.json``'s data.
 
@@ -292,7 +266,7 @@ def _train(
             raise RetainError(
                 f"{str(progress_file)!r} is unreadable or corrupt; pass --overwrite to start afresh"
             ) from None
-    budgets = [s for s in strategies if s.name == "forgetting_budget"]
+    budgets = [s for s in strategies if isinstance(s, ForgettingBudget)]
     seen = [sum(len(h) for h in done["budget"])]  # a resumed budget restores its history
 
     def after_task(t: int, model: nn.Module) -> None:
@@ -300,7 +274,7 @@ def _train(
             reference[0] = reference_copy(config, model, t + 1)
         done["drift"] = [*done["drift"][:t], drift.measure(model)]
         if budgets:
-            history = getattr(budgets[0], "history", [])
+            history = budgets[0].history
             done["budget"] = [*done["budget"][:t], list(history[seen[0] :])]
             seen[0] = len(history)
         if is_main_process():
@@ -343,7 +317,9 @@ def _train(
         if not budgets or config.budget is None
         else {"max_degradation": config.budget.max_degradation, "history": done["budget"]},
         "drift": {"layers": drift.layers, "after": done["drift"]},
-        **_extras(strategies, model, config.training.lr, result.logs),
+        "layer_lrs": None,
+        "unfreezing": None,
+        **as_chain(strategies).record_fields(model, config.training.lr, result.logs),
         "interference": interference_results(tracker, config),
         "shift": shift_results(config, built, reference[0], model),
         "seconds": time.perf_counter() - begin,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from retain.distributed import rank_and_world, resolve_device
 from retain.errors import RetainError
 from retain.experiment.config import ExperimentConfig
 from retain.training.loop import TrainConfig
@@ -17,34 +18,15 @@ __all__ = ["check_training", "run_device", "train_config"]
 
 
 def run_device(config: ExperimentConfig) -> torch.device:
-    """The device a run trains on: ``training.device``, ``auto`` meaning this process's CUDA
-    device when there is one, else the CPU; a device this machine lacks is a RetainError."""
-    from retain.training.sequence import auto_device
-
-    name = config.training.device
-    device = auto_device() if name == "auto" else torch.device(name)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise RetainError(
-                f"training.device={name}: this machine has no CUDA device; use auto or cpu"
-            )
-        if (device.index or 0) >= count:
-            raise RetainError(
-                f"training.device={name}: this machine has {count} CUDA device(s) "
-                f"(cuda:0 .. cuda:{count - 1}); pick one of them"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RetainError(f"training.device={name}: MPS is not available here; use auto or cpu")
-    return device
+    """The device a run trains on: ``training.device`` (:func:`~retain.distributed.resolve_device`;
+    ``auto``: this process's CUDA device when there is one, else the CPU)."""
+    return resolve_device(config.training.device, "training.device")
 
 
 def check_training(config: ExperimentConfig) -> torch.device:
     """Refuse training settings that would fail at the first step, before anything is written
     (a missing device, ``fp16`` off CUDA, more micro-batches than examples in a step); returns
     the device (:func:`run_device`)."""
-    from retain.training.steps import world
-
     device = run_device(config)
     t = config.training
     if t.precision == "fp16" and device.type != "cuda":
@@ -52,10 +34,11 @@ def check_training(config: ExperimentConfig) -> torch.device:
             f"training.precision=fp16 needs a CUDA device (this run trains on {device}); use "
             "bf16 or fp32"
         )
-    parts = world()[1] * t.grad_accum
+    processes = rank_and_world()[1]
+    parts = processes * t.grad_accum
     if t.batch_size < parts:
         raise RetainError(
-            f"training.batch_size={t.batch_size} is smaller than {world()[1]} process(es) x "
+            f"training.batch_size={t.batch_size} is smaller than {processes} process(es) x "
             f"training.grad_accum={t.grad_accum}; raise batch_size to at least {parts} or lower "
             "grad_accum"
         )

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
@@ -49,10 +49,12 @@ __all__ = [
     "Strategy",
     "build_strategy",
     "check_strength",
+    "conflict_reason",
     "load_builtin_strategies",
     "overrides",
     "parameters_line",
     "register_strategy",
+    "tunable_strategies",
 ]
 
 StateDict = dict[str, Any]
@@ -77,6 +79,10 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     #: True when the strategy unfreezes parameters later, so the optimizer must hold every one.
     needs_all_parameters_in_optimizer: ClassVar[bool] = False
+    #: The attribute holding the strength a forgetting budget may tune; None: nothing to tune.
+    tunable_strength: ClassVar[str | None] = None
+    #: Registry names of strategies this one does not combine with, and the reason why.
+    conflicts: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's ``prepare`` so the model records which strategies prepared it;
@@ -125,6 +131,17 @@ class Strategy:
 
     def on_task_end(self, model: nn.Module, task: Task) -> None:
         """The task (its own data, without replayed examples) has been trained."""
+
+    def route(self, model: nn.Module, task_name: str) -> None:
+        """Send ``model``'s forward through ``task_name``'s own parts, if the strategy keeps any
+        for that task (per-task adapters); a task it has not seen is left alone."""
+
+    def record_fields(
+        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """Fields this strategy adds to a run's results for the report, by results key (JSON
+        values). ``logs`` are the run's per-task training logs (``steps``, ``epochs_done``)."""
+        return {}
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         """The regulariser in loss space (differentiable), or None if the strategy has none."""
@@ -206,6 +223,16 @@ def check_strength(strategy: str, parameter: str, value: float) -> float:
             f"use 0 to switch the {strategy} term off"
         )
     return value
+
+
+def conflict_reason(a: type[Strategy], b: type[Strategy]) -> str | None:
+    """Why strategies ``a`` and ``b`` do not combine (either one's ``conflicts``), or None."""
+    return a.conflicts.get(b.name) or b.conflicts.get(a.name)
+
+
+def tunable_strategies() -> list[str]:
+    """Registry names of the strategies whose strength a forgetting budget can tune."""
+    return sorted(e.name for e in STRATEGIES if e.value.tunable_strength is not None)
 
 
 def load_builtin_strategies() -> None:

@@ -8,6 +8,7 @@ import retain.strategies.freeze
 import retain.strategies.generative_replay
 import retain.strategies.l2sp
 import retain.strategies.layerwise_lr
+import retain.strategies.mas
 import retain.strategies.peft_adapters
 import retain.strategies.progressive
 import retain.strategies.replay

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from retain.strategies.base import (
     StateDict,
     Strategy,
     build_strategy,
+    conflict_reason,
     overrides,
 )
 
@@ -27,26 +28,6 @@ __all__ = ["BEGUN_MARK", "MADE_MARK", "Chain", "as_chain", "chain"]
 BEGUN_MARK = "_retain_begun_task"
 #: Set on optimizers and schedulers built from the strategies; the Trainer callback checks it.
 MADE_MARK = "_retain_made"
-
-# Pairs that make no sense together, with the reason shown to the user.
-_CONFLICTS: dict[frozenset[str], str] = {
-    frozenset({"progressive", "lora"}): "progressive already trains one PEFT adapter per task",
-    frozenset({"progressive", "peft"}): "progressive already trains one PEFT adapter per task",
-    frozenset({"progressive", "ewc"}): (
-        "progressive freezes all earlier capacity, so EWC has nothing left to protect"
-    ),
-    frozenset({"progressive", "l2sp"}): (
-        "progressive freezes all earlier capacity, so L2-SP has nothing left to protect"
-    ),
-    frozenset({"lora", "peft"}): "both wrap the model in PEFT; configure one PEFT method",
-    frozenset({"progressive", "freeze"}): (
-        "progressive resets which parameters train at every task; choose the adapter's "
-        "target_modules / layers_to_transform in its PEFT config instead"
-    ),
-    frozenset({"progressive", "gradual_unfreezing"}): (
-        "unfreezing base weights would break progressive's zero-forgetting guarantee"
-    ),
-}
 
 
 class Chain(Strategy):
@@ -64,14 +45,15 @@ class Chain(Strategy):
 
     def __init__(self, strategies: Sequence[Strategy]) -> None:
         self.strategies = list(strategies)
-        names = [s.name for s in self.strategies]
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                reason = _CONFLICTS.get(frozenset({a, b}))
+        for i, a in enumerate(self.strategies):
+            for b in self.strategies[i + 1 :]:
+                if a.name == b.name:
+                    raise RetainError(f"strategy {a.name!r} is listed twice; keep one")
+                reason = conflict_reason(type(a), type(b))
                 if reason:
-                    raise RetainError(f"strategies {a!r} and {b!r} do not combine: {reason}")
-                if a == b:
-                    raise RetainError(f"strategy {a!r} is listed twice; keep one")
+                    raise RetainError(
+                        f"strategies {a.name!r} and {b.name!r} do not combine: {reason}"
+                    )
 
     def __iter__(self) -> Iterator[Strategy]:
         return iter(self.strategies)
@@ -157,6 +139,23 @@ class Chain(Strategy):
     def on_task_end(self, model: nn.Module, task: Task) -> None:
         for s in self.strategies:
             s.on_task_end(model, task)
+
+    def route(self, model: nn.Module, task_name: str) -> None:
+        for s in self.strategies:
+            s.route(model, task_name)
+
+    def record_fields(
+        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """Every member's fields (a key given by two members is an error)."""
+        fields: dict[str, Any] = {}
+        for s in self.strategies:
+            own = s.record_fields(model, lr, logs)
+            twice = sorted(set(own) & set(fields))
+            if twice:
+                raise RetainError(f"two strategies give the results field {twice[0]!r}")
+            fields.update(own)
+        return fields
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         terms = [p for s in self.strategies if (p := s.penalty(model)) is not None]

@@ -52,6 +52,7 @@ class L2SP(Strategy):
     """
 
     name = "l2sp"
+    tunable_strength = "alpha"
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ same factor, so the ratios between layers persist through the schedule.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -101,6 +101,18 @@ class LayerwiseLR(Strategy):
     def __init__(self, decay: float = 0.9, pattern: str | None = None) -> None:
         self.decay = _check_decay(decay)
         self.pattern = pattern
+
+    def record_fields(
+        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """``layer_lrs``: ``[{"group": name, "lr": rate}, ...]`` from the head down (the report's
+        per-layer learning-rate figure)."""
+        groups = self.param_groups(model, lr) or []
+        rates = [
+            {"group": str(g.get("name", f"group {k}")), "lr": float(g["lr"])}
+            for k, g in enumerate(groups)
+        ]
+        return {"layer_lrs": rates}
 
     def param_groups(self, model: nn.Module, lr: float) -> list[ParamGroup] | None:
         """:func:`layerwise_param_groups` with this strategy's ``decay`` and ``pattern``."""

@@ -22,8 +22,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from torch import nn
 
@@ -248,6 +249,9 @@ def add_peft_adapter(
         raise _peft_failure(exc, base, peft_config, what) from exc
 
 
+_ONE_PEFT = "both wrap the model in PEFT; configure one PEFT method"
+
+
 @register_strategy("any PEFT method (ia3, loha, lokr, boft, vera, ...) over a frozen base model")
 class PeftStrategy(Strategy):
     """Train a PEFT adapter of any method over the frozen model (``peft.get_peft_model``).
@@ -264,6 +268,9 @@ class PeftStrategy(Strategy):
     """
 
     name = "peft"
+    conflicts: ClassVar[Mapping[str, str]] = {
+        "lora": "both wrap the model in PEFT; configure one PEFT method"
+    }
 
     def __init__(
         self,
@@ -341,6 +348,9 @@ class LoRA(PeftStrategy):
     """
 
     name = "lora"
+    conflicts: ClassVar[Mapping[str, str]] = {
+        "peft": "both wrap the model in PEFT; configure one PEFT method"
+    }
 
     def __init__(
         self,

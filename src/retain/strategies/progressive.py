@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import re
 import zlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -83,6 +84,19 @@ class Progressive(Strategy):
     """
 
     name = "progressive"
+    conflicts: ClassVar[Mapping[str, str]] = {
+        "lora": "progressive already trains one PEFT adapter per task",
+        "peft": "progressive already trains one PEFT adapter per task",
+        "ewc": "progressive freezes all earlier capacity, so EWC has nothing left to protect",
+        "l2sp": "progressive freezes all earlier capacity, so L2-SP has nothing left to protect",
+        "freeze": (
+            "progressive resets which parameters train at every task; choose the adapter's "
+            "target_modules / layers_to_transform in its PEFT config instead"
+        ),
+        "gradual_unfreezing": (
+            "unfreezing base weights would break progressive's zero-forgetting guarantee"
+        ),
+    }
 
     def __init__(
         self,
@@ -210,6 +224,11 @@ class Progressive(Strategy):
                 "pass the name of a task trained so far"
             )
         self._activate(peft_model, task_name)
+
+    def route(self, model: nn.Module, task_name: str) -> None:
+        """:meth:`use_task` for a task that has an adapter; other tasks are left alone."""
+        if task_name in self.tasks:
+            self.use_task(model, task_name)
 
     def after_backward(self, model: nn.Module) -> None:
         """Refuse a training step taken through another task's adapter (left by an evaluation)."""

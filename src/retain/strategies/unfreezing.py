@@ -31,6 +31,7 @@ much as full fine-tuning, but every rank stays identical.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -166,6 +167,22 @@ class GradualUnfreezing(Strategy):
         self._in_task = False
 
     # -------------------------------------------------------------------------------- state
+    def record_fields(
+        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """``unfreezing``: per task, ``[[optimizer step, blocks unfrozen], ...]`` (epochs are
+        converted with the task's steps per epoch, ``steps / epochs_done`` of its log)."""
+        per_epoch = [
+            log["steps"] / max(1, log["epochs_done"]) if self.unit == "epoch" else 1.0
+            for log in logs
+        ]
+        return {
+            "unfreezing": [
+                [[round(unit * scale), k + 1] for k, (unit, _depth) in enumerate(sorted(line))]
+                for line, scale in zip(self.timelines, per_epoch, strict=False)
+            ]
+        }
+
     def state_dict(self) -> StateDict:
         """Units counted in the current task, whether a task is running, the timelines and
         the names of the parameters allowed to be unfrozen (all JSON)."""

@@ -64,14 +64,12 @@ from retain.data.task import Task
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityScore, EvalSuite, SuiteResult
-from retain.strategies.base import ParamGroup, StateDict, Strategy
+from retain.strategies.base import ParamGroup, StateDict, Strategy, tunable_strategies
 
 __all__ = ["Controller", "ForgettingBudget", "next_strength", "pi_strength"]
 
 Controller = Literal["multiplicative", "pi"]
 
-#: The strategies whose strength the budget tunes, and the attribute holding it.
-SUPPORTED: dict[str, str] = {"ewc": "strength", "l2sp": "alpha"}
 #: Where a zero strength restarts from (a controller on ``log s`` cannot leave 0).
 RESTART_STRENGTH = 1.0
 _MAX_EXPONENT = 700.0  # exp(700) is finite in float64
@@ -187,10 +185,10 @@ class ForgettingBudget(Strategy):
         proportional_gain: float | None = None,
         integral_gain: float | None = None,
     ) -> None:
-        if not isinstance(target, Strategy) or target.name not in SUPPORTED:
+        if not isinstance(target, Strategy) or target.tunable_strength is None:
             got = target.name if isinstance(target, Strategy) else type(target).__name__
             raise RetainError(
-                f"forgetting_budget cannot tune {got!r}; wrap one of {sorted(SUPPORTED)} "
+                f"forgetting_budget cannot tune {got!r}; wrap one of {tunable_strategies()} "
                 "(e.g. EWC(strength=10) or L2SP(alpha=0.01))"
             )
         if not isinstance(suite, EvalSuite) or not suite.probes:
@@ -247,12 +245,19 @@ class ForgettingBudget(Strategy):
 
     @property
     def strength(self) -> float:
-        """The target's current strength (EWC ``strength`` or L2-SP ``alpha``)."""
-        return float(getattr(self.target, SUPPORTED[self.target.name]))
+        """The target's current strength (its declared ``tunable_strength`` attribute: EWC's
+        ``strength``, L2-SP's ``alpha``)."""
+        return float(getattr(self.target, self._attribute))
 
     @strength.setter
     def strength(self, value: float) -> None:
-        setattr(self.target, SUPPORTED[self.target.name], float(value))
+        setattr(self.target, self._attribute, float(value))
+
+    @property
+    def _attribute(self) -> str:
+        attribute = self.target.tunable_strength
+        assert attribute is not None  # checked in __init__
+        return attribute
 
     def worst_degradation(self, model: nn.Module) -> float:
         """Evaluate the suite (undisturbing) and return the worst relative degradation."""

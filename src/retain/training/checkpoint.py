@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from retain.distributed import rank_and_world
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
@@ -83,13 +84,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _FIX = "resume with the same model and strategies"
-
-
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_rank()), int(dist.get_world_size())
-    return 0, 1
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -205,7 +199,7 @@ def save_checkpoint(
     step = position.get("global_step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise RetainError(f"position['global_step'] must be a whole number >= 0, got {step!r}")
-    rank, world = _world()
+    rank, world = rank_and_world()
     found = _checkpoints(directory)
     sequence = found[-1][0][0] + 1 if found else 1
     name = f"step-{sequence if step is None else step}"
@@ -294,7 +288,7 @@ def load_checkpoint(
     if manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version")
         raise RetainError(f"checkpoint {str(path)!r} has format {version}, not {FORMAT_VERSION}")
-    rank, world = _world()
+    rank, world = rank_and_world()
     if model is not None:
         saved, (_, mine) = manifest["model"], _model_state(model)
         diff = _model_difference(saved, mine)

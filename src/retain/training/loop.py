@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from retain.data.task import Task
+from retain.distributed import rank_and_world
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import MADE_MARK, Chain, as_chain
@@ -36,7 +37,6 @@ from retain.training.steps import (
     StepRunner,
     check_precision,
     finite_or_raise,
-    world,
 )
 
 __all__ = ["TaskHooks", "TaskLog", "TrainConfig", "make_optimizer", "train_task"]
@@ -203,7 +203,7 @@ def train_task(
     config = config or TrainConfig()
     hooks = hooks or TaskHooks()
     strat = as_chain(strategies)
-    _check_batch(config, world()[1])  # before begin_task changes any strategy state
+    _check_batch(config, rank_and_world()[1])  # before begin_task changes any strategy state
     check_precision(config.precision, model)
     data = strat.begin_task(model, task)
     optimizer = make_optimizer(model, strat, config)

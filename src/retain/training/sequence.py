@@ -14,8 +14,8 @@ saves it as strict JSON (``NaN`` -> ``null``).
 Task kinds: a model with one head per task (task-incremental, e.g.
 :class:`retain.data.task_heads.TaskHeads`) exposes ``use_task(name)``, which is called before a
 task is trained or scored; a shared head (domain-incremental) needs nothing; causal-LM tasks use
-the :class:`~retain.data.task.CausalLM` objective and a score such as minus the perplexity. A
-strategy with per-task routing (``progressive``) is routed to each task it has trained.
+the :class:`~retain.data.task.CausalLM` objective and a score such as minus the perplexity. Every
+strategy's ``route`` hook is called too (``progressive`` switches to the task's adapter).
 
 Checkpoints (``checkpoint_dir``): after every task (``tasks/step-<t>``) and every
 ``checkpoint_every`` optimizer steps (``steps/step-<global step>``), through
@@ -31,7 +31,6 @@ skipped and why, is said through ``say`` and kept in :attr:`RunResult.resume_not
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -48,7 +47,7 @@ from retain.atomic_files import write_json
 from retain.data.permuted import TaskSplit
 from retain.data.task import Task
 from retain.data.task_heads import task_router
-from retain.distributed import init_distributed
+from retain.distributed import auto_device, init_distributed
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
@@ -156,19 +155,9 @@ def _check_splits(splits: Sequence[TaskSplit]) -> list[str]:
     return names
 
 
-def auto_device() -> torch.device:
-    """This process's accelerator (``cuda:LOCAL_RANK``) when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def route(model: nn.Module, strategies: Chain, name: str) -> None:
     """Send ``model``'s forward through task ``name``: its head and per-task adapters."""
-    for strategy in strategies:
-        use = getattr(strategy, "use_task", None)
-        if callable(use) and name in getattr(strategy, "tasks", ()):
-            use(model, name)
+    strategies.route(model, name)
     router = task_router(model)
     if router is not None:
         router.use_task(name)

@@ -40,19 +40,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from retain.data.task import IGNORE_INDEX, Batch, Task, batch_loss, summed_loss, target_count
+from retain.distributed import rank_and_world
 from retain.errors import RetainError
 
-__all__ = ["Precision", "StepRunner", "check_precision", "finite_or_raise", "world"]
+__all__ = ["Precision", "StepRunner", "check_precision", "finite_or_raise"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
-
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return int(dist.get_rank()), int(dist.get_world_size())
-    return 0, 1
 
 
 @dataclass
@@ -71,7 +64,7 @@ class StepRunner:
     def __post_init__(self) -> None:
         if self.grad_accum < 1:
             raise RetainError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        self.rank, self.world_size = world()
+        self.rank, self.world_size = rank_and_world()
         self.device = _model_device(self.model)
         check_precision(self.precision, self.model)
         enabled = self.precision == "fp16"
@@ -185,7 +178,7 @@ def _split(indices: list[int], parts: int) -> list[list[int]]:
 
 
 def _all_reduce_scalar(value: float) -> float:
-    if world()[1] == 1:
+    if rank_and_world()[1] == 1:
         return value
     box = torch.tensor([value], dtype=torch.float64)
     torch.distributed.all_reduce(box)
