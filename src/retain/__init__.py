@@ -7,7 +7,6 @@ whose layout may change.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,10 +57,7 @@ if TYPE_CHECKING:
     from retain.training.monitor import ForgettingMonitor, MonitorConfig
     from retain.training.sequence import RunResult, fit_sequence
 
-try:
-    __version__ = version("retain")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from retain.version import __version__
 
 __all__ = [
     "DATASETS",

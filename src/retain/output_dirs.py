@@ -84,7 +84,7 @@ def output_kind(folder: Path) -> str | None:
 
 def write_marker(folder: Path, kind: OutputKind) -> None:
     """Write ``folder``'s marker (atomically) naming ``kind`` and this retain's version."""
-    from retain import __version__
+    from retain.version import __version__
 
     write_json(folder / MARKER, {"format": OUTPUT_FORMAT, "kind": kind, "retain": __version__})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,16 @@ def _base_name(folder: str, adapter_base: str | None) -> str:
 
 
 def check_adapter(
-    folder: str, adapter_base: str | None, *, kind: Any = None, reach_hub: bool = False
+    folder: str,
+    adapter_base: str | None,
+    check_base: Callable[..., Any],
+    *,
+    kind: Any = None,
+    reach_hub: bool = False,
 ) -> None:
     """Refuse, before any work, an adapter without weights, with a truncated or corrupt weights
-    file, without a base, or of the wrong kind."""
-    from retain.assets.models import check_model_reference
-
+    file, without a base, or of the wrong kind. ``check_base(name, reach_hub=, kind=)`` checks
+    the base model reference (:func:`retain.assets.models.check_model_reference`)."""
     if not any((Path(folder).expanduser() / f).exists() for f in _WEIGHT_FILES):
         raise RetainError(
             f"adapter folder {folder!r} has no adapter_model.safetensors; save it with "
@@ -78,9 +83,9 @@ def check_adapter(
         )
     base = _base_name(folder, adapter_base)
     if kind == "causal-lm":
-        check_model_reference(base, reach_hub=reach_hub, kind="causal-lm")
+        check_base(base, reach_hub=reach_hub, kind="causal-lm")
     else:
-        check_model_reference(base, reach_hub=reach_hub)
+        check_base(base, reach_hub=reach_hub)
     check_weight_files(folder, what="adapter")
 
 
@@ -99,8 +104,11 @@ def load_adapter(
     adapter_base: str | None,
     trust_remote_code: bool,
     dtype: torch.dtype,
+    load_base: Callable[..., Any],
 ) -> tuple[torch.nn.Module, Any]:
     """``(merged model, base tokenizer)``: the adapter applied to its base and merged.
+    ``load_base(name, kind=, trust_remote_code=, dtype=, **kwargs)`` loads the base
+    (:func:`retain.assets.models.load_model`).
 
     Raises:
         RetainError: when the adapter cannot be applied, or some of its saved tensors match no
@@ -108,8 +116,6 @@ def load_adapter(
     """
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict, load_peft_weights
-
-    from retain.assets.models import load_model
 
     base_name = _base_name(folder, adapter_base)
     try:
@@ -122,7 +128,7 @@ def load_adapter(
     extra: dict[str, Any] = {}
     if base_kind == "sequence-classification" and (n := _num_labels(saved)) is not None:
         extra["num_labels"] = n
-    base = load_model(
+    base = load_base(
         base_name, kind=base_kind, trust_remote_code=trust_remote_code, dtype=dtype, **extra
     )
     try:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from retain.assets.adapters import adapter_kind, check_adapter, load_adapter
 from retain.assets.cache import cache_dir
 from retain.assets.packages import MINILM, SMOLLM2, asset_file
 from retain.assets.tokenizer_loading import check_tokenizer_files, check_vocab_fits, load_tokenizer
@@ -196,9 +197,9 @@ def check_model_reference(
     """
     origin = _reference_origin(name_or_path, reach_hub)
     if origin == "local" and is_adapter_folder(name_or_path):
-        from retain.assets.adapters import check_adapter
-
-        check_adapter(name_or_path, adapter_base, kind=kind, reach_hub=reach_hub)
+        check_adapter(
+            name_or_path, adapter_base, check_model_reference, kind=kind, reach_hub=reach_hub
+        )
         return origin
     if kind is not None and (origin != "hub" or reach_hub):
         check_kind(name_or_path, architectures_of(name_or_path, origin), kind)
@@ -313,8 +314,6 @@ def default_kind(name_or_path: str) -> ModelKind:
         return MODELS.get(name_or_path).kind
     origin = _reference_origin(name_or_path, reach_hub=False)
     if origin == "local" and is_adapter_folder(name_or_path):
-        from retain.assets.adapters import adapter_kind
-
         return adapter_kind(name_or_path) or "causal-lm"
     try:
         return detected_kind(architectures_of(name_or_path, origin)) or "causal-lm"
@@ -350,10 +349,8 @@ def load_model(
     origin = check_model_reference(name_or_path, kind=kind, adapter_base=adapter_base)
     folder = _folder_for(name_or_path, origin)
     if origin == "local" and is_adapter_folder(folder):
-        from retain.assets.adapters import load_adapter
-
         model, tokenizer = load_adapter(
-            folder, name_or_path, kind, adapter_base, trust_remote_code, dtype
+            folder, name_or_path, kind, adapter_base, trust_remote_code, dtype, load_model
         )
         if (Path(folder) / "tokenizer_config.json").exists():
             tokenizer = load_tokenizer(folder, trust_remote_code)

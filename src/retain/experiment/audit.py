@@ -135,7 +135,7 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
         )
     for warning in warnings:
         say(f"warning: {warning}")
-    from retain import __version__
+    from retain.version import __version__
 
     results: dict[str, Any] = {
         "format": AUDIT_FORMAT,

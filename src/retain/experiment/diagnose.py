@@ -300,7 +300,7 @@ def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) ->
                 progress=_bar("interference"),
             ).to_dict()
             lap("interference")
-    from retain import __version__
+    from retain.version import __version__
 
     results = {
         "format": "retain.diagnose/1",

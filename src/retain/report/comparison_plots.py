@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from retain.report.plots import new_figure, short
+from retain.report.figure_parts import new_figure, short
 from retain.report.summary import forgetting_cost_key
 
 __all__ = ["COMPARISON_FIGURES", "comparison_figures", "pareto_figure", "transfer_figure"]

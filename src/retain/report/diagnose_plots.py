@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import NDArray
 
-from retain.report.plots import floats, fmt, new_figure, short
+from retain.report.figure_parts import floats, fmt, new_figure, short
 
 __all__ = [
     "DIAGNOSE_FIGURES",

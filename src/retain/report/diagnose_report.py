@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from retain.atomic_files import write_bytes, write_text
 from retain.errors import RetainError
-from retain.experiment.run_dir import write_bytes, write_text
 from retain.report.diagnose_plots import diagnose_figures, token_label
 from retain.report.html import escape, figure_html, html_table, number, page
 from retain.report.write import png_bytes

@@ -16,18 +16,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from retain.report.diagnose_plots import output_kl_figure, representation_figure
-from retain.report.plots import (
-    RUN_DIAGNOSTIC_FIGURES,
-    floats,
-    fmt,
-    new_figure,
-    steps_axis,
-    task_offsets,
-)
+from retain.report.figure_parts import floats, fmt, new_figure, steps_axis, task_offsets
 
-__all__ = ["interference_run_figure", "interference_steps", "run_diagnostic_figures"]
+__all__ = [
+    "RUN_DIAGNOSTIC_FIGURES",
+    "interference_run_figure",
+    "interference_steps",
+    "run_diagnostic_figures",
+]
 
 Results = dict[str, Any]
+#: The figures of the optional ``interference`` and ``shift`` sections of a run, in report order.
+RUN_DIAGNOSTIC_FIGURES = ("interference", "representation", "output_kl")
 
 
 def interference_steps(results: Results) -> list[float]:
@@ -95,7 +95,7 @@ def interference_run_figure(results: Results) -> Figure | None:
 
 
 def run_diagnostic_figures(results: Results) -> dict[str, Figure]:
-    """The figures of :data:`~retain.report.plots.RUN_DIAGNOSTIC_FIGURES` the run has data for."""
+    """The figures of :data:`RUN_DIAGNOSTIC_FIGURES` the run has data for."""
     shift = results.get("shift") or {}
     start = "start of the run vs final model"
     figures = {

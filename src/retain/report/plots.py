@@ -20,12 +20,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
-from numpy.typing import NDArray
 
+from retain.report.diagnostic_run_plots import RUN_DIAGNOSTIC_FIGURES, run_diagnostic_figures
+from retain.report.figure_parts import (
+    Results,
+    color_map,
+    floats,
+    fmt,
+    heatmap,
+    legend,
+    new_figure,
+    run_section,
+    run_tasks,
+    short,
+    steps_axis,
+    task_offsets,
+)
 from retain.report.summary import run_summary
 
 __all__ = [
@@ -38,9 +51,7 @@ __all__ = [
     "loss_figure",
     "run_figures",
     "score_matrix_figure",
-    "steps_axis",
     "task_curves_figure",
-    "task_offsets",
     "unfreezing_figure",
 ]
 
@@ -55,48 +66,12 @@ RUN_FIGURES = (
     "layer_lrs",
     "unfreezing",
 )
-#: Then those of the optional ``interference`` and ``shift`` sections
-#: (:mod:`retain.report.diagnostic_run_plots`).
-RUN_DIAGNOSTIC_FIGURES = ("interference", "representation", "output_kl")
-Results = dict[str, Any]
 # Artist styles.
-_BOUNDARY: dict[str, Any] = {"color": "0.5", "linestyle": "--", "linewidth": 0.8}
-_TOP: dict[str, Any] = {"ha": "center", "fontsize": 7}
-_CELL: dict[str, Any] = {"ha": "center", "va": "center", "fontsize": 7.5}
 _RING: dict[str, Any] = {"marker": "o", "markersize": 10, "markerfacecolor": "none"}
 _WORST: dict[str, Any] = {"color": "black", "linewidth": 2, "marker": ".", "zorder": 3}
 _THIN: dict[str, Any] = {"linewidth": 0.9, "alpha": 0.8}
 _STOP: dict[str, Any] = {"marker": "X", "s": 80, "color": "red", "zorder": 5}
 _STOP_NUMBER: dict[str, Any] = {"xytext": (5, 5), "textcoords": "offset points", "fontsize": 8}
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A free-standing figure (no pyplot) with constrained layout; size in inches."""
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def short(name: str, width: int = 28) -> str:
-    """``name`` cut to ``width`` characters, keeping its end (``…`` marks the cut)."""
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
-
-
-def fmt(value: float | None, spec: str = ".3g") -> str:
-    """``value`` formatted with ``spec``, or ``"n/a"`` when undefined."""
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def floats(values: Sequence[Any]) -> NDArray[np.float64]:
-    """``values`` as float64 with None (JSON ``null``) as ``NaN``."""
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
-def _run(results: Results) -> dict[str, Any]:
-    run = results.get("run")
-    return run if isinstance(run, dict) else {}
-
-
-def _tasks(results: Results) -> list[str]:
-    return [str(t) for t in _run(results).get("tasks") or []]
 
 
 def _score_name(results: Results) -> str:
@@ -108,67 +83,9 @@ def _after(tasks: Sequence[str], count: int) -> list[str]:
     return [f"after {short(tasks[t], 16)}" if t < len(tasks) else str(t + 1) for t in range(count)]
 
 
-def task_offsets(results: Results, count: int) -> list[float]:
-    """Global step at the start of each of ``count`` tasks (``sum_{s<t} logs[s]["steps"]``)."""
-    logs = _run(results).get("logs") or []
-    steps = [float(log.get("steps") or 0) for log in logs[:count]]
-    steps += [0.0] * (count - len(steps))
-    return [float(sum(steps[:t])) for t in range(count)]
-
-
-def steps_axis(
-    ax: Axes, results: Results, offsets: Sequence[float], title: str, names: bool = True
-) -> None:
-    """Global-step x axis: dashed task boundaries and (``names``) task names over their spans."""
-    tasks = _tasks(results)
-    lo, hi = ax.get_xlim()
-    ends = [*offsets[1:], max(hi, offsets[-1])] if offsets else []
-    for t, (start, end) in enumerate(zip(offsets, ends, strict=True)):
-        if t > 0:
-            ax.axvline(start, **_BOUNDARY)
-        middle = (max(start, lo) + min(end, hi)) / 2
-        if names and t < len(tasks) and lo <= middle <= hi and end > start:
-            label = short(tasks[t], max(4, int(60 * (min(end, hi) - max(start, lo)) / (hi - lo))))
-            ax.text(middle, 1.01, label, transform=ax.get_xaxis_transform(), **_TOP)
-    ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("global optimizer step")
-    ax.set_title(title, pad=14)
-    ax.grid(alpha=0.3)
-
-
-def _legend(ax: Axes) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
-def _colors(names: Sequence[str]) -> dict[str, Any]:
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(k % cmap.N) for k, name in enumerate(names)}
-
-
-def _heatmap(
-    fig: Figure,
-    ax: Axes,
-    data: NDArray[np.float64],
-    cmap: str,
-    label: str,
-    spec: str,
-    annotate: bool,
-) -> None:
-    """``data`` as an image with a colour bar, cells annotated with ``spec`` when ``annotate``."""
-    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=label)
-    finite = data[np.isfinite(data)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    for (r, c), value in np.ndenumerate(data) if annotate else ():
-        dark = hi == lo or not math.isfinite(value) or (value - lo) / (hi - lo) < 0.6
-        ax.text(c, r, fmt(float(value), spec), color="white" if dark else "black", **_CELL)
-
-
 def score_matrix_figure(results: Results) -> Figure | None:
     """Heatmap of ``R[t][i]`` (rows: after training task t; columns: task i), cells annotated."""
-    tasks, rows = _tasks(results), _run(results).get("matrix") or []
+    tasks, rows = run_tasks(results), run_section(results).get("matrix") or []
     if not tasks or not rows:
         return None
     data = np.full((len(rows), len(tasks)), np.nan)
@@ -177,7 +94,7 @@ def score_matrix_figure(results: Results) -> Figure | None:
     side = min(3.0 + 0.7 * len(tasks), 14.0)
     fig = new_figure(side + 1.8, side)
     ax = fig.add_subplot()
-    _heatmap(fig, ax, data, "viridis", _score_name(results), ".3g", len(tasks) <= 16)
+    heatmap(fig, ax, data, "viridis", _score_name(results), ".3g", len(tasks) <= 16)
     labels = [short(t, 20) for t in tasks]
     ax.set_xticks(range(len(tasks)), labels=labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), labels=labels[: len(rows)], fontsize=8)
@@ -192,10 +109,10 @@ def score_matrix_figure(results: Results) -> Figure | None:
 
 def task_curves_figure(results: Results) -> Figure | None:
     """Each task's score after each training stage (stage 0 = the baseline before training)."""
-    tasks, rows = _tasks(results), _run(results).get("matrix") or []
+    tasks, rows = run_tasks(results), run_section(results).get("matrix") or []
     if not tasks or not rows:
         return None
-    baseline = list(_run(results).get("baseline") or [])
+    baseline = list(run_section(results).get("baseline") or [])
     stages = np.arange(len(rows) + 1)
     fig = new_figure(max(6.0, 1.2 * len(stages) + 3.0), 4.2)
     ax = fig.add_subplot()
@@ -210,7 +127,7 @@ def task_curves_figure(results: Results) -> Figure | None:
     ax.set_ylabel(_score_name(results))
     ax.set_title("Score of each task after each training stage (ring: the task just trained)")
     ax.grid(alpha=0.3)
-    _legend(ax)
+    legend(ax)
     return fig
 
 
@@ -228,15 +145,15 @@ def degradation_figure(results: Results) -> Figure | None:
     legend). Without monitor histories but with a suite: the suite's relative degradation after
     each task.
     """
-    logs = _run(results).get("logs") or []
+    logs = run_section(results).get("logs") or []
     monitors = [(t, log.get("monitor")) for t, log in enumerate(logs)]
     histories = [(t, m) for t, m in monitors if isinstance(m, dict) and m.get("history")]
     if not histories:
         return _suite_degradation_figure(results)
-    offsets = task_offsets(results, max(len(logs), len(_tasks(results))))
+    offsets = task_offsets(results, max(len(logs), len(run_tasks(results))))
     records = [h for _, m in histories for h in m["history"]]
     names = list(dict.fromkeys(n for h in records for n in h.get("degradation", {})))
-    colors = _colors(names)
+    colors = color_map(names)
     fig = new_figure(11.0, 5.0)
     ax = fig.add_subplot()
     stops, labelled = 0, set()
@@ -258,16 +175,16 @@ def degradation_figure(results: Results) -> Figure | None:
     _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
     ax.set_ylabel("relative degradation (positive = worse)")
     steps_axis(ax, results, offsets, "Capability degradation during training (monitor)")
-    _legend(ax)
+    legend(ax)
     return fig
 
 
 def _suite_degradation_figure(results: Results) -> Figure | None:
-    relative = (_run(results).get("suite") or {}).get("relative_degradation") or []
+    relative = (run_section(results).get("suite") or {}).get("relative_degradation") or []
     if not relative:
         return None
     names = list(dict.fromkeys(n for row in relative for n in row))
-    colors = _colors(names)
+    colors = color_map(names)
     x = np.arange(1, len(relative) + 1)
     fig = new_figure(max(6.0, 1.2 * len(x) + 3.0), 4.2)
     ax = fig.add_subplot()
@@ -278,17 +195,17 @@ def _suite_degradation_figure(results: Results) -> Figure | None:
         ax.plot(x, table[:, k], color=colors[name], marker=".", label=short(name), **_THIN)
     ax.axhline(0.0, color="0.6", linewidth=0.8)
     _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
-    ax.set_xticks(x, labels=_after(_tasks(results), len(x)), rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(x, labels=_after(run_tasks(results), len(x)), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("relative degradation (positive = worse)")
     ax.set_title("Capability degradation after each task (suite, against the start)")
     ax.grid(alpha=0.3)
-    _legend(ax)
+    legend(ax)
     return fig
 
 
 def loss_figure(results: Results) -> Figure | None:
     """Training loss per optimizer step over the whole sequence, with a moving average."""
-    logs = _run(results).get("logs") or []
+    logs = run_section(results).get("logs") or []
     offsets = task_offsets(results, len(logs))
     xs: list[float] = []
     ys: list[float] = []
@@ -310,7 +227,7 @@ def loss_figure(results: Results) -> Figure | None:
         ax.plot(xs[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=label)
     ax.set_ylabel("training loss")
     steps_axis(ax, results, offsets, "Training loss")
-    _legend(ax)
+    legend(ax)
     return fig
 
 
@@ -360,10 +277,10 @@ def drift_figure(results: Results) -> Figure | None:
     height = max(3.0, 0.26 * len(layers) + 1.6)
     fig = new_figure(max(5.5, 1.1 * len(after) + 4.5), height)
     ax = fig.add_subplot()
-    _heatmap(fig, ax, data, "magma", "relative drift", ".2g", data.size <= 160)
+    heatmap(fig, ax, data, "magma", "relative drift", ".2g", data.size <= 160)
     size = 8 if len(layers) <= 15 else 6.5
     ax.set_yticks(range(len(layers)), labels=[short(x, 36) for x in layers], fontsize=size)
-    labels = _after(_tasks(results), len(after))
+    labels = _after(run_tasks(results), len(after))
     ax.set_xticks(range(len(after)), labels=labels, rotation=20, ha="right", fontsize=8)
     ax.set_title("Per-layer relative drift from the start")
     return fig
@@ -395,7 +312,7 @@ def unfreezing_figure(results: Results) -> Figure | None:
     timeline = _per_task(results.get("unfreezing"))
     if not any(timeline):
         return None
-    offsets, tasks = task_offsets(results, len(timeline)), _tasks(results)
+    offsets, tasks = task_offsets(results, len(timeline)), run_tasks(results)
     fig = new_figure(11.0, 4.0)
     ax = fig.add_subplot()
     for t, points in enumerate(timeline):
@@ -407,15 +324,13 @@ def unfreezing_figure(results: Results) -> Figure | None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("trainable blocks")
     steps_axis(ax, results, offsets, "Gradual unfreezing")
-    _legend(ax)
+    legend(ax)
     return fig
 
 
 def run_figures(results: Results) -> dict[str, Figure]:
     """Every figure the run has data for, by name: :data:`RUN_FIGURES`, then
     :data:`RUN_DIAGNOSTIC_FIGURES` (when ``interference`` or ``shift`` is in the results)."""
-    from retain.report.diagnostic_run_plots import run_diagnostic_figures  # it imports this
-
     builders = {
         "score_matrix": score_matrix_figure,
         "task_curves": task_curves_figure,

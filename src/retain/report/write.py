@@ -19,8 +19,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from retain.atomic_files import write_bytes, write_text
 from retain.errors import RetainError
-from retain.experiment.run_dir import write_bytes, write_text
 from retain.output_dirs import output_kind, write_marker
 from retain.report.comparison_plots import comparison_figures
 from retain.report.html import comparison_html, run_report_html

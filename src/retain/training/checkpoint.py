@@ -235,7 +235,7 @@ def save_checkpoint(
     def publish() -> None:
         if rank != 0:
             return
-        from retain import __version__
+        from retain.version import __version__
 
         files = {p.name: _file_info(p, sync=True) for p in sorted(staging.iterdir())}
         manifest.update(sequence=sequence, world_size=world, files=files)
