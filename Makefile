@@ -10,14 +10,14 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.retain-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test lint pytest bench clean
+.PHONY: setup demo test lint docs pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml requirements/assets.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,assets]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,assets,docs]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 
@@ -31,10 +31,15 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml): any warning (a broken link or anchor, a page missing from
+# the nav, an unreadable docstring) fails the build.
+docs: setup
+	$(OFFLINE) $(BIN)/mkdocs build --strict --site-dir site
+
 pytest: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
-test: lint pytest
+test: lint docs pytest
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out site .pytest_cache .mypy_cache .ruff_cache
