@@ -57,6 +57,9 @@ SETUPS: dict[str, Callable[[Path], None]] = {
     "binary": lambda ws: (ws / "bin.yaml").write_bytes(bytes(range(256))),
     "badyaml": lambda ws: (ws / "bad.yaml").write_text("name: [unclosed\n"),
     "listyaml": lambda ws: (ws / "list.yaml").write_text("- a\n- b\n"),
+    "dupyaml": lambda ws: (ws / "dup.yaml").write_text(
+        "name: x\ntraining: {lr: 0.1}\nseeds: [0]\ntraining: {lr: 0.5}\n"
+    ),
     "csv": _csv_task,
     "dotvariant": lambda ws: _config(ws, sweep={"variants": {"..": []}}),
     "slashvariant": lambda ws: _config(ws, sweep={"variants": {"a/b": []}}),
@@ -68,7 +71,16 @@ SETUPS: dict[str, Callable[[Path], None]] = {
     "nonsense": lambda ws: _fake_run(ws, "nonsense", {"run": {"matrix": "x"}}),
     "badmatrix": lambda ws: _fake_run(ws, "badmatrix", {**_RECORD, "run": {"matrix": "x"}}),
     "truncated": lambda ws: _fake_run(ws, "truncated", None),
+    "unfinished": lambda ws: _unfinished_run(ws, "unfinished"),
 }
+
+
+def _unfinished_run(ws: Path, name: str) -> None:
+    """A run folder retain marked, with its config but no results.json yet."""
+    folder = ws / name
+    folder.mkdir()
+    (folder / MARKER).write_text(json.dumps({"format": "retain.output/1", "kind": "run"}))
+    (folder / "config.yaml").write_text("name: x\n")
 
 
 _RECORD = {
@@ -201,6 +213,13 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         "unknown device",
     ),
     ("validate-fp16", ("cfg",), ["validate", "cfg.yaml", "training.precision=fp16"], "fp16"),
+    (
+        "validate-bool-for-a-number",
+        ("cfg",),
+        ["validate", "cfg.yaml", "training.max_steps=true"],
+        "expected a number, got true",
+    ),
+    ("validate-duplicate-key", ("dupyaml",), ["validate", "dup.yaml"], "lines 2 and 4"),
     # --- sweep ---
     ("sweep-unknown-strategy", ("cfg",), [*SWEEP[:-1], "naive,ewcc"], "did you mean 'ewc'"),
     ("sweep-seeds-negative", ("cfg",), [*SWEEP, "--seeds=-1,"], "seed -1 is out of range"),
@@ -209,6 +228,18 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("sweep-seeds-huge", ("cfg",), [*SWEEP, "--seeds", str(2**40)], "out of range"),
     ("sweep-grid-syntax", ("cfg",), [*SWEEP, "--grid", "ewc=1"], "strategy.parameter"),
     ("sweep-grid-unused", ("cfg",), [*SWEEP, "--grid", "ewc.strength=1,2"], "no variant uses"),
+    (
+        "sweep-grid-twice",
+        ("cfg",),
+        [*SWEEP[:-1], "ewc", "--grid", "ewc.strength=1,2", "--grid", "ewc.strength=3"],
+        "names ewc.strength twice",
+    ),
+    (
+        "sweep-grid-repeated-value",
+        ("cfg",),
+        [*SWEEP[:-1], "ewc", "--grid", "ewc.strength=1,1.0"],
+        "lists a value twice",
+    ),
     ("sweep-variant-dots", ("dotvariant",), ["sweep", "cfg.yaml", "--out", "sw"], "'..'"),
     ("sweep-variant-slash", ("slashvariant",), ["sweep", "cfg.yaml", "--out", "sw"], "'a/b'"),
     ("sweep-variant-fp16", ("fp16variant",), ["sweep", "cfg.yaml", "--out", "sw"], "fp16"),
@@ -236,6 +267,18 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ),
     ("report-out-proc", ("done",), ["report", "done", "--out", "/proc/retain-x"], "/proc"),
     ("report-several-no-out", ("done", "done2"), ["report", "done", "done2"], "--out DIR"),
+    (
+        "report-unfinished-beside-finished",
+        ("done", "unfinished"),
+        ["report", "unfinished", "done", "--out", "cmp"],
+        "'unfinished' is an unfinished run",
+    ),
+    (
+        "run-out-under-a-file",
+        ("cfg", "file"),
+        ["run", "cfg.yaml", "--out", "afile/x"],
+        "which is a file, not a folder",
+    ),
     # --- demo ---
     ("demo-unknown-setting", (), ["demo", "training.lrr=1"], "training.lrr"),
     ("demo-seeds", (), ["demo", "--seeds=-1,"], "out of range"),
@@ -249,7 +292,7 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("audit-tolerance-percent", (), [*AUDIT_LM, "--tolerance", "5"], "did you mean 0.05"),
     ("audit-out-file", ("file",), [*AUDIT_LM, "--out", "afile"], "is a file"),
     ("audit-out-foreign", ("proj",), [*AUDIT_LM, "--out", "proj", "--overwrite"], "never deleted"),
-    ("audit-out-run", ("done",), [*AUDIT_LM, "--out", "done", "--overwrite"], "not a audit"),
+    ("audit-out-run", ("done",), [*AUDIT_LM, "--out", "done", "--overwrite"], "not an audit"),
     ("audit-out-link", ("link",), [*AUDIT_LM, "--out", "link"], "symbolic link"),
     (
         "audit-encoder-general",

@@ -12,6 +12,7 @@ from retain.experiment.audit import AuditConfig, run_audit
 
 def test_rank_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
     assert is_main_process()
     monkeypatch.setenv("RANK", "0")
     assert is_main_process()
@@ -19,11 +20,25 @@ def test_rank_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not is_main_process()
 
 
+@pytest.mark.parametrize("world", [None, "1", "not-a-number"])
+def test_a_stray_rank_without_a_world_is_the_main_process(
+    monkeypatch: pytest.MonkeyPatch, world: str | None
+) -> None:
+    """A ``RANK`` left in a shell must not make a lone process write nothing."""
+    monkeypatch.setenv("RANK", "1")
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    assert is_main_process()
+
+
 def test_non_main_rank_evaluates_but_writes_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_lm_dirs: tuple[Path, Path]
 ) -> None:
     base, tuned = tiny_lm_dirs
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     results = run_audit(AuditConfig(str(base), str(tuned), out=tmp_path / "o", size="quick"))
     assert results["capabilities"]
     assert list(tmp_path.iterdir()) == []

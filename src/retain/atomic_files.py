@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from retain.errors import write_failure
+
 __all__ = [
     "file_mode",
     "to_jsonable",
@@ -51,13 +53,23 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A full disk, a file-size limit or a permission the file system refuses is a
+    :class:`~retain.errors.RetainError` naming ``path`` (:func:`~retain.errors.write_failure`).
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, file_mode())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -34,11 +34,23 @@ def is_main_process() -> bool:
     """True on global rank 0, and in a plain single-process run.
 
     Uses the initialised ``torch.distributed`` group when there is one, else the ``RANK``
-    environment variable that ``torchrun`` and ``accelerate launch`` set.
+    environment variable that ``torchrun`` and ``accelerate launch`` set, but only when
+    ``WORLD_SIZE`` names more than one process: a ``RANK`` left over in a shell by itself never
+    turns a single process into a silent non-main one.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return int(torch.distributed.get_rank()) == 0
-    return os.environ.get("RANK", "0") == "0"
+    if _env_int("WORLD_SIZE", 1) <= 1:
+        return True
+    return _env_int("RANK", 0) == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name``; ``default`` when unset or not a number."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def init_distributed() -> tuple[int, int]:
@@ -50,11 +62,7 @@ def init_distributed() -> tuple[int, int]:
     returns ``(0, 1)``.
     """
     dist = torch.distributed
-    if (
-        dist.is_available()
-        and not dist.is_initialized()
-        and int(os.environ.get("WORLD_SIZE", 1)) > 1
-    ):
+    if dist.is_available() and not dist.is_initialized() and _env_int("WORLD_SIZE", 1) > 1:
         from accelerate import PartialState
 
         PartialState()

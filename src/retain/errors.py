@@ -7,7 +7,12 @@ line and exits with code 2; library users catch it like any ``ValueError``.
 
 from __future__ import annotations
 
-__all__ = ["MissingAssetError", "RetainError", "UnknownNameError"]
+import errno
+import os
+import re
+from pathlib import Path
+
+__all__ = ["MissingAssetError", "RetainError", "UnknownNameError", "write_failure"]
 
 
 class RetainError(ValueError):
@@ -24,3 +29,26 @@ class UnknownNameError(RetainError, KeyError):
 
 class MissingAssetError(RetainError):
     """An offline asset whose package is not installed; the message gives the install command."""
+
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device; free some space",
+    errno.EDQUOT: "the disk quota is exceeded; free some space",
+    errno.EFBIG: "the file is larger than this file system or the file-size limit allows",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def write_failure(path: str | Path, exc: BaseException) -> RetainError:
+    """One line for a file that could not be written: the path, the cause in words and a fix.
+
+    ``exc`` is an :class:`OSError` or an error that carries one in its text (safetensors writes
+    ``... (os error 28)``).
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and (found := re.search(r"os error (\d+)", str(exc))):
+        code = int(found.group(1))
+    reason = _REASONS.get(code or -1) or (os.strerror(code) if code else str(exc))
+    return RetainError(f"cannot write {str(path)!r}: {reason}; choose another --out or retry")

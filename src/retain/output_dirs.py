@@ -20,6 +20,7 @@ never blocks a resume, and the file is removed on release.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -175,11 +176,40 @@ def check_output_parent(out: Path) -> None:
             f"--out {shown} is the working directory or a folder above it; pass a new folder "
             "for the output (e.g. --out results/)"
         )
-    parent = out.resolve().parent
+    parent = _existing_ancestor(out.resolve().parent)
     if not parent.is_dir():
-        raise RetainError(f"the parent folder of --out {shown} does not exist; create it first")
+        raise RetainError(
+            f"--out {shown} lies under {str(parent)!r}, which is a file, not a folder; choose "
+            "another --out"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RetainError(f"cannot write into {str(parent)!r}; choose another --out")
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists (missing parents are created later)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _make_parents(out: Path) -> list[Path]:
+    """Create the missing parent folders of ``out``; returns them, deepest first."""
+    made = []
+    folder = out.resolve().parent
+    while not folder.exists():
+        made.append(folder)
+        folder = folder.parent
+    for path in reversed(made):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another process made it meanwhile
+            pass
+        except OSError as exc:
+            raise RetainError(
+                f"cannot create {str(path)!r} ({exc.strerror}); choose another --out"
+            ) from None
+    return made
 
 
 def check_replaceable(out: Path, kind: OutputKind) -> None:
@@ -194,8 +224,8 @@ def check_replaceable(out: Path, kind: OutputKind) -> None:
         )
     if found != kind:
         raise RetainError(
-            f"{shown} holds a retain {found} output, not a {kind}; it is never replaced by "
-            "another kind: choose another --out"
+            f"{shown} holds a retain {found} output, not {_article(kind)} {kind}; it is never "
+            "replaced by another kind: choose another --out"
         )
     foreign = foreign_entries(out, kind)
     if foreign:
@@ -204,6 +234,10 @@ def check_replaceable(out: Path, kind: OutputKind) -> None:
             f"{shown} holds files retain did not write ({', '.join(foreign[:3])}{more}); move "
             "them out or choose another --out (nothing was deleted)"
         )
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _lock_path(out: Path) -> Path:
@@ -223,13 +257,29 @@ def output_lock(out: Path) -> Iterator[None]:
 
     Only the main process of a distributed run locks (the others write no output).
     Re-entrant within a process (a sweep locks its folder, then each run its own). A folder
-    locked by another process is a :class:`RetainError` naming the holder's pid.
+    locked by another process is a :class:`RetainError` naming the holder's pid. Missing parent
+    folders of ``out`` are created first, and removed again when the command leaves them empty
+    (it failed before writing anything).
     """
-    from filelock import FileLock, Timeout
 
     if not is_main_process():  # only the main process writes outputs (and locks them)
         yield
         return
+    check_output_parent(out)
+    made = _make_parents(out)
+    try:
+        with _locked(out):
+            yield
+    finally:
+        for folder in made:  # deepest first; only those this command created and left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
     path = _lock_path(out)
     lock = FileLock(path, timeout=0, is_singleton=True, on_acquired=_note_pid)
     try:

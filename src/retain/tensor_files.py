@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.atomic_files import file_mode
-from retain.errors import RetainError
+from retain.errors import RetainError, write_failure
 
 __all__ = ["read_safetensors", "write_safetensors"]
 
@@ -27,13 +27,18 @@ def write_safetensors(
     of a new file (``0o666`` less the umask), like the JSON written beside it."""
     path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     os.close(fd)
     try:
         save_file(cpu, tmp, metadata=metadata)
         os.chmod(tmp, file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
+    except (SafetensorError, OSError) as exc:  # a full disk, a file-size limit
+        raise write_failure(path, exc) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -132,6 +132,14 @@ def test_missing_labels_are_dropped_and_fractional_labels_refused(tmp_path: Path
         load_dataset(_write_csv(tmp_path / "scores.csv", ["text", "label"], scores))
 
 
+def test_rows_left_out_are_said(tmp_path: Path) -> None:
+    rows = [
+        (text if i != 3 else "", label if i % 10 else "") for i, (text, label) in enumerate(REVIEWS)
+    ]
+    with pytest.warns(UserWarning, match=r"6 without a 'label' and 1 without a 'text' of 60 rows"):
+        load_dataset(_write_csv(tmp_path / "gaps.csv", ["text", "label"], rows))
+
+
 def test_saved_dataset_folder(tmp_path: Path) -> None:
     table = datasets.Dataset.from_dict(
         {"sentence": [t for t, _ in REVIEWS], "label": [lab for _, lab in REVIEWS]},

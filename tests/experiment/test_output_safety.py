@@ -188,3 +188,85 @@ def test_a_fresh_run_that_fails_before_any_checkpoint_leaves_nothing(
         run_experiment(RunSpec(config, out=tmp_path / "empty", report=False))
     assert [p.name for p in tmp_path.iterdir()] == ["empty"]
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "retain", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_a_stray_rank_in_the_shell_still_writes_the_run(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    env = {"RANK": "1", "WORLD_SIZE": "1"}
+    done = _cli(["run", "c.yaml", "--out", "r"], tmp_path, **env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "results.json").is_file()
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_missing_parents_of_out_are_made(tmp_path: Path) -> None:
+    config = config_from_dict(CONFIG)
+    run_experiment(RunSpec(config, out=tmp_path / "runs" / "deep" / "r", report=False))
+    assert (tmp_path / "runs" / "deep" / "r" / "results.json").is_file()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    import resource
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    limit = 4096  # bytes a process may write to one file: the first checkpoint is larger
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "retain", "run", "c.yaml", "--out", "r"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("retain: error: cannot write '")
+    assert "larger than this file system or the file-size limit allows" in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_a_rerun_writes_the_report_an_interruption_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import retain.report.write as write
+
+    config = config_from_dict(CONFIG)
+    out = tmp_path / "r"
+    real = write.write_run_report
+
+    def interrupted(run_dir: Path) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(write, "write_run_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(RunSpec(config, out=out))
+    assert (out / "results.json").is_file()  # finished: kept
+    assert not (out / "report.html").exists()
+    monkeypatch.setattr(write, "write_run_report", real)
+    before = (out / "results.json").read_bytes()
+    said: list[str] = []
+    again = run_experiment(RunSpec(config, out=out, say=said.append))
+    assert (out / "report.html").is_file()
+    assert (out / "results.json").read_bytes() == before  # not trained again
+    assert again["run"]["matrix"] == json.loads(before)["run"]["matrix"]
+    assert any("wrote its missing" in line for line in said)

@@ -45,16 +45,38 @@ def test_existing_directory_needs_overwrite_and_a_marker(tmp_path: Path) -> None
     assert (out / "old.txt").read_text() == "keep me"
 
 
-def test_output_path_that_is_a_file_a_link_or_has_no_parent(tmp_path: Path) -> None:
+def test_output_path_that_is_a_file_a_link_or_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(RetainError, match="is a file"):
         check_output_dir(tmp_path / "f", overwrite=True, kind="audit")
-    with pytest.raises(RetainError, match="does not exist"):
-        check_output_dir(tmp_path / "a" / "b", overwrite=False, kind="audit")
+    with pytest.raises(RetainError, match="which is a file, not a folder"):
+        check_output_dir(tmp_path / "f" / "x" / "y", overwrite=False, kind="audit")
+    check_output_dir(tmp_path / "a" / "b", overwrite=False, kind="audit")  # parents: made later
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(RetainError, match="symbolic link"):
         check_output_dir(tmp_path / "link", overwrite=True, kind="audit")
+
+
+def test_missing_parents_are_made_and_removed_again_when_nothing_was_written(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "runs" / "deep" / "audit"
+    made = []
+
+    def interrupted() -> None:
+        with output_directory(out, kind="audit"):
+            made.append((tmp_path / "runs" / "deep").is_dir())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert made == [True]
+    assert list(tmp_path.iterdir()) == []
+    with output_directory(out, kind="audit") as tmp:
+        (tmp / "results.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "results.json"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "deep").iterdir()) == ["audit"]
 
 
 def test_json_is_strict_and_plain(tmp_path: Path) -> None:

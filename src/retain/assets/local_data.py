@@ -185,6 +185,7 @@ def tables_to_dict(
         return unlabelled_text_dict(texts, test_size=test_size, seed=seed)
     feature = tables[ordered[0]].features[label_col]
     ids, names = encode_labels(raw_labels, feature, where=where, column=label_col)
+    _warn_dropped(texts, ids, where=where, text_column=text_col, label_column=label_col)
     rows = [(text, label) for text, label in zip(texts, ids, strict=True) if label is not None]
     return labelled_text_dict(
         [text for text, _ in rows],
@@ -193,6 +194,29 @@ def tables_to_dict(
         test_size=test_size,
         seed=seed,
     )
+
+
+def _warn_dropped(
+    texts: Sequence[str | None],
+    ids: Sequence[int | None],
+    *,
+    where: str,
+    text_column: str,
+    label_column: str,
+) -> None:
+    """Say how many rows are left out for a missing label or an empty text (never silently)."""
+    no_label = sum(1 for i in ids if i is None)
+    no_text = sum(
+        1 for t, i in zip(texts, ids, strict=True) if i is not None and not (t or "").strip()
+    )
+    parts = [f"{n} without a {c!r}" for n, c in ((no_label, label_column), (no_text, text_column))]
+    dropped = [part for part, n in zip(parts, (no_label, no_text), strict=True) if n]
+    if dropped:
+        warnings.warn(
+            f"{where}: {' and '.join(dropped)} of {len(texts)} rows are left out",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _read_file(path: Path, shown: str) -> dict[str, datasets.Dataset]:

@@ -10,6 +10,7 @@ what would otherwise fail minutes into a run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,13 @@ def _rows(data: Any, split: str, n: int | None, where: str) -> Any:
     if split not in data:
         raise RetainError(f"{where}: dataset has no {split!r} split (it has {sorted(data)})")
     rows = data[split]
+    if n is not None and n > len(rows):
+        warnings.warn(
+            f"{where}: asked for {n} {split} examples but the dataset has {len(rows)}; using "
+            f"all {len(rows)}",
+            UserWarning,
+            stacklevel=2,
+        )
     return rows if n is None else rows.select(range(min(n, len(rows))))
 
 

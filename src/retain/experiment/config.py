@@ -24,11 +24,20 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from retain.errors import RetainError
 from retain.experiment.overrides import apply_overrides, read_yaml
@@ -62,6 +71,28 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``max_steps: true`` is a typo, never the number 1 (pydantic would read it so)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in _types_of(annotation) and _types_of(annotation) & {int, float}:
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+
+def _types_of(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _types_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_types_of(a) for a in typing.get_args(annotation)))
+    return {annotation}
 
 
 class ModelSection(_Section):

@@ -14,11 +14,31 @@ import yaml
 
 from retain.errors import RetainError
 
-__all__ = ["apply_overrides", "parse_value", "read_yaml", "yaml_load"]
+__all__ = ["DuplicateKeyError", "apply_overrides", "parse_value", "read_yaml", "yaml_load"]
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML would silently keep the last)."""
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc, unused-ignore]
-    """``yaml.SafeLoader`` that also reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``)."""
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``) and
+    refuses a mapping that names a key twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice in one mapping (lines {lines[key]} and {line}); "
+                    "keep one"
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -104,6 +124,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise RetainError(f"{path}: not a UTF-8 text file; give a YAML config") from None
     except OSError as error:
         raise RetainError(f"cannot read config file {str(path)!r} ({error.strerror})") from None
+    except DuplicateKeyError as error:
+        raise RetainError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

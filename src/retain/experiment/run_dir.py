@@ -21,6 +21,7 @@ from retain.output_dirs import (
     OutputKind,
     check_output_parent,
     check_replaceable,
+    output_kind,
     output_lock,
     write_marker,
 )
@@ -45,10 +46,12 @@ def check_output_dir(out: Path, *, overwrite: bool, kind: OutputKind) -> None:
     """
     check_output_parent(out)
     if out.is_dir() and any(out.iterdir()):
+        if output_kind(out) != kind:
+            check_replaceable(out, kind)  # not retain's, or another kind: never replaced
         if not overwrite:
             raise RetainError(
-                f"output directory {str(out)!r} already exists and is not empty; "
-                "choose another --out or pass --overwrite"
+                f"{str(out)!r} holds an earlier {kind} output; choose another --out or pass "
+                "--overwrite to replace it"
             )
         check_replaceable(out, kind)
 

@@ -149,6 +149,42 @@ def _prepare(out: Path, config_yaml: str, state: str) -> bool:
     return created
 
 
+def _report_missing(spec: RunSpec, out: Path, config_yaml: str) -> bool:
+    """Whether ``out`` holds this very run, finished, but without its report (the report was
+    interrupted or could not be written): then a rerun only writes the report."""
+    if spec.overwrite or not spec.report or run_state(out, config_yaml) != "finished":
+        return False
+    stored = out / "config.yaml"
+    same = stored.is_file() and stored.read_text(encoding="utf-8") == config_yaml
+    return same and not (out / "report.html").is_file()
+
+
+def _finish_report(spec: RunSpec, out: Path) -> dict[str, Any]:
+    """Write the missing report of the finished run in ``out``; returns its results."""
+    from retain.report.write import load_results
+
+    results = load_results(out)
+    if is_main_process():
+        _write_report(out)
+    (spec.say or (lambda _line: None))(
+        f"{out} holds this run, finished; wrote its missing {out / 'report.html'}"
+    )
+    return results
+
+
+def _write_report(out: Path) -> None:
+    """The run's report; a failure names the remedy (the results are already safe)."""
+    from retain.report.write import write_run_report
+
+    try:
+        write_run_report(out)
+    except RetainError as err:
+        raise RetainError(
+            f"{err} (the run finished and results.json is written; rerun the same command or "
+            f"`retain report {out}` to write the report)"
+        ) from err
+
+
 def has_trained(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a complete checkpoint taken after at least one optimizer step
     (its ``step-<n>`` has ``n > 0``; ``step-0`` is only the starting point)."""
@@ -160,8 +196,8 @@ def has_trained(run_dir: Path) -> bool:
 def _undo(out: Path, created: bool) -> None:
     """Remove what a fresh run wrote into ``out`` when it failed before any optimizer step
     reached a checkpoint (nothing to resume from): the folder when this run created it, else
-    only its contents."""
-    if not is_main_process() or has_trained(out):
+    only its contents. A run whose ``results.json`` was written is finished and kept."""
+    if not is_main_process() or has_trained(out) or (out / "results.json").is_file():
         return
     if created:
         shutil.rmtree(out, ignore_errors=True)
@@ -194,6 +230,8 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
 def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> dict[str, Any]:
     seed = config.seeds[0]
     config_yaml = config_to_yaml(config)
+    if _report_missing(spec, out, config_yaml):
+        return _finish_report(spec, out)
     state = _check(out, config_yaml, spec.overwrite)  # every process, before anything is written
     if spec.from_checkpoint is not None and state != "resume":
         raise RetainError(
@@ -329,8 +367,6 @@ def _train(
     write_record(out / "results.json", results)
     progress_file.unlink(missing_ok=True)
     if spec.report:
-        from retain.report.write import write_run_report
-
-        write_run_report(out)
+        _write_report(out)
     say(f"wrote {out / 'results.json'}" + (f" and {out / 'report.html'}" if spec.report else ""))
     return results

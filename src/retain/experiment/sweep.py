@@ -126,8 +126,17 @@ def sweep_variants(
         variants = copy.deepcopy(config.sweep.variants)
     else:
         variants = {config.variant_label: copy.deepcopy(config.strategies)}
+    seen: dict[tuple[str, str], str] = {}
     for item in grid:
         strategy, parameter, values = _grid(item)
+        if (strategy, parameter) in seen:
+            raise RetainError(
+                f"--grid names {strategy}.{parameter} twice ({seen[strategy, parameter]!r} and "
+                f"{item!r}); give all its values in one --grid"
+            )
+        seen[strategy, parameter] = item
+        if any(a == b for k, a in enumerate(values) for b in values[k + 1 :]):
+            raise RetainError(f"--grid {item!r} lists a value twice; list each value once")
         expanded: dict[str, Entries] = {}
         used = False
         for name, entries in variants.items():

@@ -195,7 +195,8 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     is searched.
 
     A folder that is not a run directory is searched recursively for run directories (sorted by
-    path); a run directory's own subfolders are not searched. Nothing found is a RetainError.
+    path); a run directory's own subfolders are not searched. An unfinished run given by name,
+    or nothing found, is a RetainError.
     """
     given_paths = [Path(p) for p in paths]
     found: list[Path] = []
@@ -205,6 +206,11 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
         if _is_run(path):
             found.append(path)
             continue
+        if output_kind(path) == "run":
+            raise RetainError(
+                f"{str(path)!r} is an unfinished run (no results.json); finish it with the same "
+                "`retain run` command, or leave it out"
+            )
         if path.is_dir():
             found.extend(sorted(_search(path)))
     if not found:
