@@ -1,8 +1,8 @@
 """``retain demo`` end to end: the shipped demo sweep shows forgetting and its mitigation.
 
 The demo trains MiniLM on TREC -> movie sentiment -> SMS spam five times (naive and five
-mitigations, seed 0) and writes the comparison; the README quotes its figures. This test runs
-the real thing (about 5 minutes on 2 cores) and checks the claims the README makes.
+mitigations, seed 0) and writes the comparison; the README and docs/index.md quote its figures.
+This test runs the real thing (about 5 minutes on 2 cores) and checks the claims they make.
 """
 
 from __future__ import annotations

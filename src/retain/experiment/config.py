@@ -403,7 +403,9 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
         first = error.errors()[0]
         where, message = _location(first["loc"]), first["msg"]
         if first["type"] == "extra_forbidden":
-            message = "unknown setting; check its spelling (see the config reference in README)"
+            message = (
+                "unknown setting; check its spelling (config reference: docs/reference/config.md)"
+            )
         elif first["type"] == "missing":
             message = "missing; it is required"
         message = message.removeprefix("Value error, ")

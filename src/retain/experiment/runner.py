@@ -3,7 +3,7 @@
 A run directory holds::
 
     config.yaml      the resolved config of this run (every default filled in; ``seeds`` = [seed])
-    results.json     everything measured (format ``retain.run/1``, see the README)
+    results.json     everything measured (format ``retain.run/1``, docs/reference/run-directory.md)
     checkpoints/     safetensors checkpoints (after every task, every ``checkpoints.every`` steps)
     report.html      a self-contained report (plots embedded); plots/*.png the same plots
     progress.json    per-task figures of an unfinished run (removed when results.json appears)
