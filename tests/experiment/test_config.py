@@ -122,3 +122,22 @@ def test_load_config_reads_files_and_shipped_names(tmp_path: Path) -> None:
     path.write_text("- a list")
     with pytest.raises(RetainError, match="must be a YAML mapping"):
         load_config(path)
+
+
+def test_every_training_and_monitor_default_is_the_engines() -> None:
+    """One source: a setting left out of the YAML means what TrainConfig / MonitorConfig mean."""
+    from dataclasses import fields
+
+    from retain.training.loop import TrainConfig
+    from retain.training.monitor import MonitorConfig
+
+    config = config_from_dict({**base(), "monitor": {}})
+    engine, monitor = TrainConfig(), MonitorConfig()
+    shared = [f.name for f in fields(TrainConfig) if f.name in type(config.training).model_fields]
+    assert len(shared) >= 10
+    for name in shared:
+        if name != "epochs":  # None in YAML: derived from max_steps (1 epoch without it)
+            assert getattr(config.training, name) == getattr(engine, name), name
+    assert config.monitor is not None
+    for f in fields(MonitorConfig):
+        assert getattr(config.monitor, f.name) == getattr(monitor, f.name), f.name

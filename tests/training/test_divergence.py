@@ -68,7 +68,7 @@ def test_the_loss_rule_on_the_docstring_examples() -> None:
 def test_a_huge_learning_rate_stops_with_the_step_and_the_figure(splits: list[TaskSplit]) -> None:
     task = splits[0].train
     with pytest.raises(RetainError) as caught:
-        train_task(model(), task, None, TrainConfig(lr=1e6))
+        train_task(model(), task, None, TrainConfig(lr=1e6, batch_size=32))
     message = str(caught.value)
     assert message.startswith(f"task {task.name!r}: training diverged at step 5: ")
     assert "\n" not in message
@@ -79,9 +79,11 @@ def test_a_huge_learning_rate_stops_with_the_step_and_the_figure(splits: list[Ta
     assert 2.0 < start < 2.6
     assert recent > 1e10 * start
     with pytest.raises(RetainError, match="training diverged at step 5"):  # SGD diverges too
-        train_task(model(), task, None, TrainConfig(lr=1e3, optimizer="sgd"))
+        train_task(model(), task, None, TrainConfig(lr=1e3, batch_size=32, optimizer="sgd"))
     # Without the rule the same run ends "successfully" with absurd losses: what it guards.
-    log = train_task(model(), task, None, TrainConfig(lr=1e6, divergence_factor=None))
+    log = train_task(
+        model(), task, None, TrainConfig(lr=1e6, batch_size=32, divergence_factor=None)
+    )
     assert log.steps == 10
     assert max(log.losses) > 1e10
 

@@ -146,7 +146,7 @@ def test_restore_best_false_keeps_the_last_weights(digits: tuple[list[TaskSplit]
 
 
 def test_eval_every_zero_checks_only_at_the_end(digits: tuple[list[TaskSplit], MLP]) -> None:
-    _, log = _run(digits, _monitor(digits[0], max_degradation=1e9))
+    _, log = _run(digits, _monitor(digits[0], max_degradation=1e9, eval_every=0))
     assert log.monitor is not None
     assert [h["step"] for h in log.monitor.history] == [0, log.steps]
 

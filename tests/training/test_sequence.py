@@ -27,7 +27,7 @@ from retain.strategies.chain import chain
 from retain.training.loop import TrainConfig
 from retain.training.sequence import RunResult, fit_sequence
 
-CONFIG = TrainConfig(lr=3e-3, epochs=1)
+CONFIG = TrainConfig(lr=3e-3, batch_size=32, epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,9 @@ def test_same_seed_same_matrix_other_data_seed_differs(splits: list[TaskSplit]) 
     torch.manual_seed(0)
     model = MLP(64, [32], 10)
     a = fit_sequence(copy.deepcopy(model), splits[:1], None, CONFIG)[1]
-    b = fit_sequence(copy.deepcopy(model), splits[:1], None, TrainConfig(lr=3e-3, seed=1))[1]
+    b = fit_sequence(
+        copy.deepcopy(model), splits[:1], None, TrainConfig(lr=3e-3, batch_size=32, seed=1)
+    )[1]
     assert a.logs[0]["losses"] != b.logs[0]["losses"]
 
 
@@ -156,7 +158,7 @@ def test_matches_train_task_by_hand(splits: list[TaskSplit]) -> None:
     from retain.evaluation.task_accuracy import task_accuracy
     from retain.training.loop import train_task
 
-    config = TrainConfig(lr=3e-3, seed=2)
+    config = TrainConfig(lr=3e-3, batch_size=32, seed=2)
     torch.manual_seed(0)
     start = MLP(64, [32], 10)
     _, result = fit_sequence(copy.deepcopy(start), splits[:2], None, config)

@@ -41,6 +41,8 @@ from pydantic import (
 
 from retain.errors import RetainError
 from retain.experiment.overrides import apply_overrides, read_yaml
+from retain.training.loop import TrainConfig
+from retain.training.monitor import MonitorConfig
 
 __all__ = [
     "BudgetSection",
@@ -67,6 +69,10 @@ ModelKind = Literal["task-heads", "classifier", "causal-lm", "mlp"]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 #: ``auto``, ``cpu``, ``cuda``, ``cuda:<n>`` or ``mps``.
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+#: The engine's dataclasses are the one source of every training and monitor default.
+_TRAIN, _MONITOR = TrainConfig(), MonitorConfig()
 
 
 class _Section(BaseModel):
@@ -194,7 +200,8 @@ class SuiteSection(_Section):
 
 
 class TrainingSection(_Section):
-    """Settings of each task's training (:class:`retain.training.loop.TrainConfig`).
+    """Settings of each task's training (:class:`retain.training.loop.TrainConfig`, whose
+    defaults are these settings' defaults).
 
     Attributes: ``lr`` (base learning rate), ``batch_size`` (examples per optimizer step),
     ``max_steps`` (optimizer steps per task, as many epochs as that takes; None: whole epochs),
@@ -207,19 +214,19 @@ class TrainingSection(_Section):
     :mod:`retain.training.divergence`; None: only non-finite losses and gradients stop it).
     """
 
-    lr: float = Field(default=1e-4, gt=0)
-    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=_TRAIN.lr, gt=0)
+    batch_size: int = Field(default=_TRAIN.batch_size, ge=1)
     epochs: int | None = Field(default=None, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = Field(default=0.0, ge=0)
-    momentum: float = Field(default=0.0, ge=0)
-    max_grad_norm: float | None = Field(default=None, gt=0)
-    shuffle: bool = True
-    grad_accum: int = Field(default=1, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_steps: int | None = Field(default=_TRAIN.max_steps, ge=1)
+    optimizer: Literal["adamw", "sgd"] = _TRAIN.optimizer
+    weight_decay: float = Field(default=_TRAIN.weight_decay, ge=0)
+    momentum: float = Field(default=_TRAIN.momentum, ge=0)
+    max_grad_norm: float | None = Field(default=_TRAIN.max_grad_norm, gt=0)
+    shuffle: bool = _TRAIN.shuffle
+    grad_accum: int = Field(default=_TRAIN.grad_accum, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = _TRAIN.precision
     device: str = "auto"
-    divergence_factor: float | None = Field(default=10.0, gt=1)
+    divergence_factor: float | None = Field(default=_TRAIN.divergence_factor, gt=1)
 
     @field_validator("lr")
     @classmethod
@@ -240,10 +247,10 @@ class MonitorSection(_Section):
     """The forgetting monitor (:class:`retain.training.monitor.MonitorConfig`): watch the suite
     and every earlier task while training, stop (and roll back) past ``max_degradation``."""
 
-    max_degradation: float = Field(default=0.05, ge=0)
-    patience: int = Field(default=1, ge=1)
-    eval_every: int = Field(default=10, ge=0)
-    restore_best: bool = True
+    max_degradation: float = Field(default=_MONITOR.max_degradation, ge=0)
+    patience: int = Field(default=_MONITOR.patience, ge=1)
+    eval_every: int = Field(default=_MONITOR.eval_every, ge=0)
+    restore_best: bool = _MONITOR.restore_best
 
 
 class BudgetSection(_Section):

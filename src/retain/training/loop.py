@@ -68,8 +68,8 @@ class TrainConfig:
             the loss scaler skips such steps). The rule: :mod:`retain.training.divergence`.
     """
 
-    lr: float = 1e-3
-    batch_size: int = 32
+    lr: float = 1e-4
+    batch_size: int = 16
     epochs: int = 1
     max_steps: int | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"

@@ -59,7 +59,7 @@ class MonitorConfig:
 
     max_degradation: float = 0.05
     patience: int = 1
-    eval_every: int = 0
+    eval_every: int = 10
     restore_best: bool = True
 
     def __post_init__(self) -> None:
