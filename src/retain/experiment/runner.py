@@ -18,7 +18,6 @@ RNG file, see :mod:`retain.training.checkpoint`).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from retain.atomic_files import write_json, write_text
+from retain.atomic_files import write_text
 from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.experiment.build import (
@@ -37,13 +36,13 @@ from retain.experiment.build import (
     build_strategies,
 )
 from retain.experiment.config import ExperimentConfig, check_seeds, config_to_yaml
-from retain.experiment.layer_drift import LayerDrift
 from retain.experiment.run_diagnostics import (
     interference_results,
     interference_tracker,
     reference_copy,
     shift_results,
 )
+from retain.experiment.run_progress import RunProgress
 from retain.experiment.training_settings import check_training, run_device, train_config
 from retain.output_dirs import (
     MARKER,
@@ -291,39 +290,24 @@ def _train(
         ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
         f"seed {seed} in {out}"
     )
-    drift = LayerDrift(built.model)
     reference = [reference_copy(config, built.model, 0)]
     tracker = interference_tracker(config, built)
-    chain = strategies if tracker is None else [tracker, *strategies]
-    progress_file = out / "progress.json"
-    done: dict[str, Any] = {"drift": [], "budget": []}
-    if resume and progress_file.is_file():
-        try:
-            done = json.loads(progress_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise RetainError(
-                f"{str(progress_file)!r} is unreadable or corrupt; pass --overwrite to start afresh"
-            ) from None
     budgets = [s for s in strategies if isinstance(s, ForgettingBudget)]
-    seen = [sum(len(h) for h in done["budget"])]  # a resumed budget restores its history
+    progress = RunProgress.start(
+        out / "progress.json", built.model, budgets[0] if budgets else None, resume
+    )
 
     def after_task(t: int, model: nn.Module) -> None:
         if reference[0] is None:
             reference[0] = reference_copy(config, model, t + 1)
-        done["drift"] = [*done["drift"][:t], drift.measure(model)]
-        if budgets:
-            history = budgets[0].history
-            done["budget"] = [*done["budget"][:t], list(history[seen[0] :])]
-            seen[0] = len(history)
-        if is_main_process():
-            write_json(progress_file, done)
+        progress.task_done(t, model)
         say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
 
     checkpoints = config.checkpoints
     model, result = fit_sequence(
         built.model,
         built.splits,
-        chain,
+        strategies if tracker is None else [tracker, *strategies],
         train_config(config, seed),
         built.score,
         suite=built.suite,
@@ -341,22 +325,8 @@ def _train(
     for log in result.logs:
         if log["stopped"]:
             say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
-    results: dict[str, Any] = {
-        "format": RESULTS_FORMAT,
-        "name": config.name,
-        "description": config.description,
-        "variant": config.variant_label,
-        "seed": seed,
-        "model": config.model.name,
-        "score": {"name": built.score_name, "higher_is_better": built.higher_is_better},
-        "run": result.to_dict(),
-        "monitor": None if config.monitor is None else config.monitor.model_dump(),
-        "budget": None
-        if not budgets or config.budget is None
-        else {"max_degradation": config.budget.max_degradation, "history": done["budget"]},
-        "drift": {"layers": drift.layers, "after": done["drift"]},
-        "layer_lrs": None,
-        "unfreezing": None,
+    results = {
+        **_results_record(config, built, result.to_dict(), progress),
         **as_chain(strategies).record_fields(model, config.training.lr, result.logs),
         "interference": interference_results(tracker, config),
         "shift": shift_results(config, built, reference[0], model),
@@ -365,8 +335,36 @@ def _train(
     if not is_main_process():
         return results  # one process writes the run directory
     write_record(out / "results.json", results)
-    progress_file.unlink(missing_ok=True)
+    progress.finish()
     if spec.report:
         _write_report(out)
     say(f"wrote {out / 'results.json'}" + (f" and {out / 'report.html'}" if spec.report else ""))
     return results
+
+
+def _results_record(
+    config: ExperimentConfig, built: Experiment, run: dict[str, Any], progress: RunProgress
+) -> dict[str, Any]:
+    """The fields of ``results.json`` (format ``retain.run/1``) that every run has; the
+    strategies' own fields (``record_fields``) and the diagnostics are added by the caller."""
+    budget = progress.budget is not None and config.budget is not None
+    return {
+        "format": RESULTS_FORMAT,
+        "name": config.name,
+        "description": config.description,
+        "variant": config.variant_label,
+        "seed": config.seeds[0],
+        "model": config.model.name,
+        "score": {"name": built.score_name, "higher_is_better": built.higher_is_better},
+        "run": run,
+        "monitor": None if config.monitor is None else config.monitor.model_dump(),
+        "budget": {
+            "max_degradation": config.budget.max_degradation,
+            "history": progress.budget_history,
+        }
+        if budget and config.budget is not None
+        else None,
+        "drift": {"layers": progress.drift.layers, "after": progress.drift_after},
+        "layer_lrs": None,
+        "unfreezing": None,
+    }
