@@ -50,8 +50,8 @@ def check_output_dir(out: Path, *, overwrite: bool, kind: OutputKind) -> None:
             check_replaceable(out, kind)  # not retain's, or another kind: never replaced
         if not overwrite:
             raise RetainError(
-                f"{str(out)!r} holds an earlier {kind} output; choose another --out or pass "
-                "--overwrite to replace it"
+                f"{str(out)!r} already exists and holds an earlier {kind} output; choose another "
+                "--out or pass --overwrite to replace it"
             )
         check_replaceable(out, kind)
 
