@@ -152,3 +152,16 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+def test_no_function_of_the_experiment_layer_is_over_60_lines() -> None:
+    """The orchestration layer stays readable: each step of a command is a named function."""
+    long = []
+    for path in sorted((SRC / "retain" / "experiment").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                size = node.end_lineno - node.lineno + 1
+                if size > 60:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({size} lines)")
+    assert not long, long

@@ -170,3 +170,11 @@ def test_a_tuned_folder_without_tokenizer_or_with_damaged_weights_fails_before_l
         f"'{weights}' is truncated or corrupt (incomplete metadata, file not fully covered); "
         "re-save or re-download the model"
     ]
+
+
+def test_the_same_model_twice_is_said_to_be_noise(tiny_lm_dirs: tuple[Path, Path]) -> None:
+    base, _ = tiny_lm_dirs
+    results = run_audit(AuditConfig(str(base), str(base / "." / ""), size="quick"))
+    assert results["warnings"] == [
+        "base and tuned are the same model: every change measured is evaluation noise"
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 from retain.assets.models import LoadedModel, check_model_reference, load_model
 from retain.distributed import is_main_process, resolve_device
 from retain.errors import RetainError
-from retain.evaluation.suite import EvalSuite, verdict
+from retain.evaluation.suite import CapabilityChange, EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_text
 from retain.output_dirs import output_lock
@@ -98,6 +98,39 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
     check_model_reference(config.base, reach_hub=True, kind=kind)
     check_model_reference(config.tuned, reach_hub=True, kind=kind, adapter_base=config.adapter_base)
     suite: EvalSuite = factory.build(config.size)
+    base_info, tuned_info, changes = _score_pair(config, suite, kind, say)
+    degraded, line = verdict(changes, config.tolerance)
+    warnings = _warnings(config, base_info, tuned_info)
+    for warning in warnings:
+        say(f"warning: {warning}")
+    from retain.version import __version__
+
+    results: dict[str, Any] = {
+        "format": AUDIT_FORMAT,
+        "kind": "audit",
+        "retain_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": suite.name, "description": suite.description, "size": config.size},
+        "base": base_info,
+        "tuned": tuned_info,
+        "tolerance": config.tolerance,
+        "capabilities": [c.to_dict(config.tolerance) for c in changes],
+        "verdict": {"degraded": degraded, "text": line},
+        "warnings": warnings,
+        "seconds": time.perf_counter() - start,
+    }
+    if config.out is not None and is_main_process():
+        with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
+            write_record(tmp / "results.json", results)
+            write_text(tmp / "report.md", audit_markdown(results))
+    return results
+
+
+def _score_pair(
+    config: AuditConfig, suite: EvalSuite, kind: Any, say: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any], list[CapabilityChange]]:
+    """Load both models, then score the suite on the base (its baseline) and on the tuned one;
+    returns both models' descriptions and the changes."""
     device = resolve_device(config.device)
 
     def load(name: str, label: str, adapter_base: str | None) -> LoadedModel:
@@ -125,34 +158,29 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
     tuned_result = evaluate(tuned, "tuned")
     del tuned
     gc.collect()
-    changes = suite.compare(tuned_result)
-    degraded, line = verdict(changes, config.tolerance)
+    return base_info, tuned_info, suite.compare(tuned_result)
+
+
+def _warnings(
+    config: AuditConfig, base_info: dict[str, Any], tuned_info: dict[str, Any]
+) -> list[str]:
+    """What the reader of the verdict should know about the comparison itself."""
     warnings = []
     if base_info["tokenizer"] != tuned_info["tokenizer"]:
         warnings.append(
             "base and tuned use different tokenizers: token-level perplexity is not comparable "
             "between them; compare bits_per_byte in the details"
         )
-    for warning in warnings:
-        say(f"warning: {warning}")
-    from retain.version import __version__
+    if config.adapter_base is None and _same_reference(config.base, config.tuned):
+        warnings.append(
+            "base and tuned are the same model: every change measured is evaluation noise"
+        )
+    return warnings
 
-    results: dict[str, Any] = {
-        "format": AUDIT_FORMAT,
-        "kind": "audit",
-        "retain_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": suite.name, "description": suite.description, "size": config.size},
-        "base": base_info,
-        "tuned": tuned_info,
-        "tolerance": config.tolerance,
-        "capabilities": [c.to_dict(config.tolerance) for c in changes],
-        "verdict": {"degraded": degraded, "text": line},
-        "warnings": warnings,
-        "seconds": time.perf_counter() - start,
-    }
-    if config.out is not None and is_main_process():
-        with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
-            write_record(tmp / "results.json", results)
-            write_text(tmp / "report.md", audit_markdown(results))
-    return results
+
+def _same_reference(a: str, b: str) -> bool:
+    """Whether two model references name the same registry entry, folder or hub id."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b

@@ -285,10 +285,9 @@ def _train(
     begin: float,
 ) -> dict[str, Any]:
     say = spec.say or (lambda _line: None)
-    seed = config.seeds[0]
     say(
         ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
-        f"seed {seed} in {out}"
+        f"seed {config.seeds[0]} in {out}"
     )
     reference = [reference_copy(config, built.model, 0)]
     tracker = interference_tracker(config, built)
@@ -303,18 +302,16 @@ def _train(
         progress.task_done(t, model)
         say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
 
-    checkpoints = config.checkpoints
     model, result = fit_sequence(
         built.model,
         built.splits,
         strategies if tracker is None else [tracker, *strategies],
-        train_config(config, seed),
+        train_config(config, config.seeds[0]),
         built.score,
         suite=built.suite,
         tokenizer=built.tokenizer,
         monitor=built.monitor,
-        checkpoint_dir=out / "checkpoints" if checkpoints.enabled else None,
-        checkpoint_every=checkpoints.every if checkpoints.enabled else 0,
+        **_checkpointing(config, out),
         resume=resume,
         from_checkpoint=spec.from_checkpoint,
         device=run_device(config),
@@ -325,13 +322,42 @@ def _train(
     for log in result.logs:
         if log["stopped"]:
             say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
-    results = {
-        **_results_record(config, built, result.to_dict(), progress),
-        **as_chain(strategies).record_fields(model, config.training.lr, result.logs),
-        "interference": interference_results(tracker, config),
-        "shift": shift_results(config, built, reference[0], model),
-        "seconds": time.perf_counter() - begin,
+    return _finish(
+        spec,
+        out,
+        progress,
+        say,
+        {
+            **_results_record(config, built, result.to_dict(), progress),
+            **as_chain(strategies).record_fields(model, config.training.lr, result.logs),
+            "interference": interference_results(tracker, config),
+            "shift": shift_results(config, built, reference[0], model),
+            "seconds": time.perf_counter() - begin,
+        },
+    )
+
+
+def _checkpointing(config: ExperimentConfig, out: Path) -> dict[str, Any]:
+    """``fit_sequence``'s checkpoint arguments: ``out/checkpoints`` unless they are off."""
+    on = config.checkpoints.enabled
+    return {
+        "checkpoint_dir": out / "checkpoints" if on else None,
+        "checkpoint_every": config.checkpoints.every if on else 0,
     }
+
+
+def _finish(
+    spec: RunSpec,
+    out: Path,
+    progress: RunProgress,
+    say: Callable[[str], None],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """Say where the monitor stopped a task, then write ``results.json`` (then the report) from
+    the main process; returns ``results``."""
+    for log in results["run"]["logs"]:
+        if log["stopped"]:
+            say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
     if not is_main_process():
         return results  # one process writes the run directory
     write_record(out / "results.json", results)
