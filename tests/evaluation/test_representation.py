@@ -123,8 +123,13 @@ def test_single_class_train_split_is_a_retain_error() -> None:
         LinearProbe("toy", ["a", "b"], [0, 0], ["c"], [0])
 
 
-def test_embeddings_are_reused_only_while_the_weights_are_unchanged(tokenizer: Any) -> None:
+def test_embeddings_are_reused_only_while_the_weights_are_unchanged(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One suite evaluation embeds each text set once for its kNN and linear probes; the next
+    evaluation (after training changed the weights) embeds again, and so does a probe alone."""
     from retain.evaluation import representation
+    from retain.evaluation.suite import EvalSuite
 
     tok = tokenizer
     torch.manual_seed(0)
@@ -140,12 +145,22 @@ def test_embeddings_are_reused_only_while_the_weights_are_unchanged(tokenizer: A
     texts, labels = ["a cat", "a dog", "the sun", "the moon"], [0, 0, 1, 1]
     knn = KNNProbe("k", texts, labels, texts, labels, k=1)
     linear = LinearProbe("l", texts, labels, texts, labels)
-    representation._EMBEDDINGS.clear()
-    knn.evaluate(model, tok)
-    linear.evaluate(model, tok)
-    assert len(representation._EMBEDDINGS) == 1  # same texts, same weights: embedded once
+    calls = []
+    real = representation.pooled_embeddings
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(representation, "pooled_embeddings", counted)
+    suite = EvalSuite("s", [knn, linear])
+    shared = suite.evaluate(model, tok)
+    assert len(calls) == 1  # same texts, same weights: embedded once
+    assert shared.scores["l"].score == linear.evaluate(model, tok).score  # the same vectors
+    calls.clear()
     with torch.no_grad():
-        model.pooler.dense.weight.add_(0.0)  # no change: still cached
         model.embeddings.word_embeddings.weight.mul_(2.0)
+    suite.evaluate(model, tok)
+    assert len(calls) == 1  # a new evaluation: embedded again
     knn.evaluate(model, tok)
-    assert len(representation._EMBEDDINGS) == 2  # changed weights: embedded again
+    assert len(calls) == 3  # outside an evaluation nothing is kept: train and test, each

@@ -10,13 +10,27 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-__all__ = ["Probe", "ProbeResult", "eval_mode", "model_device", "undisturbed"]
+__all__ = [
+    "Probe",
+    "ProbeResult",
+    "embedding_cache",
+    "eval_mode",
+    "model_device",
+    "shared_embeddings",
+    "undisturbed",
+]
+
+#: The embedding cache of the evaluation in progress (:func:`shared_embeddings`), if any.
+_EMBEDDINGS: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
+    "retain_embeddings", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -78,3 +92,20 @@ def undisturbed(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+@contextmanager
+def shared_embeddings() -> Iterator[None]:
+    """Within the block, probes on frozen features that embed the same texts the same way share
+    the vectors (:func:`embedding_cache`). :meth:`retain.EvalSuite.evaluate` opens one block per
+    evaluation, during which the weights cannot change; it is dropped when the block ends."""
+    token = _EMBEDDINGS.set({})
+    try:
+        yield
+    finally:
+        _EMBEDDINGS.reset(token)
+
+
+def embedding_cache() -> dict[tuple[Any, ...], Any] | None:
+    """The cache of the :func:`shared_embeddings` block in progress; None outside one."""
+    return _EMBEDDINGS.get()

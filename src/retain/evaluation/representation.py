@@ -9,7 +9,6 @@ features themselves lost the information, not just a head.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from retain.errors import RetainError
 from retain.evaluation.accuracy import check_labels
-from retain.evaluation.base import ProbeResult, eval_mode, model_device
+from retain.evaluation.base import ProbeResult, embedding_cache, eval_mode, model_device
 from retain.evaluation.perplexity import pad_token_id, right_pad
 
 __all__ = ["KNNProbe", "LinearProbe", "Pooling", "pooled_embeddings"]
@@ -104,16 +103,6 @@ def pooled_embeddings(
     return out
 
 
-_CACHE_SIZE = 4
-_EMBEDDINGS: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
-
-
-def weights_checksum(model: torch.nn.Module) -> float:
-    """Sum of all parameters in float64: changes whenever training changes any weight."""
-    with torch.no_grad():
-        return float(sum(float(p.sum(dtype=torch.float64)) for p in model.parameters()))
-
-
 class _FrozenFeatureProbe:
     """Shared plumbing: validate two labelled splits, embed both with the frozen model."""
 
@@ -149,32 +138,33 @@ class _FrozenFeatureProbe:
 
     def _embed(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> np.ndarray:
         model = feature_model(model)
-        # A kNN and a linear probe on the same split embed the same texts with the same model:
-        # reuse the vectors while the weights are unchanged (the key holds a weight checksum).
+        # A kNN and a linear probe of one suite evaluation embed the same texts with the same
+        # model: they share the vectors through the evaluation's cache (the weights cannot
+        # change inside it; outside an evaluation nothing is cached).
+        cache = embedding_cache()
         key = (
             id(model),
-            weights_checksum(model),
             id(tokenizer),
-            hash(tuple(texts)),
+            tuple(texts),
             self.pooling,
             self.layer,
             self.max_length,
         )
-        cached = _EMBEDDINGS.get(key)
-        if cached is None:
-            cached = pooled_embeddings(
-                model,
-                tokenizer,
-                texts,
-                pooling=self.pooling,
-                layer=self.layer,
-                max_length=self.max_length,
-                batch_size=self.batch_size,
-            )
-            _EMBEDDINGS[key] = cached
-            while len(_EMBEDDINGS) > _CACHE_SIZE:
-                _EMBEDDINGS.popitem(last=False)
-        return cached
+        if cache is not None and key in cache:
+            cached: np.ndarray = cache[key]
+            return cached
+        vectors = pooled_embeddings(
+            model,
+            tokenizer,
+            texts,
+            pooling=self.pooling,
+            layer=self.layer,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+        )
+        if cache is not None:
+            cache[key] = vectors
+        return vectors
 
     def _result(self, predictions: np.ndarray, extra: dict[str, Any]) -> ProbeResult:
         y = np.asarray(self.test_labels)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from retain.errors import RetainError
-from retain.evaluation.base import Probe
+from retain.evaluation.base import Probe, shared_embeddings
 from retain.metrics import Degradation, degradation
 
 __all__ = ["CapabilityChange", "CapabilityScore", "EvalSuite", "SuiteResult", "verdict"]
@@ -134,20 +134,22 @@ class EvalSuite:
     ) -> SuiteResult:
         """Run every probe on ``model``; ``progress`` receives one line per probe."""
         scores: dict[str, CapabilityScore] = {}
-        for probe in self.probes:
-            start = time.perf_counter()
-            result = probe.evaluate(model, tokenizer)
-            seconds = time.perf_counter() - start
-            scores[probe.name] = CapabilityScore(
-                probe.name,
-                probe.metric,
-                probe.higher_is_better,
-                float(result.score),
-                dict(result.details),
-                seconds,
-            )
-            if progress is not None:
-                progress(f"  {probe.name}: {probe.metric} = {result.score:.4g} ({seconds:.1f} s)")
+        with shared_embeddings():  # probes on frozen features embed each text once
+            for probe in self.probes:
+                start = time.perf_counter()
+                result = probe.evaluate(model, tokenizer)
+                seconds = time.perf_counter() - start
+                scores[probe.name] = CapabilityScore(
+                    probe.name,
+                    probe.metric,
+                    probe.higher_is_better,
+                    float(result.score),
+                    dict(result.details),
+                    seconds,
+                )
+                if progress is not None:
+                    shown = f"{probe.metric} = {result.score:.4g} ({seconds:.1f} s)"
+                    progress(f"  {probe.name}: {shown}")
         return SuiteResult(self.name, scores)
 
     def set_baseline(self, result: SuiteResult) -> None:
