@@ -24,7 +24,7 @@ from retain.training.checkpoint_scan import checkpoint_problem
 from retain.training.divergence import DivergenceGuard
 from retain.training.loop import TaskLog, TrainConfig, train_task
 from retain.training.sequence import fit_sequence
-from retain.training.sequence_state import RunState, task_hooks
+from retain.training.sequence_state import RunState, TaskCheckpoints
 
 CONFIG = TrainConfig(lr=3e-3, batch_size=32, shuffle=False)
 
@@ -206,7 +206,9 @@ def test_the_last_good_checkpoint_is_the_newest_saved_by_the_step(tmp_path: Path
     net = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     start, steps = tmp_path / "tasks" / "step-7", tmp_path / "steps"
-    hooks = task_hooks(tmp_path, 3, net, Chain([]), RunState(["a"]), 0, None, None, start)
+    hooks = TaskCheckpoints(tmp_path, 3, net, Chain([]), RunState(["a"]), 0, start=start).hooks(
+        None
+    )
     assert hooks.after_step is not None
 
     def named(path: Path) -> str:
@@ -222,5 +224,5 @@ def test_the_last_good_checkpoint_is_the_newest_saved_by_the_step(tmp_path: Path
     assert sorted(p.name for p in steps.iterdir()) == ["step-6"]
     assert hooks.last_saved(6) == hooks.last_saved(100) == named(steps / "step-6")
     assert hooks.last_saved(5) == named(start)  # step-3 is gone: the task's start is left
-    none = task_hooks(None, 0, net, Chain([]), RunState(["a"]), 0, None, None, None)
+    none = TaskCheckpoints(None, 0, net, Chain([]), RunState(["a"]), 0).hooks(None)
     assert none.last_saved(10) == ""

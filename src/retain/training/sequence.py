@@ -65,11 +65,11 @@ from retain.training.loop import TrainConfig, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
 from retain.training.sequence_state import (
     RunState,
+    TaskCheckpoints,
     load_start,
     log_dict,
     plan_resume,
     save_checkpoint_of,
-    task_hooks,
 )
 
 __all__ = ["RunResult", "fit_sequence", "library_versions"]
@@ -234,7 +234,10 @@ def fit_sequence(
         route(model, strat, names[t])
         watch = _monitor(monitor, suite, tokenizer, score, splits, t, model)
         resume_mid = plan.mid if t == start_task else None
-        hooks = task_hooks(folder, checkpoint_every, model, strat, run, t, watch, resume_mid, start)
+        checkpoints = TaskCheckpoints(
+            folder, checkpoint_every, model, strat, run, t, monitor=watch, start=start
+        )
+        hooks = checkpoints.hooks(resume_from=resume_mid)
         begin = time.perf_counter()
         log = train_task(
             model,

@@ -5,8 +5,8 @@
 checkpoint. Task-boundary checkpoints go to ``<checkpoint_dir>/tasks``, mid-task ones to
 ``<checkpoint_dir>/steps`` (:mod:`retain.training.checkpoint`). A mid-task resume loads the task's
 boundary checkpoint, lets ``begin_task`` run exactly as the original run did, and then loads the
-mid-task checkpoint through :func:`task_hooks` (weights, optimizer, scheduler, strategies, monitor
-and RNG).
+mid-task checkpoint through :class:`TaskCheckpoints` (weights, optimizer, scheduler, strategies,
+monitor and RNG).
 
 Choosing where to resume (:func:`plan_resume`): ``from_checkpoint`` names the folder exactly (a
 ``tasks/step-<n>`` folder, or a ``steps/step-<n>`` one whose task start is in the sibling
@@ -41,12 +41,12 @@ from retain.training.monitor import ForgettingMonitor
 __all__ = [
     "ResumePlan",
     "RunState",
+    "TaskCheckpoints",
     "checkpoint_task",
     "load_start",
     "log_dict",
     "plan_resume",
     "save_checkpoint_of",
-    "task_hooks",
     "task_log",
 ]
 
@@ -214,73 +214,87 @@ def checkpoint_task(path: Path) -> int:
 def save_checkpoint_of(
     folder: Path | None, kind: str, model: nn.Module, strat: Chain, position: dict[str, Any]
 ) -> Path | None:
+    """A checkpoint of ``model`` and the strategies in ``folder/kind`` (``tasks``: after a task;
+    older ones deleted); None when checkpoints are off (``folder`` None)."""
     if folder is None:
         return None
     return save_checkpoint(folder / kind, model=model, strategies=strat, position=position, keep=1)
 
 
-def task_hooks(
-    folder: Path | None,
-    every: int,
-    model: nn.Module,
-    strat: Chain,
-    run: RunState,
-    t: int,
-    watch: ForgettingMonitor | None,
-    resume_mid: Path | None,
-    start: Path | None,
-) -> TaskHooks:
-    """Task ``t``'s hooks: resume from ``resume_mid``, save every ``every`` steps, and name the
-    last good checkpoint: the task's newest mid-task one saved by the step asked about (older
-    ones are deleted, ``keep=1``), else ``start``, the checkpoint the task began from."""
-    saved: list[tuple[int, str]] = []  # (task step, path) of this task's mid-task checkpoints
+@dataclass
+class TaskCheckpoints:
+    """Checkpointing of one task while it trains: resume it mid-task, save every ``every``
+    optimizer steps into ``folder/steps`` (older mid-task checkpoints are deleted, ``keep=1``),
+    and name the last good checkpoint in an error: the task's newest mid-task checkpoint saved by
+    the step asked about, else ``start``, the checkpoint the task began from."""
 
-    def resume(path: Path) -> Callable[[Optimizer, LRScheduler | None], TaskLog]:
+    folder: Path | None
+    every: int
+    model: nn.Module
+    strategies: Chain
+    run: RunState
+    task: int
+    monitor: ForgettingMonitor | None = None
+    start: Path | None = None
+    #: ``(task step, path)`` of this task's mid-task checkpoints, oldest first.
+    saved: list[tuple[int, str]] = field(default_factory=list)
+
+    def hooks(self, resume_from: Path | None) -> TaskHooks:
+        """The :class:`TaskHooks` of the task; ``resume_from``: a mid-task checkpoint to
+        continue from (None: start the task)."""
+        return TaskHooks(
+            resume=None if resume_from is None else self._resume(resume_from),
+            after_step=self.after_step,
+            last_saved=self.last_saved,
+        )
+
+    def _resume(self, path: Path) -> Callable[[Optimizer, LRScheduler | None], TaskLog]:
         def load(optimizer: Optimizer, scheduler: LRScheduler | None) -> TaskLog:
-            with _verified(start):
+            with _verified(self.start):
                 position, tensors = load_checkpoint(
-                    path, model=model, optimizer=optimizer, scheduler=scheduler, strategies=strat
+                    path,
+                    model=self.model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    strategies=self.strategies,
                 )
-            run.resumed.append(str(path))
-            if watch is not None and position.get("monitor") is not None:
-                watch.load_state(position["monitor"], tensors)
+            self.run.resumed.append(str(path))
+            if self.monitor is not None and position.get("monitor") is not None:
+                self.monitor.load_state(position["monitor"], tensors)
             log = task_log(position["log"])
-            saved.append((log.steps, str(path)))
+            self.saved.append((log.steps, str(path)))
             return log
 
         return load
 
-    def after_step(log: TaskLog, optimizer: Optimizer, scheduler: LRScheduler | None) -> None:
-        if folder is None or not every or log.steps % every:
+    def after_step(self, log: TaskLog, optimizer: Optimizer, scheduler: LRScheduler | None) -> None:
+        """Save a checkpoint when ``log.steps`` is a multiple of ``every``."""
+        if self.folder is None or not self.every or log.steps % self.every:
             return
-        position = run.position(t, log.steps, log)
-        meta, tensors = watch.state() if watch is not None else (None, {})
+        position = self.run.position(self.task, log.steps, log)
+        meta, tensors = self.monitor.state() if self.monitor is not None else (None, {})
         position["monitor"] = meta
         path = save_checkpoint(
-            folder / "steps",
-            model=model,
+            self.folder / "steps",
+            model=self.model,
             optimizer=optimizer,
             scheduler=scheduler,
-            strategies=strat,
+            strategies=self.strategies,
             position=position,
             tensors=tensors,
             keep=1,
         )
-        saved.append((log.steps, str(path)))
+        self.saved.append((log.steps, str(path)))
 
-    def last_saved(step: int) -> str:
-        if saved and saved[-1][0] <= step:
-            return f"; the last good checkpoint is {saved[-1][1]!r}"
-        return "" if start is None else f"; the last good checkpoint is {str(start)!r}"
-
-    return TaskHooks(
-        resume=None if resume_mid is None else resume(resume_mid),
-        after_step=after_step,
-        last_saved=last_saved,
-    )
+    def last_saved(self, step: int) -> str:
+        """``"; the last good checkpoint is '<path>'"`` for an error at task step ``step``."""
+        if self.saved and self.saved[-1][0] <= step:
+            return f"; the last good checkpoint is {self.saved[-1][1]!r}"
+        return "" if self.start is None else f"; the last good checkpoint is {str(self.start)!r}"
 
 
 def task_log(data: dict[str, Any]) -> TaskLog:
+    """The :class:`TaskLog` a checkpoint's position holds (:func:`log_dict`'s inverse)."""
     log = TaskLog(str(data["task"]))
     log.losses = [float(x) for x in data["losses"]]
     log.lrs = [float(x) for x in data["lrs"]]
