@@ -83,6 +83,9 @@ class Strategy:
     tunable_strength: ClassVar[str | None] = None
     #: Registry names of strategies this one does not combine with, and the reason why.
     conflicts: ClassVar[Mapping[str, str]] = {}
+    #: The task :meth:`Chain.begin_task <retain.strategies.chain.Chain.begin_task>` last began
+    #: on this strategy (the Trainer callback checks it); None before any.
+    begun_task: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's ``prepare`` so the model records which strategies prepared it;

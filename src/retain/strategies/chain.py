@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -22,12 +23,29 @@ from retain.strategies.base import (
     overrides,
 )
 
-__all__ = ["BEGUN_MARK", "MADE_MARK", "Chain", "as_chain", "chain"]
+__all__ = ["Chain", "as_chain", "chain", "made_by_retain", "record_made"]
 
-#: Set on each member by :meth:`Chain.begin_task` (the task's name); the Trainer callback checks it.
-BEGUN_MARK = "_retain_begun_task"
-#: Set on optimizers and schedulers built from the strategies; the Trainer callback checks it.
-MADE_MARK = "_retain_made"
+#: Optimizers and schedulers built from strategies (``make_optimizer``, ``Chain.lr_scheduler``),
+#: held weakly: the Trainer callback checks that the ones it is given are among them.
+_MADE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def record_made(obj: Any) -> None:
+    """Remember ``obj`` (an optimizer or scheduler) as built from the strategies."""
+    _MADE.add(obj)
+
+
+def made_by_retain(obj: Any) -> bool:
+    """Whether ``obj`` (or the optimizer or scheduler an Accelerate wrapper holds) was built from
+    the strategies (:func:`record_made`)."""
+    for candidate in (obj, getattr(obj, "optimizer", None), getattr(obj, "scheduler", None)):
+        if candidate is not None:
+            try:
+                if candidate in _MADE:
+                    return True
+            except TypeError:  # not weak-referenceable: not one of ours
+                continue
+    return False
 
 
 class Chain(Strategy):
@@ -99,7 +117,7 @@ class Chain(Strategy):
         self.on_task_start(model, task)
         data = self.train_data(task, model)
         for s in self.strategies:
-            s.__dict__[BEGUN_MARK] = task.name
+            s.begun_task = task.name
         return data
 
     def param_groups(self, model: nn.Module, lr: float) -> list[ParamGroup] | None:
@@ -121,7 +139,7 @@ class Chain(Strategy):
         if not found:
             return None
         scheduler = found[0][1]
-        scheduler.__dict__[MADE_MARK] = True  # the Trainer callback checks it was passed on
+        record_made(scheduler)  # the Trainer callback checks it was passed on
         return scheduler
 
     def after_backward(self, model: nn.Module) -> None:

@@ -63,7 +63,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from retain.data.task import Task
 from retain.errors import RetainError
 from retain.strategies.base import Strategy, overrides
-from retain.strategies.chain import BEGUN_MARK, MADE_MARK, Chain
+from retain.strategies.chain import Chain, made_by_retain
 from retain.training.monitor import ForgettingMonitor, MonitorResult
 
 __all__ = ["RetainCallback"]
@@ -103,7 +103,7 @@ class RetainCallback(TrainerCallback):
         own schedule where a strategy sets one."""
         self._first_step = state.global_step
         members = self.strategies.strategies
-        begun = [s.name for s in members if s.__dict__.get(BEGUN_MARK) != self.task.name]
+        begun = [s.name for s in members if s.begun_task != self.task.name]
         if begun:
             raise RetainError(
                 f"strategies.begin_task(model, task) was not called for task {self.task.name!r} "
@@ -114,13 +114,13 @@ class RetainCallback(TrainerCallback):
             for s in members
             if overrides(s, "param_groups") or s.needs_all_parameters_in_optimizer
         ]
-        if wants_optimizer and not _made_by_retain(optimizer):
+        if wants_optimizer and not made_by_retain(optimizer):
             raise RetainError(
                 f"strategy {wants_optimizer[0]!r} needs the optimizer built from the strategies; "
                 "pass optimizers=(make_optimizer(model, strategies, config), scheduler) "
                 "(from retain.training.loop) to the Trainer"
             )
-        if any(overrides(s, "lr_scheduler") for s in members) and not _made_by_retain(lr_scheduler):
+        if any(overrides(s, "lr_scheduler") for s in members) and not made_by_retain(lr_scheduler):
             raise RetainError(
                 "a strategy sets the learning-rate schedule, but the Trainer uses its own; pass "
                 "optimizers=(optimizer, strategies.lr_scheduler(optimizer, num_training_steps))"
@@ -203,14 +203,6 @@ class RetainCallback(TrainerCallback):
                 self.monitor.check(_required(model), step)
             self.result = self.monitor.finish(_required(model))
         self.strategies.on_task_end(_required(model), self.task)
-
-
-def _made_by_retain(obj: Any) -> bool:
-    """True for an optimizer or scheduler built from the strategies (Accelerate may wrap it)."""
-    for candidate in (obj, getattr(obj, "optimizer", None), getattr(obj, "scheduler", None)):
-        if candidate is not None and getattr(candidate, "__dict__", {}).get(MADE_MARK):
-            return True
-    return False
 
 
 def _required(model: nn.Module | None) -> nn.Module:

@@ -29,7 +29,7 @@ from retain.data.task import Task
 from retain.distributed import rank_and_world
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
-from retain.strategies.chain import MADE_MARK, Chain, as_chain
+from retain.strategies.chain import Chain, as_chain, record_made
 from retain.training.divergence import DivergenceGuard, gradient_norm
 from retain.training.monitor import ForgettingMonitor, MonitorResult
 from retain.training.steps import (
@@ -150,7 +150,7 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
         optimizer = torch.optim.SGD(groups, momentum=config.momentum, **kwargs)
     else:
         optimizer = torch.optim.AdamW(groups, **kwargs)
-    optimizer.__dict__[MADE_MARK] = True  # the Trainer callback checks it was passed on
+    record_made(optimizer)  # the Trainer callback checks it was passed on
     return optimizer
 
 
