@@ -173,7 +173,6 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("run-from-checkpoint-new", ("cfg",), [*RUN, "--from-checkpoint", "x"], "unfinished run"),
     # --- run output folders ---
     ("run-out-file", ("cfg", "file"), ["run", "cfg.yaml", "--out", "afile"], "is a file"),
-    ("run-out-no-parent", ("cfg",), ["run", "cfg.yaml", "--out", "a/b/c"], "does not exist"),
     ("run-out-foreign", ("cfg", "proj"), ["run", "cfg.yaml", "--out", "proj"], "not a retain run"),
     (
         "run-out-foreign-overwrite",

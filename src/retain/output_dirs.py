@@ -265,7 +265,6 @@ def output_lock(out: Path) -> Iterator[None]:
     if not is_main_process():  # only the main process writes outputs (and locks them)
         yield
         return
-    check_output_parent(out)
     made = _make_parents(out)
     try:
         with _locked(out):

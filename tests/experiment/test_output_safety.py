@@ -270,3 +270,24 @@ def test_a_rerun_writes_the_report_an_interruption_left_out(
     assert (out / "results.json").read_bytes() == before  # not trained again
     assert again["run"]["matrix"] == json.loads(before)["run"]["matrix"]
     assert any("wrote its missing" in line for line in said)
+
+
+def test_report_from_inside_a_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r"
+    run_experiment(RunSpec(config_from_dict(CONFIG), out=out, report=False))
+    monkeypatch.chdir(out)
+    assert main(["report", "."]) == 0, capsys.readouterr().err
+    assert (out / "report.html").is_file()
+
+
+def test_an_output_under_a_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    assert main(["run", "c.yaml", "--out", "afile/x/y"]) == 2
+    assert "which is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "c.yaml"]
