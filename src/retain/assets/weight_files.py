@@ -47,9 +47,22 @@ def is_corrupt_weights_error(exc: BaseException) -> bool:
     if isinstance(exc, (SafetensorError, pickle.UnpicklingError, EOFError)):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "PytorchStreamReader" in text or "zip archive" in text
-    )
+    if isinstance(exc, RuntimeError) and ("PytorchStreamReader" in text or "zip archive" in text):
+        return True
+    # Random bytes read as a legacy (non-zip) torch file fail inside torch's unpickler with
+    # whatever the bytes happen to trigger (UnicodeDecodeError, IndexError, ValueError, ...).
+    return isinstance(exc, Exception) and _raised_in_torch_load(exc)
+
+
+def _raised_in_torch_load(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside ``torch.load`` (its serialization or unpickler)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if name.endswith(("torch/serialization.py", "torch/_weights_only_unpickler.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def corrupt_weights_error(
