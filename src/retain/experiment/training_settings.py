@@ -7,6 +7,8 @@ the first step (before anything is written), and :func:`train_config` builds the
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 
 from retain.distributed import rank_and_world, resolve_device
@@ -46,22 +48,10 @@ def check_training(config: ExperimentConfig) -> torch.device:
 
 
 def train_config(config: ExperimentConfig, seed: int) -> TrainConfig:
-    """The :class:`TrainConfig` of one seed."""
+    """The :class:`TrainConfig` of one seed: every setting the two share, by name (the
+    section's defaults are TrainConfig's own), with ``epochs`` resolved."""
     t = config.training
+    shared = {f.name: getattr(t, f.name) for f in fields(TrainConfig) if f.name in t.model_fields}
     # max_steps alone runs as many epochs as it takes (each epoch has at least one step)
-    epochs = t.epochs if t.epochs is not None else (t.max_steps or 1)
-    return TrainConfig(
-        lr=t.lr,
-        batch_size=t.batch_size,
-        epochs=epochs,
-        max_steps=t.max_steps,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        momentum=t.momentum,
-        max_grad_norm=t.max_grad_norm,
-        seed=seed,
-        shuffle=t.shuffle,
-        grad_accum=t.grad_accum,
-        precision=t.precision,
-        divergence_factor=t.divergence_factor,
-    )
+    shared["epochs"] = t.epochs if t.epochs is not None else (t.max_steps or 1)
+    return TrainConfig(**shared, seed=seed)

@@ -24,10 +24,14 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from retain.data.task import Task
-from retain.errors import RetainError
 from retain.strategies.anchored import StorageDtype
 from retain.strategies.base import register_strategy
-from retain.strategies.importance import ImportancePenalty, check_choice, rank_share
+from retain.strategies.importance import (
+    ImportancePenalty,
+    check_choice,
+    check_sampling,
+    rank_share,
+)
 
 __all__ = ["EWC"]
 
@@ -79,12 +83,9 @@ class EWC(ImportancePenalty):
         self._setup(strength, mode, gamma, normalize, params, storage_dtype, offload)
         check_choice("ewc", "fisher", fisher, ("empirical", "true", "batch"))
         self.fisher: FisherEstimator = fisher
-        if fisher_samples is not None and int(fisher_samples) < 1:
-            raise RetainError(f"ewc fisher_samples must be >= 1 or None, got {fisher_samples}")
-        self.fisher_samples = None if fisher_samples is None else int(fisher_samples)
-        if int(fisher_batch_size) < 1:
-            raise RetainError(f"ewc fisher_batch_size must be >= 1, got {fisher_batch_size}")
-        self.fisher_batch_size = int(fisher_batch_size)
+        self.fisher_samples, self.fisher_batch_size = check_sampling(
+            "ewc", ("fisher_samples", "fisher_batch_size"), fisher_samples, fisher_batch_size
+        )
 
     def estimate(
         self, model: nn.Module, task: Task, params: Mapping[str, nn.Parameter]

@@ -18,6 +18,7 @@ parameters, call :meth:`ImportancePenalty._setup` and implement :meth:`Importanc
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -44,6 +45,7 @@ __all__ = [
     "Normalize",
     "PenaltyMode",
     "check_choice",
+    "check_sampling",
     "importance_term",
     "normalized",
     "rank_share",
@@ -54,7 +56,7 @@ Normalize = Literal["none", "max", "mean"]
 _OWN_KEYS = ("mode", "num_tasks", "tasks_seen", "model_class")
 
 
-class ImportancePenalty(Strategy):
+class ImportancePenalty(Strategy, ABC):
     """Base of the penalties ``R(θ) = λ/2 · Σ_t Σ_i Ω_{t,i} (θ_i − θ*_{t,i})²`` (module docstring).
 
     Subclasses implement :meth:`estimate`; everything else (consolidation, the gradient, the
@@ -96,12 +98,12 @@ class ImportancePenalty(Strategy):
         self._tasks_seen = 0
         self._model_class: str | None = None
 
+    @abstractmethod
     def estimate(
         self, model: nn.Module, task: Task, params: Mapping[str, nn.Parameter]
     ) -> dict[str, Tensor]:
         """``Ω_t`` (``{name: tensor shaped like the parameter}``, >= 0) of ``params`` on
         ``task``'s own data; under torch.distributed the same on every rank."""
-        raise NotImplementedError
 
     def file_fields(self) -> dict[str, Any]:
         """JSON fields this penalty adds to its state and files (EWC: its estimator)."""
@@ -284,6 +286,18 @@ def normalized(importance: dict[str, Tensor], normalize: str) -> dict[str, Tenso
     if not scale > 0:
         return importance
     return {n: f / scale for n, f in importance.items()}
+
+
+def check_sampling(
+    strategy: str, names: tuple[str, str], samples: int | None, batch_size: int
+) -> tuple[int | None, int]:
+    """``(samples, batch_size)`` of an importance estimate as ints, refusing ``samples < 1``
+    (None: every example) and ``batch_size < 1``; ``names`` are the two parameters' names."""
+    if samples is not None and int(samples) < 1:
+        raise RetainError(f"{strategy} {names[0]} must be >= 1 or None, got {samples}")
+    if int(batch_size) < 1:
+        raise RetainError(f"{strategy} {names[1]} must be >= 1, got {batch_size}")
+    return None if samples is None else int(samples), int(batch_size)
 
 
 def check_choice(strategy: str, parameter: str, value: str, allowed: tuple[str, ...]) -> None:

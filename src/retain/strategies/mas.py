@@ -34,7 +34,7 @@ from retain.distributed import rank_and_world
 from retain.errors import RetainError
 from retain.strategies.anchored import StorageDtype
 from retain.strategies.base import register_strategy
-from retain.strategies.importance import ImportancePenalty, rank_share
+from retain.strategies.importance import ImportancePenalty, check_sampling, rank_share
 
 __all__ = ["MAS", "output_sensitivity"]
 
@@ -74,12 +74,9 @@ class MAS(ImportancePenalty):
         offload: bool = False,
     ) -> None:
         self._setup(strength, mode, gamma, normalize, params, storage_dtype, offload)
-        if samples is not None and int(samples) < 1:
-            raise RetainError(f"mas samples must be >= 1 or None, got {samples}")
-        self.samples = None if samples is None else int(samples)
-        if int(batch_size) < 1:
-            raise RetainError(f"mas batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        self.samples, self.batch_size = check_sampling(
+            "mas", ("samples", "batch_size"), samples, batch_size
+        )
 
     def estimate(
         self, model: nn.Module, task: Task, params: Mapping[str, nn.Parameter]
