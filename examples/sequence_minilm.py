@@ -76,16 +76,16 @@ def summary(results: list[RunResult]) -> dict[str, Any]:
         return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
 
     return {
-        "bwt": spread([r.metrics["backward_transfer"] for r in results]),
-        "acc": spread([r.metrics["average_accuracy"] for r in results]),
-        "forgetting": spread([r.metrics["average_forgetting"] for r in results]),
+        "bwt": spread([r.metrics.backward_transfer for r in results]),
+        "acc": spread([r.metrics.average_accuracy for r in results]),
+        "forgetting": spread([r.metrics.average_forgetting for r in results]),
         "final_row": [[round(x, 3) for x in r.matrix[-1]] for r in results],
-        "stops": [[log["stop_reason"] or "completed" for log in r.logs] for r in results],
+        "stops": [[log.stop_reason or "completed" for log in r.logs] for r in results],
         "best_steps": [
-            [None if log["monitor"] is None else log["monitor"]["best_step"] for log in r.logs]
+            [None if log.monitor is None else log.monitor.best_step for log in r.logs]
             for r in results
         ],
-        "steps": [[log["steps"] for log in r.logs] for r in results],
+        "steps": [[log.steps for log in r.logs] for r in results],
         "seconds": [round(sum(r.seconds.values()), 1) for r in results],
     }
 
@@ -112,14 +112,14 @@ def main() -> None:
             r = run(seed, data, config, None if arm == "naive" else args.budget)
             results[arm].append(r)
             print(
-                f"{arm} seed {seed}: BWT {r.metrics['backward_transfer']:+.3f} "
+                f"{arm} seed {seed}: BWT {r.metrics.backward_transfer:+.3f} "
                 f"R={[[round(x, 3) for x in row] for row in r.matrix]} "
-                f"stops={[log['stop_reason'] or 'completed' for log in r.logs]} "
+                f"stops={[log.stop_reason or 'completed' for log in r.logs]} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
             report[arm] = summary(results[arm])
-            report[arm + "_runs"] = [x.to_dict() for x in results[arm]]
+            report[arm + "_runs"] = [x.to_json() for x in results[arm]]
             args.out.write_text(json.dumps(report, indent=1, allow_nan=True))
     for arm in args.arms:
         print(arm, {k: v for k, v in report[arm].items() if k != "final_row"})

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "retain.schema",
         ),
     ),
+    ("records", ("retain.records",)),
     ("assets", ("retain.assets",)),
     ("data", ("retain.data",)),
     ("evaluation", ("retain.evaluation",)),
@@ -165,3 +166,14 @@ def test_no_function_of_the_experiment_layer_is_over_60_lines() -> None:
                 if size > 60:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({size} lines)")
     assert not long, long
+
+
+def test_reports_read_typed_records_not_dicts() -> None:
+    """The report layer reads records by attribute: no ``.get(`` on results (the caption table,
+    a constant of the module, is the one mapping it looks up)."""
+    found = []
+    for path in sorted((SRC / "retain" / "report").glob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if ".get(" in line and "CAPTIONS.get(" not in line:
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

@@ -142,8 +142,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         device=args.device,
     )
-    results = run_audit(config, progress=_say)
-    print(audit_table(results))
+    record = run_audit(config, progress=_say)
+    print(audit_table(record))
     if args.out is not None:
         _say(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from retain.records.comparison import ComparisonRow
 
 __all__ = ["add_experiment_commands", "run_command"]
 
@@ -99,10 +101,11 @@ def add_experiment_commands(sub: Any) -> None:
     demo.add_argument("--overwrite", action="store_true", help="run every variant afresh")
 
 
-def _rows(comparison: Path) -> list[dict[str, Any]]:
+def _rows(comparison: Path) -> list[ComparisonRow]:
     """The rows of ``comparison.json`` (variants in the sweep's order)."""
-    rows: list[dict[str, Any]] = json.loads(comparison.read_text(encoding="utf-8"))["rows"]
-    return rows
+    from retain.records.comparison import ComparisonRecord
+
+    return ComparisonRecord.load(comparison).rows
 
 
 def _sweep(args: argparse.Namespace, config_name: str) -> int:
@@ -145,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         say=_say,
     )
     results = run_experiment(spec)
-    print(run_table(results))
+    print(run_table(results.run))
     out = args.out or config.output_dir()
     print(f"report: {out / 'report.html'}")
     return 0

@@ -18,11 +18,11 @@ def test_audit_of_two_folders_writes_results_and_report(
 ) -> None:
     base, tuned = tiny_lm_dirs
     out = tmp_path / "audit"
-    results = run_audit(AuditConfig(str(base), str(tuned), out=out, size="quick"))
+    record = run_audit(AuditConfig(str(base), str(tuned), out=out, size="quick"))
     shown = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert shown == ["report.md", "results.json"]
     saved = json.loads((out / "results.json").read_text())
-    assert saved["capabilities"] == json.loads(json.dumps(results["capabilities"]))
+    assert saved["capabilities"] == json.loads(json.dumps(record.to_json()["capabilities"]))
     by_name = {c["name"]: c for c in saved["capabilities"]}
     ppl = by_name["general_text"]
     assert ppl["higher_is_better"] is False
@@ -39,9 +39,9 @@ def test_audit_of_two_folders_writes_results_and_report(
 
 def test_audit_of_a_model_against_itself_changes_nothing(tiny_lm_dirs: tuple[Path, Path]) -> None:
     base, _ = tiny_lm_dirs
-    results = run_audit(AuditConfig(str(base), str(base), size="quick"))
-    assert all(c["change"] == 0 for c in results["capabilities"])
-    assert results["verdict"]["degraded"] is False
+    record = run_audit(AuditConfig(str(base), str(base), size="quick"))
+    assert all(c.change == 0 for c in record.capabilities)
+    assert record.verdict.degraded is False
 
 
 def test_audit_loads_a_peft_adapter_on_its_base(
@@ -60,10 +60,10 @@ def test_audit_loads_a_peft_adapter_on_its_base(
     peft_model.save_pretrained(tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base)
-    results = run_audit(AuditConfig(str(base), str(tmp_path / "adapter"), size="quick"))
-    assert results["tuned"]["origin"] == "adapter"
-    ppl = next(c for c in results["capabilities"] if c["name"] == "general_text")
-    assert ppl["after"] != ppl["before"]
+    record = run_audit(AuditConfig(str(base), str(tmp_path / "adapter"), size="quick"))
+    assert record.tuned.origin == "adapter"
+    ppl = next(c for c in record.capabilities if c.name == "general_text")
+    assert ppl.after != ppl.before
 
 
 def test_bad_inputs_fail_before_any_work(tiny_lm_dirs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -112,10 +112,10 @@ def test_different_tokenizers_are_flagged(tiny_lm_dirs: tuple[Path, Path], tmp_p
     model.resize_token_embeddings(len(tokenizer))
     model.save_pretrained(other)
     tokenizer.save_pretrained(other)
-    results = run_audit(AuditConfig(str(base), str(other), size="quick", out=tmp_path / "o"))
-    assert any("different tokenizers" in w for w in results["warnings"])
+    record = run_audit(AuditConfig(str(base), str(other), size="quick", out=tmp_path / "o"))
+    assert any("different tokenizers" in w for w in record.warnings)
     assert "different tokenizers" in (tmp_path / "o" / "report.md").read_text()
-    assert run_audit(AuditConfig(str(base), str(tuned), size="quick"))["warnings"] == []
+    assert run_audit(AuditConfig(str(base), str(tuned), size="quick")).warnings == []
 
 
 def _no_scoring(tmp_path: Path, base: Path, tuned: Path) -> list[str]:
@@ -174,7 +174,7 @@ def test_a_tuned_folder_without_tokenizer_or_with_damaged_weights_fails_before_l
 
 def test_the_same_model_twice_is_said_to_be_noise(tiny_lm_dirs: tuple[Path, Path]) -> None:
     base, _ = tiny_lm_dirs
-    results = run_audit(AuditConfig(str(base), str(base / "." / ""), size="quick"))
-    assert results["warnings"] == [
+    record = run_audit(AuditConfig(str(base), str(base / "." / ""), size="quick"))
+    assert record.warnings == [
         "base and tuned are the same model: every change measured is evaluation noise"
     ]

@@ -29,19 +29,19 @@ def test_every_diagnostic_of_a_tiny_causal_lm(tiny_lm_dirs: tuple[Path, Path]) -
     results = run_diagnose(
         DiagnoseConfig(base=str(base), tuned=str(tuned), data="sms_spam", **TINY)
     )
-    assert results["skipped"] == {}
-    assert results["drift"]["total"]["relative"] > 0
-    assert [layer["name"] for layer in results["drift"]["layers"]][:2] == [
+    assert results.skipped == {}
+    assert results.drift.total.relative > 0
+    assert [layer.name for layer in results.drift.layers][:2] == [
         "model.embed_tokens",
         "model.layers.0",
     ]
-    assert len(results["representation"]) == 3  # embeddings + 2 blocks
-    assert results["representation"][0]["cka"] < 1  # the embeddings were perturbed too
-    assert results["output"]["kl_mean"] > 0
-    quadrants = results["importance"]["quadrants"]
-    assert sum(quadrants.values()) == results["importance"]["numel"]
-    assert len(results["interference"]["pair_cosines"]) == 2
-    assert -1 <= results["interference"]["cosine"] <= 1
+    assert len(results.representation) == 3  # embeddings + 2 blocks
+    assert results.representation[0].cka < 1  # the embeddings were perturbed too
+    assert results.output.kl_mean > 0
+    quadrants = results.importance.quadrants.to_json()
+    assert sum(quadrants.values()) == results.importance.numel
+    assert len(results.interference.pair_cosines) == 2
+    assert -1 <= results.interference.cosine <= 1
 
 
 def test_the_same_model_shows_no_change(tiny_lm_dirs: tuple[Path, Path]) -> None:
@@ -51,11 +51,11 @@ def test_the_same_model_shows_no_change(tiny_lm_dirs: tuple[Path, Path]) -> None
             base=str(base), tuned=str(base), only=("drift", "representation", "output"), **TINY
         )
     )
-    assert results["drift"]["total"]["rms"] == 0.0
-    assert all(layer["cka"] == pytest.approx(1.0, abs=1e-6) for layer in results["representation"])
-    assert results["output"]["kl_mean"] == pytest.approx(0.0, abs=1e-6)
-    assert results["importance"] is None
-    assert results["interference"] is None
+    assert results.drift.total.rms == 0.0
+    assert all(layer.cka == pytest.approx(1.0, abs=1e-6) for layer in results.representation)
+    assert results.output.kl_mean == pytest.approx(0.0, abs=1e-6)
+    assert results.importance is None
+    assert results.interference is None
 
 
 def test_an_encoder_gets_drift_and_cka_and_the_rest_is_skipped_with_reasons(
@@ -64,10 +64,10 @@ def test_an_encoder_gets_drift_and_cka_and_the_rest_is_skipped_with_reasons(
     results = run_diagnose(
         DiagnoseConfig(base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), data="trec", **TINY)
     )
-    assert results["drift"]["total"]["rms"] == 0.0
-    assert len(results["representation"]) == 3
-    assert set(results["skipped"]) == {"importance", "interference", "output"}
-    assert "causal language model" in results["skipped"]["output"]
+    assert results.drift.total.rms == 0.0
+    assert len(results.representation) == 3
+    assert set(results.skipped) == {"importance", "interference", "output"}
+    assert "causal language model" in results.skipped["output"]
 
 
 def test_bad_settings_are_one_line_errors() -> None:
@@ -166,7 +166,7 @@ def test_smollm2_at_a_larger_learning_rate_drifts_and_shifts_more(tmp_path: Path
                 max_length=64,
             )
         )
-        figures[lr] = (results["drift"]["total"]["relative"], results["output"]["kl_mean"])
+        figures[lr] = (results.drift.total.relative, results.output.kl_mean)
     print(f"relative drift, KL (nats): {figures}")
     (drift_low, kl_low), (drift_high, kl_high) = figures[1e-4], figures[3e-4]
     assert 0 < drift_low < drift_high
@@ -182,7 +182,7 @@ def test_a_local_file_with_its_own_text_column_is_the_new_task(
     data.write_text("body\n" + "\n".join(rows) + "\n")
     settings = {**TINY, "only": ("importance",), "data": str(data), "text_column": "body"}
     results = run_diagnose(DiagnoseConfig(base=str(base), tuned=str(tuned), **settings))
-    assert results["importance"]["numel"] > 0
+    assert results.importance.numel > 0
     with pytest.raises(RetainError, match="its columns are: body \\(pass --text-column naming"):
         run_diagnose(
             DiagnoseConfig(base=str(base), tuned=str(tuned), **{**settings, "text_column": None})

@@ -9,7 +9,6 @@ added by hand (the runner records them, :mod:`retain.experiment.runner`). One ta
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from retain.data.permuted import TaskSplit, permuted_image_tasks
 from retain.evaluation.suite import EvalSuite
 from retain.evaluation.task_probe import TaskAccuracyProbe
 from retain.experiment.run_dir import to_jsonable, write_json
+from retain.records.run import DriftRecord, RunRecord
 from retain.report.write import write_comparison_report, write_run_report
 from retain.training.loop import TrainConfig
 from retain.training.monitor import MonitorConfig
@@ -39,8 +39,8 @@ def _renamed(split: TaskSplit, name: str) -> TaskSplit:
     return TaskSplit(replace(split.train, name=name), test)
 
 
-def tiny_results(seed: int = 0, variant: str = "naive") -> dict[str, Any]:
-    """``results.json`` data of a real 3-task run (schema ``retain.run/1``), hand-made extras."""
+def tiny_results(seed: int = 0, variant: str = "naive") -> RunRecord:
+    """The record of a real 3-task run (``results.json``, ``retain.run/1``), hand-made extras."""
     splits = permuted_image_tasks("digits", 4, seed=0)
     capability, tasks = splits[0].test, splits[1:]
     tasks = [_renamed(s, n) for s, n in zip(tasks, ["perm0", NASTY, "perm2"], strict=True)]
@@ -54,7 +54,7 @@ def tiny_results(seed: int = 0, variant: str = "naive") -> dict[str, Any]:
     _, result = fit_sequence(
         model, tasks, None, config, suite=suite, monitor=MONITOR, progress=False
     )
-    steps = [log["steps"] for log in result.logs]
+    steps = [log.steps for log in result.logs]
     layers = ["body.0.weight", "body.0.bias", "head.weight", "head.bias"]
     results = {
         "format": "retain.run/1",
@@ -63,7 +63,7 @@ def tiny_results(seed: int = 0, variant: str = "naive") -> dict[str, Any]:
         "seed": seed,
         "model": "mlp-64-32-10",
         "score": {"name": "accuracy", "higher_is_better": True},
-        "run": result.to_dict(),
+        "run": result.to_json(),
         "monitor": {"max_degradation": 0.2, "eval_every": 3, "patience": 2},
         "budget": {
             "max_degradation": 0.1,
@@ -82,33 +82,42 @@ def tiny_results(seed: int = 0, variant: str = "naive") -> dict[str, Any]:
     }
     # What results.json holds: strict JSON, NaN as null.
     data: dict[str, Any] = json.loads(json.dumps(to_jsonable(results), allow_nan=False))
-    return data
+    return RunRecord.from_json(data)
 
 
 @pytest.fixture(scope="session")
-def real_results() -> dict[str, Any]:
+def real_results() -> RunRecord:
     """The tiny run's results (shared: deep-copy before changing)."""
     return tiny_results()
 
 
-def _variation(results: dict[str, Any], variant: str, seed: int, shift: float) -> dict[str, Any]:
+def _variation(results: RunRecord, variant: str, seed: int, shift: float) -> RunRecord:
     """A copy of ``results`` as another variant/seed, without the strategy extras, trading
     plasticity for retention by ``shift``: scores below the diagonal move by ``+shift``, the
     diagonal by ``-shift / 2`` (clipped to [0, 1]) and the suite's last degradations by ``-shift``.
     """
-    copied = copy.deepcopy(results)
-    copied.update(variant=variant, seed=seed, budget=None, layer_lrs=None, unfreezing=None)
-    copied["drift"] = {"layers": [], "after": []}
-    for t, row in enumerate(copied["run"]["matrix"]):
+    copied = results.model_copy(deep=True)
+    copied = copied.model_copy(
+        update={
+            "variant": variant,
+            "seed": seed,
+            "budget": None,
+            "layer_lrs": None,
+            "unfreezing": None,
+            "drift": DriftRecord(layers=[], after=[]),
+        }
+    )
+    for t, row in enumerate(copied.run.matrix):
         for i in range(t + 1):
             row[i] = min(1.0, max(0.0, row[i] + (shift if i < t else -shift / 2)))
-    last = copied["run"]["suite"]["relative_degradation"][-1]
+    assert copied.run.suite is not None
+    last = copied.run.suite.relative_degradation[-1]
     for name, value in last.items():
         last[name] = value - shift
     return copied
 
 
-Variation = Callable[[dict[str, Any], str, int, float], dict[str, Any]]
+Variation = Callable[[RunRecord, str, int, float], RunRecord]
 
 
 @pytest.fixture(scope="session")
@@ -122,15 +131,13 @@ class Comparison:
     """A written comparison of two variants x two seeds of the tiny run."""
 
     runs: list[Path]  # run directories; only the first has its own report.html
-    results: list[dict[str, Any]]
+    results: list[RunRecord]
     out: Path
     report: Path
 
 
 @pytest.fixture(scope="session")
-def comparison(
-    tmp_path_factory: pytest.TempPathFactory, real_results: dict[str, Any]
-) -> Comparison:
+def comparison(tmp_path_factory: pytest.TempPathFactory, real_results: RunRecord) -> Comparison:
     """``naive`` (more forgetting) and ``replay`` (less), seeds 0 and 1, written under a sweep
     folder, and their comparison report in a sibling folder."""
     root = tmp_path_factory.mktemp("sweep")
@@ -140,7 +147,7 @@ def comparison(
         folder = root / "runs" / f"{variant}-seed{seed}"
         folder.mkdir(parents=True)
         data = _variation(real_results, variant, seed, shift)
-        write_json(folder / "results.json", data)
+        write_json(folder / "results.json", data.to_json())
         runs.append(folder)
         results.append(data)
     write_run_report(runs[0])

@@ -1,8 +1,10 @@
 """The diagnosis report and the run-report diagnostics, from real computations on tiny models.
 
-``diagnosis`` is a real :func:`run_diagnose` of a tiny random Llama against a perturbed copy
-(every diagnostic computed); ``encoder_diagnosis`` compares a tiny BERT with itself (no causal LM:
-importance, interference and output are skipped; identical weights: zero drift, CKA 1). The run
+``diagnosis_record`` is a real :func:`run_diagnose` of a tiny random Llama against a perturbed
+copy (every diagnostic computed); ``encoder_record`` compares a tiny BERT with itself (no causal
+LM: importance, interference and output are skipped; identical weights: zero drift, CKA 1).
+``diagnosis`` and ``encoder_diagnosis`` are the same as ``results.json`` holds them (strict
+JSON). The run
 with diagnostics is a real :func:`fit_sequence` of an MLP over three permuted-digits tasks with an
 :class:`InterferenceTracker`, its ``shift`` taken from the tiny Llama diagnosis.
 """
@@ -34,6 +36,9 @@ from retain.diagnostics.interference import InterferenceTracker
 from retain.errors import RetainError
 from retain.experiment.diagnose import DiagnoseConfig, run_diagnose
 from retain.experiment.run_dir import to_jsonable, write_json
+from retain.records.diagnose import DiagnoseRecord
+from retain.records.parts import OutputShift
+from retain.records.run import RunRecord
 from retain.report import diagnose_plots as dp
 from retain.report.diagnose_report import diagnose_table, write_diagnose_report
 from retain.report.diagnostic_run_plots import interference_run_figure
@@ -47,24 +52,36 @@ SECTIONS = ("drift", "importance", "interference", "representation", "output")
 
 
 @pytest.fixture(scope="module")
-def diagnosis(tiny_lm_dirs: tuple[Path, Path]) -> dict[str, Any]:
-    """Every diagnostic of the tiny Llama pair, as ``results.json`` holds it (strict JSON)."""
+def diagnosis_record(tiny_lm_dirs: tuple[Path, Path]) -> DiagnoseRecord:
+    """Every diagnostic of the tiny Llama pair."""
     base, tuned = tiny_lm_dirs
     config = DiagnoseConfig(
         base=str(base), tuned=str(tuned), data="sms_spam", samples=4, fisher_samples=4,
         batches=2, batch_size=2, max_length=16,
     )  # fmt: skip
-    data: dict[str, Any] = json.loads(json.dumps(to_jsonable(run_diagnose(config))))
+    return run_diagnose(config)
+
+
+@pytest.fixture(scope="module")
+def diagnosis(diagnosis_record: DiagnoseRecord) -> dict[str, Any]:
+    """Every diagnostic of the tiny Llama pair, as ``results.json`` holds it (strict JSON)."""
+    data: dict[str, Any] = json.loads(json.dumps(diagnosis_record.to_json(), allow_nan=False))
     return data
 
 
 @pytest.fixture(scope="module")
-def encoder_diagnosis(tiny_bert_dir: Path) -> dict[str, Any]:
+def encoder_record(tiny_bert_dir: Path) -> DiagnoseRecord:
     """A tiny BERT against itself: drift and CKA only, the rest skipped."""
     config = DiagnoseConfig(
         base=str(tiny_bert_dir), tuned=str(tiny_bert_dir), samples=4, batch_size=2, max_length=16
     )
-    data: dict[str, Any] = json.loads(json.dumps(to_jsonable(run_diagnose(config))))
+    return run_diagnose(config)
+
+
+@pytest.fixture(scope="module")
+def encoder_diagnosis(encoder_record: DiagnoseRecord) -> dict[str, Any]:
+    """The tiny BERT diagnosis as ``results.json`` holds it (strict JSON)."""
+    data: dict[str, Any] = json.loads(json.dumps(encoder_record.to_json(), allow_nan=False))
     return data
 
 
@@ -85,8 +102,10 @@ def _nan(values: list[Any]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
-def test_drift_bars_are_the_layers_in_model_order(diagnosis: dict[str, Any]) -> None:
-    fig = dp.drift_figure(diagnosis)
+def test_drift_bars_are_the_layers_in_model_order(
+    diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
+) -> None:
+    fig = dp.drift_figure(diagnosis_record.drift)
     assert fig is not None
     top, bottom = fig.axes
     layers = diagnosis["drift"]["layers"]
@@ -99,8 +118,10 @@ def test_drift_bars_are_the_layers_in_model_order(diagnosis: dict[str, Any]) -> 
         assert _data(line.get_ydata())[0] == pytest.approx(total[key])
 
 
-def test_importance_layers_grouped_shares_and_overlap(diagnosis: dict[str, Any]) -> None:
-    fig = dp.importance_layers_figure(diagnosis)
+def test_importance_layers_grouped_shares_and_overlap(
+    diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
+) -> None:
+    fig = dp.importance_layers_figure(diagnosis_record.importance)
     assert fig is not None
     top, bottom = fig.axes
     layers = diagnosis["importance"]["layers"]
@@ -113,10 +134,10 @@ def test_importance_layers_grouped_shares_and_overlap(diagnosis: dict[str, Any])
 
 
 def test_importance_scatter_clips_zeros_and_places_quadrant_counts(
-    diagnosis: dict[str, Any],
+    diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
 ) -> None:
     importance = diagnosis["importance"]
-    fig = dp.importance_scatter_figure(diagnosis)
+    fig = dp.importance_scatter_figure(diagnosis_record.importance)
     assert fig is not None
     ax = fig.axes[0]
     points = _data(ax.collections[0].get_offsets())
@@ -145,9 +166,11 @@ def test_importance_scatter_clips_zeros_and_places_quadrant_counts(
         assert (x > t_old, y > t_new) == (right, above), key
 
 
-def test_interference_bars_red_when_negative(diagnosis: dict[str, Any]) -> None:
+def test_interference_bars_red_when_negative(
+    diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
+) -> None:
     interference = diagnosis["interference"]
-    fig = dp.interference_figure(diagnosis)
+    fig = dp.interference_figure(diagnosis_record.interference)
     assert fig is not None
     left, right = fig.axes
     cosines = list(interference["layers"].values())
@@ -160,9 +183,11 @@ def test_interference_bars_red_when_negative(diagnosis: dict[str, Any]) -> None:
     assert f"conflicting pairs {interference['conflicting']:.0%}" in left.get_title()
 
 
-def test_representation_line_and_range(diagnosis: dict[str, Any]) -> None:
+def test_representation_line_and_range(
+    diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
+) -> None:
     layers = diagnosis["representation"]
-    fig = dp.representation_figure(diagnosis)
+    fig = dp.representation_figure(diagnosis_record.representation)
     assert fig is not None
     ax = fig.axes[0]
     (line,) = ax.lines
@@ -176,7 +201,7 @@ def test_representation_line_and_range(diagnosis: dict[str, Any]) -> None:
 def test_output_histogram_mean_and_token_bars(diagnosis: dict[str, Any]) -> None:
     output = copy.deepcopy(diagnosis["output"])
     output["gained"][0]["token"] = " $x$\n"  # no mathtext, whitespace escaped
-    fig = dp.output_kl_figure({"output": output})
+    fig = dp.output_kl_figure(OutputShift.model_validate(output))
     assert fig is not None
     hist, tokens = fig.axes
     assert sum(_heights(hist)) == len(output["kl_sample"])
@@ -191,20 +216,21 @@ def test_output_histogram_mean_and_token_bars(diagnosis: dict[str, Any]) -> None
 
 
 def test_missing_sections_give_no_figure(
-    diagnosis: dict[str, Any], encoder_diagnosis: dict[str, Any]
+    diagnosis_record: DiagnoseRecord, encoder_record: DiagnoseRecord
 ) -> None:
-    assert list(dp.diagnose_figures(diagnosis)) == list(dp.DIAGNOSE_FIGURES)
-    assert dp.diagnose_figures(dict.fromkeys(SECTIONS)) == {}
-    assert list(dp.diagnose_figures(encoder_diagnosis)) == ["drift", "representation"]
+    assert list(dp.diagnose_figures(diagnosis_record)) == list(dp.DIAGNOSE_FIGURES)
+    empty = diagnosis_record.model_copy(update=dict.fromkeys(SECTIONS))
+    assert dp.diagnose_figures(empty) == {}
+    assert list(dp.diagnose_figures(encoder_record)) == ["drift", "representation"]
     for builder in (dp.importance_layers_figure, dp.importance_scatter_figure):
-        assert builder(encoder_diagnosis) is None
-    assert dp.interference_figure(encoder_diagnosis) is None
-    assert dp.output_kl_figure(encoder_diagnosis) is None
+        assert builder(encoder_record.importance) is None
+    assert dp.interference_figure(encoder_record.interference) is None
+    assert dp.output_kl_figure(encoder_record.output) is None
     # Identical models: no drift, the same representation everywhere.
-    fig = dp.drift_figure(encoder_diagnosis)
+    fig = dp.drift_figure(encoder_record.drift)
     assert fig is not None
     assert max(_heights(fig.axes[0])) == 0.0
-    fig = dp.representation_figure(encoder_diagnosis)
+    fig = dp.representation_figure(encoder_record.representation)
     assert fig is not None
     np.testing.assert_allclose(_data(fig.axes[0].lines[0].get_ydata()), 1.0, atol=1e-9)
 
@@ -261,7 +287,9 @@ def test_write_diagnose_report(tmp_path: Path, diagnosis: dict[str, Any]) -> Non
     assert [p.name for p in tmp_path.rglob(".*")] == []  # atomic writes, no leftovers
 
 
-def test_skipped_diagnostics_are_listed(tmp_path: Path, encoder_diagnosis: dict[str, Any]) -> None:
+def test_skipped_diagnostics_are_listed(
+    tmp_path: Path, encoder_diagnosis: dict[str, Any], encoder_record: DiagnoseRecord
+) -> None:
     write_diagnose_report(tmp_path, encoder_diagnosis)
     assert sorted(p.stem for p in (tmp_path / "plots").glob("*.png")) == [
         "drift",
@@ -272,7 +300,7 @@ def test_skipped_diagnostics_are_listed(tmp_path: Path, encoder_diagnosis: dict[
     section = text[text.index("<h2>Not computed</h2>") :]
     for name, reason in encoder_diagnosis["skipped"].items():
         assert f'<td class="l">{name}</td><td class="l">{reason}</td>' in section
-    table = diagnose_table(encoder_diagnosis).splitlines()
+    table = diagnose_table(encoder_record).splitlines()
     assert [line.split(":")[0] for line in table] == [
         "drift", "representation", "importance", "interference", "output",
     ]  # fmt: skip
@@ -282,7 +310,7 @@ def test_skipped_diagnostics_are_listed(tmp_path: Path, encoder_diagnosis: dict[
 
 
 def test_diagnose_table_names_the_most_drifted_layer(
-    tiny_lm_dirs: tuple[Path, Path], diagnosis: dict[str, Any]
+    tiny_lm_dirs: tuple[Path, Path], diagnosis: dict[str, Any], diagnosis_record: DiagnoseRecord
 ) -> None:
     # Independent reference: ||Δθ|| / ||θ*|| per layer straight from the saved weights.
     base, tuned = (load_file(str(d / "model.safetensors")) for d in tiny_lm_dirs)
@@ -293,7 +321,7 @@ def test_diagnose_table_names_the_most_drifted_layer(
         total[0] += delta
         total[1] += weight.double().pow(2).sum().item()
     worst = max(sums, key=lambda k: sums[k][0] / sums[k][1])
-    table = diagnose_table(diagnosis)
+    table = diagnose_table(diagnosis_record)
     (line,) = [x for x in table.splitlines() if x.startswith("drift:")]
     assert f"most drifted layer {worst} ({(sums[worst][0] / sums[worst][1]) ** 0.5:.3g})" in line
     interference = diagnosis["interference"]
@@ -303,7 +331,7 @@ def test_diagnose_table_names_the_most_drifted_layer(
 
 
 @pytest.fixture(scope="module")
-def tracked_run(diagnosis: dict[str, Any]) -> dict[str, Any]:
+def tracked_data(diagnosis: dict[str, Any]) -> dict[str, Any]:
     """results.json of a real 3-task MLP run with an interference tracker, plus a ``shift``."""
     splits = permuted_image_tasks("digits", 3, seed=0)
     splits = [replace(s, test=replace(s.test, examples=s.test.examples[:100])) for s in splits]
@@ -318,7 +346,7 @@ def tracked_run(diagnosis: dict[str, Any]) -> dict[str, Any]:
         "seed": 0,
         "model": "mlp-64-32-10",
         "score": {"name": "accuracy", "higher_is_better": True},
-        "run": result.to_dict(),
+        "run": result.to_json(),
         "interference": {
             "every": 2,
             "samples": 32,
@@ -328,6 +356,7 @@ def tracked_run(diagnosis: dict[str, Any]) -> dict[str, Any]:
         },
         "shift": {
             "data": "general_text",
+            "reference": "start",
             "representation": diagnosis["representation"],
             "output": diagnosis["output"],
             "skipped": {},
@@ -337,15 +366,23 @@ def tracked_run(diagnosis: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def test_run_interference_over_global_steps(tracked_run: dict[str, Any]) -> None:
-    records = tracked_run["interference"]["records"]
-    tasks = tracked_run["run"]["tasks"]
+@pytest.fixture(scope="module")
+def tracked_run(tracked_data: dict[str, Any]) -> RunRecord:
+    """The run of ``tracked_data`` as a record."""
+    return RunRecord.from_json(tracked_data)
+
+
+def test_run_interference_over_global_steps(
+    tracked_data: dict[str, Any], tracked_run: RunRecord
+) -> None:
+    records = tracked_data["interference"]["records"]
+    tasks = tracked_data["run"]["tasks"]
     assert {r["task"] for r in records} == set(tasks[1:])  # the first task has no prior
     fig = interference_run_figure(tracked_run)
     assert fig is not None
     ax = fig.axes[0]
     points = _data(ax.collections[0].get_offsets())
-    steps = [log["steps"] for log in tracked_run["run"]["logs"]]
+    steps = [log["steps"] for log in tracked_data["run"]["logs"]]
     offsets = [sum(steps[:t]) for t in range(len(steps))]
     expected = [offsets[tasks.index(r["task"])] + r["step"] for r in records]
     np.testing.assert_array_equal(points[:, 0], expected)
@@ -353,35 +390,35 @@ def test_run_interference_over_global_steps(tracked_run: dict[str, Any]) -> None
     np.testing.assert_allclose(points[:, 1], _nan([r["cosine"] for r in records]))
     boundaries = {_data(line.get_xdata())[0] for line in ax.lines if line.get_linestyle() == "--"}
     assert set(offsets[1:]) <= boundaries
-    summary = tracked_run["interference"]["summary"]
+    summary = tracked_data["interference"]["summary"]
     title = ax.get_title()
     assert f"{summary['conflicting']:.0%} of {summary['measured']} measured steps" in title
 
 
 def test_run_report_with_and_without_diagnostics(
-    tmp_path: Path, tracked_run: dict[str, Any], real_results: dict[str, Any]
+    tmp_path: Path, tracked_data: dict[str, Any], tracked_run: RunRecord, real_results: RunRecord
 ) -> None:
     names = list(run_figures(tracked_run))
     assert names[-3:] == list(RUN_DIAGNOSTIC_FIGURES)
     figures = run_figures(tracked_run)
     (line,) = figures["representation"].axes[0].lines
-    assert len(_data(line.get_xdata())) == len(tracked_run["shift"]["representation"])
-    write_json(tmp_path / "results.json", tracked_run)
+    assert len(_data(line.get_xdata())) == len(tracked_data["shift"]["representation"])
+    write_json(tmp_path / "results.json", tracked_data)
     text = write_run_report(tmp_path).read_text(encoding="utf-8")
     assert {p.stem for p in (tmp_path / "plots").glob("*.png")} >= set(RUN_DIAGNOSTIC_FIGURES)
-    summary = tracked_run["interference"]["summary"]
+    summary = tracked_data["interference"]["summary"]
     assert f"<td>{summary['measured']}</td>" in text
     assert f"{summary['conflicting']:.1%}" in text
     assert _Page(text).unescaped() == ""
     ids = re.findall(r'<figure id="fig-([a-z_]+)"', text)
     assert ids[-3:] == list(RUN_DIAGNOSTIC_FIGURES)
     # Older runs: the keys absent or None give none of the new figures and still render.
-    old = copy.deepcopy(real_results)
+    old = real_results.to_json()
     old.pop("interference", None)
     old.pop("shift", None)
-    assert list(run_figures(old)) == list(RUN_FIGURES)
+    assert list(run_figures(RunRecord.from_json(old))) == list(RUN_FIGURES)
     old.update(interference=None, shift=None)
-    assert list(run_figures(old)) == list(RUN_FIGURES)
+    assert list(run_figures(RunRecord.from_json(old))) == list(RUN_FIGURES)
     (tmp_path / "old").mkdir()
     write_json(tmp_path / "old" / "results.json", old)
     assert "Diagnostics" not in write_run_report(tmp_path / "old").read_text(encoding="utf-8")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import html
 import inspect
 import io
@@ -21,6 +20,7 @@ from PIL import Image
 from retain.errors import RetainError
 from retain.experiment.run_dir import write_json
 from retain.metrics import average_forgetting, backward_transfer
+from retain.records.run import DriftRecord, RunRecord
 from retain.report import comparison_plots, plots, write
 from retain.report.comparison_plots import comparison_figures
 from retain.report.plots import (
@@ -37,16 +37,16 @@ from retain.report.write import find_run_dirs, png_bytes, write_run_report
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]*)\"")
 
 
-def _offsets(results: dict[str, Any]) -> list[int]:
-    steps = [log["steps"] for log in results["run"]["logs"]]
+def _offsets(results: RunRecord) -> list[int]:
+    steps = [log.steps for log in results.run.logs]
     return [sum(steps[:t]) for t in range(len(steps))]
 
 
-def test_score_matrix_cells_and_title(real_results: dict[str, Any]) -> None:
+def test_score_matrix_cells_and_title(real_results: RunRecord) -> None:
     fig = score_matrix_figure(real_results)
     assert fig is not None
     ax = fig.axes[0]
-    matrix = real_results["run"]["matrix"]
+    matrix = real_results.run.matrix
     cells = {
         (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
     }
@@ -55,77 +55,78 @@ def test_score_matrix_cells_and_title(real_results: dict[str, Any]) -> None:
     assert f"BWT {backward_transfer(matrix):+.3f}" in title
     assert f"forgetting {average_forgetting(matrix):.3f}" in title
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks[0] == real_results["run"]["tasks"][0]  # short names are shown whole
+    assert ticks[0] == real_results.run.tasks[0]  # short names are shown whole
 
 
-def test_task_curves_start_at_the_baseline(real_results: dict[str, Any]) -> None:
+def test_task_curves_start_at_the_baseline(real_results: RunRecord) -> None:
     fig = task_curves_figure(real_results)
     assert fig is not None
-    run = real_results["run"]
+    run = real_results.run
     curves = [line for line in fig.axes[0].lines if len(line.get_xdata()) > 1]
-    assert len(curves) == len(run["tasks"])
+    assert len(curves) == len(run.tasks)
     for i, line in enumerate(curves):
-        expected = [run["baseline"][i]] + [row[i] for row in run["matrix"]]
+        expected = [run.baseline[i]] + [row[i] for row in run.matrix]
         np.testing.assert_allclose(line.get_ydata(), expected)
-        np.testing.assert_array_equal(line.get_xdata(), np.arange(len(run["matrix"]) + 1))
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(len(run.matrix) + 1))
 
 
-def test_degradation_uses_global_steps_budget_and_stops(real_results: dict[str, Any]) -> None:
+def test_degradation_uses_global_steps_budget_and_stops(real_results: RunRecord) -> None:
     fig = degradation_figure(real_results)
     assert fig is not None
     ax = fig.axes[0]
-    logs, offsets = real_results["run"]["logs"], _offsets(real_results)
+    logs, offsets = real_results.run.logs, _offsets(real_results)
     worst = [line for line in ax.lines if line.get_label() == "worst capability"]
     worst += [line for line in ax.lines if line.get_color() == "black" and line not in worst]
-    monitored = [(t, log["monitor"]) for t, log in enumerate(logs) if log["monitor"]]
+    monitored = [(t, log.monitor) for t, log in enumerate(logs) if log.monitor is not None]
     assert len(worst) == len(monitored)
     for line, (t, monitor) in zip(worst, monitored, strict=True):
-        history = monitor["history"]
-        np.testing.assert_allclose(line.get_xdata(), [offsets[t] + h["step"] for h in history])
-        expected = [np.nan if h["worst_degradation"] is None else h["worst_degradation"]
-                    for h in history]  # fmt: skip
+        history = monitor.history
+        np.testing.assert_allclose(line.get_xdata(), [offsets[t] + h.step for h in history])
+        expected = [h.worst_degradation for h in history]  # NaN where undefined
         np.testing.assert_allclose(line.get_ydata(), expected)
     budgets = [line for line in ax.lines if line.get_label().startswith("budget")]
     assert len(budgets) == 1
     assert budgets[0].get_ydata()[0] == pytest.approx(0.2)
-    stopped = [m for _, m in monitored if m["stopped"]]
+    stopped = [m for _, m in monitored if m.stopped]
     assert stopped, "the fixture's monitor should stop at least one task"
     stop_labels = [c.get_label() for c in ax.collections if c.get_label().startswith("stop")]
     assert len(stop_labels) == len(stopped)
     flat = [label.replace("\n", " ") for label in stop_labels]
-    assert all(m["reason"] in text for m, text in zip(stopped, flat, strict=True))
+    assert all(m.reason in text for m, text in zip(stopped, flat, strict=True))
     boundaries = {line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"}
     assert set(offsets[1:]) <= boundaries
 
 
-def test_degradation_falls_back_to_the_suite_then_to_nothing(real_results: dict[str, Any]) -> None:
-    results = copy.deepcopy(real_results)
-    for log in results["run"]["logs"]:
-        log["monitor"] = None
+def test_degradation_falls_back_to_the_suite_then_to_nothing(real_results: RunRecord) -> None:
+    results = real_results.model_copy(deep=True)
+    for log in results.run.logs:
+        log.monitor = None
     fig = degradation_figure(results)
     assert fig is not None
     ax = fig.axes[0]
     assert "suite" in ax.get_title()
-    relative = results["run"]["suite"]["relative_degradation"]
+    assert results.run.suite is not None
+    relative = results.run.suite.relative_degradation
     worst = next(line for line in ax.lines if line.get_label() == "worst capability")
     np.testing.assert_allclose(worst.get_ydata(), [max(r.values()) for r in relative])
-    results["run"]["suite"] = {}
+    results.run.suite = None
     assert degradation_figure(results) is None
 
 
-def test_absent_sections_give_no_figure(real_results: dict[str, Any]) -> None:
-    bare = copy.deepcopy(real_results)
-    bare.update(budget=None, layer_lrs=None, unfreezing=None, drift={"layers": [], "after": []})
+def test_absent_sections_give_no_figure(real_results: RunRecord) -> None:
+    empty = DriftRecord(layers=[], after=[])
+    update = {"budget": None, "layer_lrs": None, "unfreezing": None, "drift": empty}
+    bare = real_results.model_copy(deep=True, update=update)
     assert list(run_figures(bare)) == ["score_matrix", "task_curves", "degradation", "loss"]
     assert list(run_figures(real_results)) == list(RUN_FIGURES)
 
 
 @pytest.mark.parametrize("layers", [6, 30])
-def test_drift_heatmap_is_layers_by_tasks(real_results: dict[str, Any], layers: int) -> None:
-    results = copy.deepcopy(real_results)
+def test_drift_heatmap_is_layers_by_tasks(real_results: RunRecord, layers: int) -> None:
     names = [f"model.layers.{k}.mlp" for k in range(layers)]
     after = [[0.01 * (t + 1) * (k + 1) for k in range(layers)] for t in range(3)]
-    results["drift"] = {"layers": names, "after": after}
+    drift = DriftRecord(layers=names, after=after)
+    results = real_results.model_copy(update={"drift": drift})  # real_results itself unchanged
     fig = drift_figure(results)
     assert fig is not None
     ax = fig.axes[0]
@@ -137,7 +138,7 @@ def test_drift_heatmap_is_layers_by_tasks(real_results: dict[str, Any], layers: 
     assert fig.get_figheight() >= 0.25 * layers
 
 
-def test_figures_render_in_threads_without_pyplot(real_results: dict[str, Any]) -> None:
+def test_figures_render_in_threads_without_pyplot(real_results: RunRecord) -> None:
     builders = [score_matrix_figure, degradation_figure, drift_figure, task_curves_figure]
 
     def render(k: int) -> bytes:

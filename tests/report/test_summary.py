@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from retain.errors import RetainError
-from retain.report.summary import aggregate, forgetting_cost_key, pareto_optimal, run_summary
+from retain.records.run import RunRecord
+from retain.report import summary as summaries
+from retain.report.summary import forgetting_cost_key, pareto_optimal
 
 NAN = math.nan
 
@@ -43,18 +45,37 @@ def _results(
     variant: str = "naive",
     seed: int = 0,
     strategies: str = "[]",
-) -> dict[str, Any]:
-    suite = {} if relative is None else {"name": "s", "relative_degradation": relative}
-    return {
-        "variant": variant,
-        "seed": seed,
-        "score": {
-            "name": "accuracy" if higher_is_better else "perplexity",
-            "higher_is_better": higher_is_better,
-        },
-        "run": {"matrix": matrix, "suite": suite, "strategies": strategies},
-        "seconds": seconds,
-    }
+) -> RunRecord:
+    suite = None
+    if relative is not None:
+        suite = {"name": "s", "baseline": {}, "after": [], "relative_degradation": relative}
+    run = {"matrix": matrix, "suite": suite, "strategies": strategies, "tasks": [], "seed": seed}
+    run.update(baseline=[], metrics={}, logs=[], config={})
+    return RunRecord.model_validate(
+        {
+            "name": "hand-made",
+            "model": "none",
+            "variant": variant,
+            "seed": seed,
+            "score": {
+                "name": "accuracy" if higher_is_better else "perplexity",
+                "higher_is_better": higher_is_better,
+            },
+            "run": run,
+            "seconds": seconds,
+        }
+    )
+
+
+def run_summary(record: RunRecord) -> dict[str, Any]:
+    """:func:`retain.report.summary.run_summary` as the JSON it is written as (None where
+    undefined)."""
+    return summaries.run_summary(record).to_json()
+
+
+def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """:func:`retain.report.summary.aggregate` as the JSON it is written as."""
+    return [row.to_json() for row in summaries.aggregate(records)]
 
 
 R = [[0.8, 0.1, 0.2], [0.6, 0.9, None], [0.7, 0.5, 0.6]]
@@ -134,11 +155,11 @@ def test_pareto_cost_is_capability_degradation_only_when_every_variant_has_it() 
     x = _results([[0.9, 0.0], [0.8, 0.9]], relative=[{"c": 0.2}], variant="x")
     y = _results([[0.9, 0.0], [0.6, 0.9]], relative=[{"c": 0.05}], variant="y")
     rows = aggregate([x, y])
-    assert forgetting_cost_key(rows) == "capability_degradation"
+    assert forgetting_cost_key(summaries.aggregate([x, y])) == "capability_degradation"
     assert [r["pareto"] for r in rows] == [False, True]
     y_without_suite = _results([[0.9, 0.0], [0.6, 0.9]], variant="y")
     rows = aggregate([x, y_without_suite])
-    assert forgetting_cost_key(rows) == "forgetting"
+    assert forgetting_cost_key(summaries.aggregate([x, y_without_suite])) == "forgetting"
     assert [r["pareto"] for r in rows] == [True, False]
 
 

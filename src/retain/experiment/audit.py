@@ -1,7 +1,8 @@
 """``retain audit``: what did this fine-tune forget? Compare two checkpoints on a capability suite.
 
 The base (starting) and tuned models are each a registry name, a local folder, a hub id, or a PEFT
-adapter folder. Both are scored by the same suite; the run directory gets ``results.json`` and
+adapter folder. Both are scored by the same suite; the result is an
+:class:`~retain.records.audit.AuditRecord`, and the run directory gets it as ``results.json`` with
 ``report.md``, written only once everything succeeded.
 """
 
@@ -24,8 +25,9 @@ from retain.evaluation.suite import CapabilityChange, EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_text
 from retain.output_dirs import output_lock
+from retain.records.audit import AuditRecord, Capability, SuiteInfo, Verdict
+from retain.records.parts import ModelInfo
 from retain.report.audit_report import audit_markdown
-from retain.schema import AUDIT_FORMAT, write_record
 
 __all__ = ["AuditConfig", "resolve_device", "run_audit"]
 
@@ -74,8 +76,8 @@ class AuditConfig:
             raise RetainError(f"size must be 'full' or 'quick'; got {self.size!r}")
 
 
-def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate base and tuned models on the suite; return (and write) the results dictionary.
+def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None) -> AuditRecord:
+    """Evaluate base and tuned models on the suite; return (and write) the audit's record.
 
     Every input is checked before the first model is loaded, so a typo costs no time, and both
     models are loaded before either is scored, so a broken tuned model fails before the base's
@@ -87,7 +89,7 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
         return _audit(config, progress)
 
 
-def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[str, Any]:
+def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> AuditRecord:
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     factory = SUITES.get(config.suite)
@@ -105,30 +107,47 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> dict[
         say(f"warning: {warning}")
     from retain.version import __version__
 
-    results: dict[str, Any] = {
-        "format": AUDIT_FORMAT,
-        "kind": "audit",
-        "retain_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": suite.name, "description": suite.description, "size": config.size},
-        "base": base_info,
-        "tuned": tuned_info,
-        "tolerance": config.tolerance,
-        "capabilities": [c.to_dict(config.tolerance) for c in changes],
-        "verdict": {"degraded": degraded, "text": line},
-        "warnings": warnings,
-        "seconds": time.perf_counter() - start,
-    }
+    record = AuditRecord(
+        retain_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        suite=SuiteInfo(name=suite.name, description=suite.description, size=config.size),
+        base=base_info,
+        tuned=tuned_info,
+        tolerance=config.tolerance,
+        capabilities=[_capability(c, config.tolerance) for c in changes],
+        verdict=Verdict(degraded=degraded, text=line),
+        warnings=warnings,
+        seconds=time.perf_counter() - start,
+    )
     if config.out is not None and is_main_process():
         with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
-            write_record(tmp / "results.json", results)
-            write_text(tmp / "report.md", audit_markdown(results))
-    return results
+            record.write(tmp / "results.json")
+            write_text(tmp / "report.md", audit_markdown(record))
+    return record
+
+
+def _capability(change: CapabilityChange, tolerance: float) -> Capability:
+    """One capability's scores and change, ``worsened`` judged at relative ``tolerance``."""
+    moved = change.change
+    return Capability(
+        name=change.name,
+        metric=change.before.metric,
+        higher_is_better=change.before.higher_is_better,
+        before=moved.before,
+        after=moved.after,
+        change=moved.change,
+        relative_change=moved.relative_change,
+        degradation=moved.degradation,
+        relative_degradation=moved.relative_degradation,
+        worsened=moved.worsened(tolerance),
+        details_before=change.before.details,
+        details_after=change.after.details,
+    )
 
 
 def _score_pair(
     config: AuditConfig, suite: EvalSuite, kind: Any, say: Callable[[str], None]
-) -> tuple[dict[str, Any], dict[str, Any], list[CapabilityChange]]:
+) -> tuple[ModelInfo, ModelInfo, list[CapabilityChange]]:
     """Load both models, then score the suite on the base (its baseline) and on the tuned one;
     returns both models' descriptions and the changes."""
     device = resolve_device(config.device)
@@ -151,7 +170,8 @@ def _score_pair(
     # broken tuned model fails in seconds, not after the base's minutes; both wait on the CPU.
     base = load(config.base, "base", None)
     tuned = load(config.tuned, "tuned", config.adapter_base)
-    base_info, tuned_info = base.describe(), tuned.describe()
+    base_info = ModelInfo.model_validate(base.describe())
+    tuned_info = ModelInfo.model_validate(tuned.describe())
     suite.set_baseline(evaluate(base, "base"))
     del base  # free the base (and its device memory) before the tuned model moves there
     gc.collect()
@@ -161,12 +181,10 @@ def _score_pair(
     return base_info, tuned_info, suite.compare(tuned_result)
 
 
-def _warnings(
-    config: AuditConfig, base_info: dict[str, Any], tuned_info: dict[str, Any]
-) -> list[str]:
+def _warnings(config: AuditConfig, base_info: ModelInfo, tuned_info: ModelInfo) -> list[str]:
     """What the reader of the verdict should know about the comparison itself."""
     warnings = []
-    if base_info["tokenizer"] != tuned_info["tokenizer"]:
+    if base_info.tokenizer != tuned_info.tokenizer:
         warnings.append(
             "base and tuned use different tokenizers: token-level perplexity is not comparable "
             "between them; compare bits_per_byte in the details"

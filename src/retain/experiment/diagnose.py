@@ -47,6 +47,14 @@ from retain.experiment.diagnose_config import DIAGNOSTICS, DiagnoseConfig, skipp
 from retain.experiment.diagnose_inputs import adapter_warning, dataset_texts, model_kinds
 from retain.experiment.run_dir import check_output_dir, output_directory
 from retain.output_dirs import output_lock
+from retain.records.diagnose import (
+    DiagnoseRecord,
+    DiagnoseSettings,
+    FisherImportance,
+    GradientInterference,
+    ParameterDrift,
+)
+from retain.records.parts import CkaLayer, ModelInfo, OutputShift
 
 __all__ = ["DIAGNOSTICS", "DiagnoseConfig", "run_diagnose"]
 
@@ -88,8 +96,8 @@ def _bar(description: str) -> Callable[[int, int], None]:
 
 def run_diagnose(
     config: DiagnoseConfig, progress: Callable[[str], None] | None = None
-) -> dict[str, Any]:
-    """Compute the diagnostics; return (and write) the results dictionary.
+) -> DiagnoseRecord:
+    """Compute the diagnostics; return (and, with ``config.out``, write) the record.
 
     ``config.out`` is locked for the whole command (:func:`retain.output_dirs.output_lock`).
     """
@@ -109,6 +117,17 @@ class _Plan:
     new_texts: list[str]
 
 
+@dataclass
+class _Sections:
+    """The diagnostics computed so far (None: not computed)."""
+
+    drift: ParameterDrift | None = None
+    importance: FisherImportance | None = None
+    interference: GradientInterference | None = None
+    representation: list[CkaLayer] | None = None
+    output: OutputShift | None = None
+
+
 class _Laps:
     """Seconds spent in each phase, by name."""
 
@@ -122,7 +141,7 @@ class _Laps:
         self._clock = now
 
 
-def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) -> dict[str, Any]:
+def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) -> DiagnoseRecord:
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     plan = _plan(config)
@@ -130,7 +149,7 @@ def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) ->
     base, tuned = _load_pair(config, plan, device, say)
     laps = _Laps(start)
     laps.lap("loading")
-    results: dict[str, Any] = dict.fromkeys(DIAGNOSTICS)
+    results = _Sections()
     general_task = _shape_diagnostics(config, plan, base, tuned, results, laps, say)
     if general_task is not None and plan.new_texts:
         _gradient_diagnostics(config, plan, base, general_task, results, laps, say)
@@ -194,7 +213,7 @@ def _shape_diagnostics(
     plan: _Plan,
     base: LoadedModel,
     tuned: LoadedModel,
-    results: dict[str, Any],
+    results: _Sections,
     laps: _Laps,
     say: Callable[[str], None],
 ) -> Task | None:
@@ -210,20 +229,23 @@ def _shape_diagnostics(
     if "drift" in plan.wanted:
         say("drift: comparing weights")
         drift = parameter_drift(base.model, tuned.model, exclude=config.exclude)
-        results["drift"] = drift.to_dict()
+        results.drift = ParameterDrift.model_validate(drift.to_dict())
         laps.lap("drift")
     if "representation" in plan.wanted:
         say(f"representation: CKA per layer on {len(batches)} batches of {config.general}")
         shift = representation_shift(
             base.model, tuned.model, batches, max_tokens=config.max_tokens, progress=_bar("CKA")
         )
-        results["representation"] = [vars(layer) for layer in shift]
+        results.representation = [
+            CkaLayer(index=layer.index, name=layer.name, cka=layer.cka) for layer in shift
+        ]
         laps.lap("representation")
     if "output" in plan.wanted:
         say(f"output: next-token KL on {len(batches)} batches of {config.general}")
-        results["output"] = output_shift(
+        shifted = output_shift(
             base.model, tuned.model, batches, tokenizer=tokenizer, progress=_bar("KL")
-        ).to_dict()
+        )
+        results.output = OutputShift.model_validate(shifted.to_dict())
         laps.lap("output")
     return general_task
 
@@ -233,7 +255,7 @@ def _gradient_diagnostics(
     plan: _Plan,
     base: LoadedModel,
     general_task: Task,
-    results: dict[str, Any],
+    results: _Sections,
     laps: _Laps,
     say: Callable[[str], None],
 ) -> None:
@@ -254,19 +276,20 @@ def _gradient_diagnostics(
         )
         new = estimate_fisher(base.model, new_task, progress=_bar("Fisher (new)"), **fisher_kw)
         overlap = fisher_overlap(old, new, top=config.top, seed=config.seed)
-        results["importance"] = overlap.to_dict()
+        results.importance = FisherImportance.model_validate(overlap.to_dict())
         del old, new
         laps.lap("importance")
     if "interference" in plan.wanted:
         say(f"interference: {config.batches} gradient pairs at the base weights")
-        results["interference"] = gradient_interference(
+        interference = gradient_interference(
             base.model,
             new_task,
             general_task,
             batches=config.batches,
             batch_size=config.batch_size,
             progress=_bar("interference"),
-        ).to_dict()
+        )
+        results.interference = GradientInterference.model_validate(interference.to_dict())
         laps.lap("interference")
 
 
@@ -276,37 +299,39 @@ def _record(
     base: LoadedModel,
     tuned: LoadedModel,
     device: str,
-    results: dict[str, Any],
+    results: _Sections,
     timings: dict[str, float],
     start: float,
-) -> dict[str, Any]:
+) -> DiagnoseRecord:
     """``results.json`` of a diagnosis (format ``retain.diagnose/1``)."""
     from retain.version import __version__
 
-    return {
-        "format": "retain.diagnose/1",
-        "kind": "diagnose",
-        "retain_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": base.describe(),
-        "tuned": tuned.describe(),
-        "settings": {
-            "data": config.data,
-            "general": config.general,
-            "model_kind": plan.kind,
-            "samples": config.samples,
-            "fisher_samples": config.fisher_samples,
-            "batches": config.batches,
-            "batch_size": config.batch_size,
-            "max_length": config.max_length,
-            "max_tokens": config.max_tokens,
-            "top": config.top,
-            "exclude": config.exclude,
-            "device": device,
-        },
-        **results,
-        "skipped": plan.skipped,
-        "warnings": plan.warnings,
-        "timings": timings,
-        "seconds": time.perf_counter() - start,
-    }
+    return DiagnoseRecord(
+        retain_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        base=ModelInfo.model_validate(base.describe()),
+        tuned=ModelInfo.model_validate(tuned.describe()),
+        settings=DiagnoseSettings(
+            data=config.data,
+            general=config.general,
+            model_kind=plan.kind,
+            samples=config.samples,
+            fisher_samples=config.fisher_samples,
+            batches=config.batches,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            max_tokens=config.max_tokens,
+            top=config.top,
+            exclude=config.exclude,
+            device=device,
+        ),
+        drift=results.drift,
+        importance=results.importance,
+        interference=results.interference,
+        representation=results.representation,
+        output=results.output,
+        skipped=plan.skipped,
+        warnings=plan.warnings,
+        timings=timings,
+        seconds=time.perf_counter() - start,
+    )

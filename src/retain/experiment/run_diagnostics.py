@@ -18,7 +18,6 @@ representational and output shift of the final model from a reference copy.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from torch import nn
 
@@ -31,6 +30,13 @@ from retain.diagnostics.similarity import representation_shift
 from retain.errors import RetainError
 from retain.experiment.build import Experiment
 from retain.experiment.config import ExperimentConfig
+from retain.records.parts import CkaLayer, OutputShift
+from retain.records.run import (
+    InterferenceRecord,
+    InterferenceStep,
+    InterferenceSummary,
+    ShiftRecord,
+)
 
 __all__ = ["interference_results", "interference_tracker", "reference_copy", "shift_results"]
 
@@ -59,17 +65,17 @@ def interference_tracker(config: ExperimentConfig, built: Experiment) -> Interfe
 
 def interference_results(
     tracker: InterferenceTracker | None, config: ExperimentConfig
-) -> dict[str, Any] | None:
+) -> InterferenceRecord | None:
     """``results.json``'s ``interference`` entry (None without a tracker)."""
     if tracker is None:
         return None
-    return {
-        "every": tracker.every,
-        "samples": tracker.samples,
-        "prior": _GENERAL if tracker.prior is not None else "earlier tasks",
-        "records": tracker.records,
-        "summary": tracker.summary(),
-    }
+    return InterferenceRecord(
+        every=tracker.every,
+        samples=tracker.samples,
+        prior=_GENERAL if tracker.prior is not None else "earlier tasks",
+        records=[InterferenceStep.model_validate(r) for r in tracker.records],
+        summary=InterferenceSummary.model_validate(tracker.summary()),
+    )
 
 
 def reference_copy(config: ExperimentConfig, model: nn.Module, finished: int) -> nn.Module | None:
@@ -88,7 +94,7 @@ def reference_copy(config: ExperimentConfig, model: nn.Module, finished: int) ->
 
 def shift_results(
     config: ExperimentConfig, built: Experiment, start: nn.Module | None, final: nn.Module
-) -> dict[str, Any] | None:
+) -> ShiftRecord | None:
     """``results.json``'s ``shift`` entry: CKA per layer and (causal LMs) the output shift of
     ``final`` from the reference copy ``start``: on held-out general text for a causal LM (what
     it forgets), else on the first task's test examples."""
@@ -103,37 +109,31 @@ def shift_results(
         data, task = first.name, first
     if start is None:  # a run resumed after the reference point: the copy was not kept
         reason = "the run resumed after its reference point; rerun it whole for the shift"
-        return {
-            "data": data,
-            "reference": reference,
-            "representation": None,
-            "output": None,
-            "skipped": {"representation": reason, "output": reason},
-        }
+        return ShiftRecord(
+            data=data,
+            reference=reference,
+            representation=None,
+            output=None,
+            skipped={"representation": reason, "output": reason},
+        )
     batches = [
         {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         for batch in task.batches(size, limit=limit)
     ]
-    result: dict[str, Any] = {
-        "data": data,
-        "reference": reference,
-        "representation": None,
-        "output": None,
-    }
+    result = ShiftRecord(data=data, reference=reference, representation=None, output=None)
     skipped: dict[str, str] = {}
     if not batches or "input_ids" not in batches[0]:
         skipped["representation"] = "the tasks are not token sequences (no hidden states)"
     else:
         try:
             shift = representation_shift(start, final, batches)
-            result["representation"] = [vars(layer) for layer in shift]
+            result.representation = [CkaLayer.model_validate(vars(layer)) for layer in shift]
         except RetainError as err:
             skipped["representation"] = str(err)
         if config.model.kind == "causal-lm":
-            result["output"] = output_shift(
-                start, final, batches, tokenizer=built.tokenizer
-            ).to_dict()
+            measured = output_shift(start, final, batches, tokenizer=built.tokenizer)
+            result.output = OutputShift.model_validate(measured.to_dict())
     if config.model.kind != "causal-lm":
         skipped["output"] = "needs a causal language model"
-    result["skipped"] = skipped
+    result.skipped = skipped
     return result

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from retain.atomic_files import write_text
+from retain.atomic_files import to_jsonable, write_text
 from retain.distributed import is_main_process
 from retain.errors import RetainError
 from retain.experiment.build import (
@@ -52,7 +52,15 @@ from retain.output_dirs import (
     output_lock,
     write_marker,
 )
-from retain.schema import write_record
+from retain.records.parts import Score
+from retain.records.run import (
+    BudgetEval,
+    BudgetRecord,
+    DriftRecord,
+    MonitorSettings,
+    RunRecord,
+    RunResult,
+)
 from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
 from retain.training.budget import ForgettingBudget
@@ -61,7 +69,7 @@ from retain.training.sequence import fit_sequence
 
 __all__ = ["RESULTS_FORMAT", "RunSpec", "has_trained", "run_experiment", "run_state"]
 
-RESULTS_FORMAT = "retain.run/1"
+RESULTS_FORMAT = RunRecord.FORMAT
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ def _report_missing(spec: RunSpec, out: Path, config_yaml: str) -> bool:
     return same and not (out / "report.html").is_file()
 
 
-def _finish_report(spec: RunSpec, out: Path) -> dict[str, Any]:
+def _finish_report(spec: RunSpec, out: Path) -> RunRecord:
     """Write the missing report of the finished run in ``out``; returns its results."""
     from retain.report.write import load_results
 
@@ -208,8 +216,9 @@ def _undo(out: Path, created: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def run_experiment(spec: RunSpec) -> dict[str, Any]:
-    """Train ``spec.config``'s task sequence with its first seed; returns ``results.json``'s data.
+def run_experiment(spec: RunSpec) -> RunRecord:
+    """Train ``spec.config``'s task sequence with its first seed; returns the record written to
+    ``results.json``.
 
     The run directory is described in the module docstring; the report is written by
     :func:`retain.report.write.write_run_report`. The folder is locked for the whole run
@@ -226,7 +235,7 @@ def run_experiment(spec: RunSpec) -> dict[str, Any]:
         return _run(spec, config, out)
 
 
-def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> dict[str, Any]:
+def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> RunRecord:
     seed = config.seeds[0]
     config_yaml = config_to_yaml(config)
     if _report_missing(spec, out, config_yaml):
@@ -283,7 +292,7 @@ def _train(
     strategies: list[Strategy],
     resume: bool,
     begin: float,
-) -> dict[str, Any]:
+) -> RunRecord:
     say = spec.say or (lambda _line: None)
     say(
         ("resuming" if resume else "starting") + f" {config.name} [{config.variant_label}] "
@@ -319,22 +328,13 @@ def _train(
         after_task=after_task,
         say=say,
     )
-    for log in result.logs:
-        if log["stopped"]:
-            say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
-    return _finish(
-        spec,
-        out,
-        progress,
-        say,
-        {
-            **_results_record(config, built, result.to_dict(), progress),
-            **as_chain(strategies).record_fields(model, config.training.lr, result.logs),
-            "interference": interference_results(tracker, config),
-            "shift": shift_results(config, built, reference[0], model),
-            "seconds": time.perf_counter() - begin,
-        },
-    )
+    record = _results_record(config, built, result, progress)
+    record.interference = interference_results(tracker, config)
+    record.shift = shift_results(config, built, reference[0], model)
+    record.seconds = time.perf_counter() - begin
+    own = as_chain(strategies).record_fields(model, config.training.lr, result.logs)
+    record = RunRecord.model_validate({**record.to_json(), **to_jsonable(own)})
+    return _finish(spec, out, progress, say, record)
 
 
 def _checkpointing(config: ExperimentConfig, out: Path) -> dict[str, Any]:
@@ -351,16 +351,16 @@ def _finish(
     out: Path,
     progress: RunProgress,
     say: Callable[[str], None],
-    results: dict[str, Any],
-) -> dict[str, Any]:
+    results: RunRecord,
+) -> RunRecord:
     """Say where the monitor stopped a task, then write ``results.json`` (then the report) from
     the main process; returns ``results``."""
-    for log in results["run"]["logs"]:
-        if log["stopped"]:
-            say(f"  the monitor stopped {log['task']} at step {log['steps']}: {log['stop_reason']}")
+    for log in results.run.logs:
+        if log.stopped:
+            say(f"  the monitor stopped {log.task} at step {log.steps}: {log.stop_reason}")
     if not is_main_process():
         return results  # one process writes the run directory
-    write_record(out / "results.json", results)
+    results.write(out / "results.json")
     progress.finish()
     if spec.report:
         _write_report(out)
@@ -369,28 +369,31 @@ def _finish(
 
 
 def _results_record(
-    config: ExperimentConfig, built: Experiment, run: dict[str, Any], progress: RunProgress
-) -> dict[str, Any]:
-    """The fields of ``results.json`` (format ``retain.run/1``) that every run has; the
-    strategies' own fields (``record_fields``) and the diagnostics are added by the caller."""
-    budget = progress.budget is not None and config.budget is not None
-    return {
-        "format": RESULTS_FORMAT,
-        "name": config.name,
-        "description": config.description,
-        "variant": config.variant_label,
-        "seed": config.seeds[0],
-        "model": config.model.name,
-        "score": {"name": built.score_name, "higher_is_better": built.higher_is_better},
-        "run": run,
-        "monitor": None if config.monitor is None else config.monitor.model_dump(),
-        "budget": {
-            "max_degradation": config.budget.max_degradation,
-            "history": progress.budget_history,
-        }
-        if budget and config.budget is not None
-        else None,
-        "drift": {"layers": progress.drift.layers, "after": progress.drift_after},
-        "layer_lrs": None,
-        "unfreezing": None,
-    }
+    config: ExperimentConfig, built: Experiment, run: RunResult, progress: RunProgress
+) -> RunRecord:
+    """The fields of ``results.json`` that every run has; the strategies' own fields
+    (``record_fields``) and the diagnostics are added by the caller."""
+    budget = None
+    if progress.budget is not None and config.budget is not None:
+        budget = BudgetRecord(
+            max_degradation=config.budget.max_degradation,
+            history=[
+                [BudgetEval.model_validate(e) for e in task] for task in progress.budget_history
+            ],
+        )
+    return RunRecord(
+        name=config.name,
+        description=config.description,
+        variant=config.variant_label,
+        seed=config.seeds[0],
+        model=config.model.name,
+        score=Score(name=built.score_name, higher_is_better=built.higher_is_better),
+        run=run,
+        monitor=None
+        if config.monitor is None
+        else MonitorSettings.model_validate(config.monitor.model_dump()),
+        budget=budget,
+        drift=DriftRecord.model_validate(
+            {"layers": progress.drift.layers, "after": progress.drift_after}
+        ),
+    )

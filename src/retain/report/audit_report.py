@@ -1,45 +1,55 @@
 """Render an audit (base vs tuned) as a terminal table and as a Markdown report.
 
 Both show every capability's score before and after, the absolute and relative change, which
-direction is better, and the one-line verdict. Input is the audit's ``results.json`` dictionary, so
-a report can be re-rendered from a saved run.
+direction is better, and the one-line verdict. Input is the audit's
+:class:`~retain.records.audit.AuditRecord`, so a report can be re-rendered from a saved run
+(``AuditRecord.load("results.json")``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from retain.records.audit import AuditRecord
 
 __all__ = ["audit_markdown", "audit_table"]
 
 _HEADER = ("capability", "metric", "better", "before", "after", "change", "relative", "status")
 
 
-def _num(value: Any, spec: str = ".4g") -> str:
-    return "n/a" if value is None else format(value, spec)
+def _num(value: float, spec: str = ".4g") -> str:
+    """``value`` formatted with ``spec``; ``n/a`` when it is undefined (NaN or infinite, written
+    as null)."""
+    return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-def _rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+def _detail(value: Any) -> str:
+    """A probe detail as shown in the report: a float to 4 significant digits."""
+    return format(value, ".4g") if isinstance(value, float) else str(value)
+
+
+def _rows(record: AuditRecord) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
-    for cap in results["capabilities"]:
-        rel = cap.get("relative_change")
+    for cap in record.capabilities:
         rows.append(
             (
-                cap["name"],
-                cap["metric"],
-                "higher" if cap["higher_is_better"] else "lower",
-                _num(cap["before"]),
-                _num(cap["after"]),
-                _num(cap["change"], "+.4g"),
-                "n/a" if rel is None else f"{rel:+.1%}",
-                "WORSE" if cap["worsened"] else "ok",
+                cap.name,
+                cap.metric,
+                "higher" if cap.higher_is_better else "lower",
+                _num(cap.before),
+                _num(cap.after),
+                _num(cap.change, "+.4g"),
+                _num(cap.relative_change, "+.1%"),
+                "WORSE" if cap.worsened else "ok",
             )
         )
     return rows
 
 
-def audit_table(results: dict[str, Any]) -> str:
+def audit_table(record: AuditRecord) -> str:
     """A fixed-width table for the terminal, followed by the verdict line."""
-    rows = [_HEADER, *_rows(results)]
+    rows = [_HEADER, *_rows(record)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
     lines = []
     for k, row in enumerate(rows):
@@ -51,46 +61,43 @@ def audit_table(results: dict[str, Any]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(results["verdict"]["text"])
+    lines.append(record.verdict.text)
     return "\n".join(lines)
 
 
-def audit_markdown(results: dict[str, Any]) -> str:
+def audit_markdown(record: AuditRecord) -> str:
     """The audit as a Markdown page (``report.md``)."""
-    base, tuned = results["base"], results["tuned"]
-    tol = results["tolerance"]
+    base, tuned = record.base, record.tuned
+    tol = record.tolerance
     out = [
         "# retain audit",
         "",
-        f"**{results['verdict']['text']}**",
+        f"**{record.verdict.text}**",
         "",
-        f"- base: `{base['name']}` ({base['class']}, {base['parameters']:,} parameters, "
-        f"{base['origin']})",
-        f"- tuned: `{tuned['name']}` ({tuned['class']}, {tuned['parameters']:,} parameters, "
-        f"{tuned['origin']})",
-        f"- suite: `{results['suite']['name']}`: {results['suite']['description']}",
+        f"- base: `{base.name}` ({base.class_}, {base.parameters:,} parameters, {base.origin})",
+        f"- tuned: `{tuned.name}` ({tuned.class_}, {tuned.parameters:,} parameters, "
+        f"{tuned.origin})",
+        f"- suite: `{record.suite.name}`: {record.suite.description}",
         f"- a capability counts as WORSE when it degrades by more than {tol:.1%} of its "
         "starting score, in its own direction (`better` column).",
         "",
         "| " + " | ".join(_HEADER) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * 5) + "|",
     ]
-    out += ["| " + " | ".join(row) + " |" for row in _rows(results)]
-    out += [f"\n> **Warning:** {w}" for w in results.get("warnings", [])]
+    out += ["| " + " | ".join(row) + " |" for row in _rows(record)]
+    out += [f"\n> **Warning:** {w}" for w in record.warnings]
     out += ["", "## Details", ""]
-    for cap in results["capabilities"]:
-        out.append(f"### {cap['name']}")
+    for cap in record.capabilities:
+        out.append(f"### {cap.name}")
         out.append("")
-        for label, key in (("before", "details_before"), ("after", "details_after")):
+        for label, values in (("before", cap.details_before), ("after", cap.details_after)):
             details = ", ".join(
-                f"{k} = {_num(v) if isinstance(v, float) else v}"
-                for k, v in cap[key].items()
-                if not isinstance(v, (dict, list))
+                f"{k} = {_detail(v)}" for k, v in values.items() if not isinstance(v, (dict, list))
             )
             out.append(f"- {label}: {details}")
         out.append("")
     out.append(
-        f"Generated by retain {results['retain_version']} on {results['created']} "
-        f"in {results['seconds']:.0f} s."
+        f"Generated by retain {record.retain_version} on {record.created} "
+        f"in {record.seconds:.0f} s."
     )
     return "\n".join(out) + "\n"

@@ -8,12 +8,12 @@ of every summary figure over its seeds). Figures are free-standing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from retain.records.comparison import ComparisonRow
 from retain.report.figure_parts import new_figure, short
 from retain.report.summary import forgetting_cost_key
 
@@ -28,18 +28,18 @@ _COST_LABEL = {
 }
 
 
-def _stat(row: dict[str, Any], key: str, part: str) -> float:
-    value = (row.get(key) or {}).get(part)
-    return float("nan") if value is None else float(value)
+def _stat(row: ComparisonRow, key: str, part: str) -> float:
+    figure = row.figure(key)
+    return figure.mean if part == "mean" else figure.sd
 
 
 def pareto_figure(
-    rows: Sequence[dict[str, Any]], score_name: str = "score", higher_is_better: bool = True
+    rows: Sequence[ComparisonRow], score_name: str = "score", higher_is_better: bool = True
 ) -> Figure | None:
     """New-task score (x) against forgetting cost (y) per variant, error bars = sample sd.
 
     The cost is :func:`~retain.report.summary.forgetting_cost_key`'s (capability degradation
-    when every variant has it, else average forgetting). Pareto-optimal variants (``row["pareto"]``)
+    when every variant has it, else average forgetting). Pareto-optimal variants (``row.pareto``)
     are red stars joined by the front line; the others grey circles. Every variant is labelled.
     """
     cost = forgetting_cost_key(rows)
@@ -52,7 +52,7 @@ def pareto_figure(
     yerr = np.nan_to_num([_stat(r, cost, "sd") for r in rows])
     fig = new_figure(8.0, 5.5)
     ax = fig.add_subplot()
-    front = [k for k, r in enumerate(rows) if shown[k] and r.get("pareto")]
+    front = [k for k, r in enumerate(rows) if shown[k] and r.pareto]
     for k, row in enumerate(rows):
         if not shown[k]:
             continue
@@ -68,7 +68,7 @@ def pareto_figure(
             ecolor="0.6",
             capsize=3,
         )
-        label = short(str(row.get("variant", "?")), 24) + (" (Pareto)" if optimal else "")
+        label = short(row.variant, 24) + (" (Pareto)" if optimal else "")
         ax.annotate(label, (x[k], y[k]), xytext=(6, 6), textcoords="offset points", fontsize=8)
     if len(front) > 1:
         order = sorted(front, key=lambda k: x[k])
@@ -84,7 +84,7 @@ def pareto_figure(
     return fig
 
 
-def transfer_figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
+def transfer_figure(rows: Sequence[ComparisonRow]) -> Figure | None:
     """Backward transfer and average forgetting per variant: bars of the mean, error bars = sd."""
     keys = ("backward_transfer", "forgetting")
     means = np.array([[_stat(r, k, "mean") for k in keys] for r in rows])
@@ -106,7 +106,7 @@ def transfer_figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
             label="backward transfer (BWT)" if key == "backward_transfer" else "forgetting",
         )
     ax.axhline(0.0, color="black", linewidth=0.8)
-    names = [short(str(r.get("variant", "?")), 20) for r in rows]
+    names = [short(r.variant, 20) for r in rows]
     ax.set_xticks(positions, labels=names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("score change (BWT < 0, forgetting > 0: forgot)")
     ax.set_title("Backward transfer and forgetting per variant (mean ± sd)")
@@ -116,7 +116,7 @@ def transfer_figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
 
 
 def comparison_figures(
-    rows: Sequence[dict[str, Any]], score_name: str = "score", higher_is_better: bool = True
+    rows: Sequence[ComparisonRow], score_name: str = "score", higher_is_better: bool = True
 ) -> dict[str, Figure]:
     """Every comparison figure with data, by name in :data:`COMPARISON_FIGURES` order."""
     figures = {

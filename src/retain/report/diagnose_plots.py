@@ -1,17 +1,21 @@
 """Figures of ``retain diagnose`` results: drift, Fisher importance, interference, CKA, KL.
 
-Every function takes the diagnosis dictionary (format ``retain.diagnose/1``, see
+Every figure function takes its section of a diagnosis record
+(:class:`~retain.records.diagnose.DiagnoseRecord`, from
 :func:`retain.experiment.diagnose.run_diagnose`) and returns a free-standing
-:class:`~matplotlib.figure.Figure` (no pyplot), or None when its section is missing (``None``:
-skipped or not requested). Layers are drawn in the order the results list them (model order).
-JSON ``null`` (an undefined value) is drawn as a gap or a zero-height bar, never dropped, so
-every layer keeps its place.
+:class:`~matplotlib.figure.Figure` (no pyplot), or None when the section is missing (``None``:
+skipped or not requested) or empty; :func:`diagnose_figures` takes the whole record.
+:func:`representation_figure` and :func:`output_kl_figure` take the shared parts
+(:class:`~retain.records.parts.CkaLayer`, :class:`~retain.records.parts.OutputShift`), so a run's
+``shift`` section draws with them too. Layers are drawn in the order the results list them (model
+order). An undefined value (``NaN``, JSON ``null``) is drawn as a gap or a zero-height bar, never
+dropped, so every layer keeps its place.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import NDArray
 
+from retain.records.diagnose import (
+    DiagnoseRecord,
+    FisherImportance,
+    GradientInterference,
+    ParameterDrift,
+)
+from retain.records.parts import CkaLayer, OutputShift, TokenShift
 from retain.report.figure_parts import floats, fmt, new_figure, short
 
 __all__ = [
@@ -47,7 +58,6 @@ DIAGNOSE_FIGURES = (
 )
 #: Tokens per side (gained, lost) in the bar panel of :func:`output_kl_figure`.
 TOP_TOKENS = 10
-Results = Mapping[str, Any]
 _POSITIVE, _NEGATIVE = "tab:blue", "tab:red"
 _REFERENCE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 
@@ -69,10 +79,6 @@ def _drawable(text: str) -> str:
     return "".join(c if font.get_char_index(ord(c)) else ascii(c)[1:-1] for c in text)
 
 
-def _section(results: Results, key: str) -> Any:
-    return results.get(key) or None
-
-
 def _layer_axis(ax: Axes, names: Sequence[str], rotate: bool = True) -> None:
     """Layer names as x ticks (cut to 24 characters), smaller when there are many."""
     size = 8 if len(names) <= 16 else 6.5 if len(names) <= 40 else 5
@@ -90,66 +96,61 @@ def _signed_colors(values: NDArray[np.float64]) -> list[str]:
     return [_NEGATIVE if v < 0 else _POSITIVE for v in np.nan_to_num(values)]
 
 
-def drift_figure(results: Results) -> Figure | None:
+def drift_figure(drift: ParameterDrift | None) -> Figure | None:
     """Per-layer relative drift ``||θ - θ*||₂ / ||θ*||₂`` (top, bars, the whole model's as a
     dashed line) and per-layer RMS change ``sqrt(mean (θ - θ*)²)`` (bottom, parameter units)."""
-    drift = _section(results, "drift")
-    layers = list((drift or {}).get("layers") or [])
-    if not layers:
+    if drift is None or not drift.layers:
         return None
-    names = [str(layer.get("name", "?")) for layer in layers]
-    total = drift.get("total") or {}
+    layers, total = drift.layers, drift.total
+    names = [layer.name for layer in layers]
     fig = new_figure(_width(len(names)), 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
-    for ax, key, label in (
-        (top, "relative", "relative drift ||Δθ|| / ||θ*||"),
-        (bottom, "rms", "RMS change per parameter"),
+    for ax, values, whole, label in (
+        (top, [g.relative for g in layers], total.relative, "relative drift ||Δθ|| / ||θ*||"),
+        (bottom, [g.rms for g in layers], total.rms, "RMS change per parameter"),
     ):
-        values = floats([layer.get(key) for layer in layers])
-        ax.bar(range(len(names)), np.nan_to_num(values), color="tab:purple")
-        if total.get(key) is not None:
-            ax.axhline(float(total[key]), label=f"whole model {fmt(total[key])}", **_REFERENCE)
+        ax.bar(range(len(names)), np.nan_to_num(floats(values)), color="tab:purple")
+        if math.isfinite(whole):
+            ax.axhline(whole, label=f"whole model {fmt(whole)}", **_REFERENCE)
             ax.legend(fontsize=8, loc="upper right")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     _layer_axis(bottom, names)
     top.set_title(
-        f"Parameter drift per layer (whole model: relative {fmt(total.get('relative'))}, "
-        f"RMS {fmt(total.get('rms'))})"
+        f"Parameter drift per layer (whole model: relative {fmt(total.relative)}, "
+        f"RMS {fmt(total.rms)})"
     )
     return fig
 
 
-def importance_layers_figure(results: Results) -> Figure | None:
+def importance_layers_figure(importance: FisherImportance | None) -> Figure | None:
     """Per-layer share of the Fisher mass ``Σ_layer F / Σ_all F``, prior capability (old) and new
     task side by side (top), and per-layer overlap ``1 - ½ Σ (√F̂_old - √F̂_new)²`` (bottom)."""
-    importance = _section(results, "importance")
-    layers = list((importance or {}).get("layers") or [])
-    if not layers:
+    if importance is None or not importance.layers:
         return None
-    names = [str(layer.get("name", "?")) for layer in layers]
+    layers = importance.layers
+    names = [layer.name for layer in layers]
     x = np.arange(len(names))
     fig = new_figure(_width(int(1.5 * len(names))), 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
-    for j, (key, label, color) in enumerate(
+    for j, (values, label, color) in enumerate(
         (
-            ("old_share", "prior capability (old)", "tab:blue"),
-            ("new_share", "new task", "tab:orange"),
+            ([layer.old_share for layer in layers], "prior capability (old)", "tab:blue"),
+            ([layer.new_share for layer in layers], "new task", "tab:orange"),
         )
     ):
-        shares = np.nan_to_num(floats([layer.get(key) for layer in layers]))
-        top.bar(x + (j - 0.5) * 0.4, shares, 0.4, color=color, label=label)
+        top.bar(x + (j - 0.5) * 0.4, np.nan_to_num(floats(values)), 0.4, color=color, label=label)
     top.yaxis.set_major_formatter(PercentFormatter(1.0))
     top.set_ylabel("share of the Fisher mass")
     top.legend(fontsize=8, loc="upper right")
-    overall = importance.get("overlap")
+    overall = importance.overlap
     top.set_title(
         f"Fisher importance per layer (overall overlap {fmt(overall, '.3f')}; critical = top "
-        f"{fmt(importance.get('top'), '.0%')} per capability)"
+        f"{fmt(importance.top, '.0%')} per capability)"
     )
-    bottom.bar(x, np.nan_to_num(floats([layer.get("overlap") for layer in layers])), color="0.45")
-    if overall is not None:
-        bottom.axhline(float(overall), label=f"whole model {fmt(overall, '.3f')}", **_REFERENCE)
+    bottom.bar(x, np.nan_to_num(floats([layer.overlap for layer in layers])), color="0.45")
+    if math.isfinite(overall):
+        bottom.axhline(overall, label=f"whole model {fmt(overall, '.3f')}", **_REFERENCE)
         bottom.legend(fontsize=8, loc="upper right")
     bottom.set_ylim(0.0, 1.05)
     bottom.set_ylabel("overlap of old and new Fisher")
@@ -159,27 +160,34 @@ def importance_layers_figure(results: Results) -> Figure | None:
     return fig
 
 
-def _quadrant_text(ax: Axes, x: float, y: float, label: str, count: Any, total: float) -> None:
-    share = f" ({count / total:.1%})" if isinstance(count, int) and total > 0 else ""
-    text = f"{label}\n{count:,}{share}" if isinstance(count, int) else f"{label}\nn/a"
+def _quadrant_text(ax: Axes, x: float, y: float, label: str, count: int, total: float) -> None:
+    share = f" ({count / total:.1%})" if total > 0 else ""
     box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"}
-    ax.text(x, y, text, ha="center", va="center", fontsize=8.5, bbox=box, zorder=5)
+    ax.text(
+        x,
+        y,
+        f"{label}\n{count:,}{share}",
+        ha="center",
+        va="center",
+        fontsize=8.5,
+        bbox=box,
+        zorder=5,
+    )
 
 
-def importance_scatter_figure(results: Results) -> Figure | None:
+def importance_scatter_figure(importance: FisherImportance | None) -> Figure | None:
     """Log-log scatter of the sampled ``(F_old, F_new)`` pairs, the two ``(1 - top)`` quantile
     thresholds (dashed) and the quadrant counts over ALL parameters (not just the sample).
 
     Fisher values ``<= 0`` cannot sit on a log axis: they are drawn at a floor (a tenth of the
     smallest positive value shown), which the axis labels state.
     """
-    importance = _section(results, "importance")
-    scatter = (importance or {}).get("scatter") or {}
-    old, new = floats(scatter.get("old") or []), floats(scatter.get("new") or [])
+    if importance is None:
+        return None
+    old, new = floats(importance.scatter.old), floats(importance.scatter.new)
     if not old.size or old.size != new.size:
         return None
-    thresholds = importance.get("thresholds") or {}
-    t_old, t_new = floats([thresholds.get("old")])[0], floats([thresholds.get("new")])[0]
+    t_old, t_new = importance.thresholds.old, importance.thresholds.new
     candidates = np.concatenate([old, new, [t_old, t_new]])
     positive = candidates[np.isfinite(candidates) & (candidates > 0)]
     floor = float(positive.min()) / 10 if positive.size else 1e-12
@@ -196,17 +204,19 @@ def importance_scatter_figure(results: Results) -> Figure | None:
     ax.set_ylim(lo, hi)
     ax.axvline(t_old, **_REFERENCE)
     ax.axhline(t_new, **_REFERENCE)
-    counts = importance.get("quadrants") or {}
-    total = float(importance.get("numel") or sum(v for v in counts.values() if isinstance(v, int)))
+    counts = importance.quadrants
+    total = float(
+        importance.numel or counts.old_only + counts.new_only + counts.both + counts.neither
+    )
     left, right = math.sqrt(lo * t_old), math.sqrt(t_old * hi)
     low, high = math.sqrt(lo * t_new), math.sqrt(t_new * hi)
-    for x, y, key, label in (
-        (right, low, "old_only", "critical for old only"),
-        (left, high, "new_only", "critical for new only"),
-        (right, high, "both", "critical for both"),
-        (left, low, "neither", "neither"),
+    for x, y, count, label in (
+        (right, low, counts.old_only, "critical for old only"),
+        (left, high, counts.new_only, "critical for new only"),
+        (right, high, counts.both, "critical for both"),
+        (left, low, counts.neither, "neither"),
     ):
-        _quadrant_text(ax, x, y, label, counts.get(key), total)
+        _quadrant_text(ax, x, y, label, count, total)
     ax.set_xlabel("Fisher, prior capability F_old")
     clipped = [int((~(np.isfinite(v) & (v > floor))).sum()) for v in (old, new)]
     if any(clipped):
@@ -215,7 +225,7 @@ def importance_scatter_figure(results: Results) -> Figure | None:
     ax.set_ylabel("Fisher, new task F_new")
     ax.set_title(
         f"Fisher importance of {len(old):,} sampled parameters; counts over all "
-        f"{int(total):,}\ndashed: top-{fmt(importance.get('top'), '.0%')} thresholds "
+        f"{int(total):,}\ndashed: top-{fmt(importance.top, '.0%')} thresholds "
         f"(old {t_old:.2e}, new {t_new:.2e})",
         fontsize=10,
     )
@@ -223,25 +233,24 @@ def importance_scatter_figure(results: Results) -> Figure | None:
     return fig
 
 
-def interference_figure(results: Results) -> Figure | None:
+def interference_figure(interference: GradientInterference | None) -> Figure | None:
     """Cosine of the mean new-task and prior-capability gradients per layer (left; negative =
     conflicting, red) and the overall cosine of each (new batch, prior batch) pair (right)."""
-    interference = _section(results, "interference")
-    layers = dict((interference or {}).get("layers") or {})
-    pairs = floats(list((interference or {}).get("pair_cosines") or []))
-    if not layers and not pairs.size:
+    if interference is None:
         return None
-    names = list(layers)
-    cosines = floats([layers[n] for n in names])
+    names = list(interference.layers)
+    pairs = floats(interference.pair_cosines)
+    if not names and not pairs.size:
+        return None
+    cosines = floats(list(interference.layers.values()))
     fig = new_figure(_width(len(names) + len(pairs)), 5.0)
     left, right = fig.subplots(1, 2, width_ratios=[4, 1])
     left.bar(range(len(names)), np.nan_to_num(cosines), color=_signed_colors(cosines))
     _layer_axis(left, names)
     left.set_ylabel("cosine(g_new, g_old)")
-    conflicting = interference.get("conflicting")
     left.set_title(
-        f"Gradient interference per layer (overall cosine {fmt(interference.get('cosine'), '+.3f')}"
-        f", conflicting pairs {fmt(conflicting, '.0%')})"
+        f"Gradient interference per layer (overall cosine {fmt(interference.cosine, '+.3f')}"
+        f", conflicting pairs {fmt(interference.conflicting, '.0%')})"
     )
     right.bar(range(1, len(pairs) + 1), np.nan_to_num(pairs), color=_signed_colors(pairs))
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -253,14 +262,16 @@ def interference_figure(results: Results) -> Figure | None:
     return fig
 
 
-def representation_figure(results: Results, title: str | None = None) -> Figure | None:
+def representation_figure(
+    layers: Sequence[CkaLayer] | None, title: str | None = None
+) -> Figure | None:
     """Linear CKA of base and tuned hidden states per layer (index 0 = embeddings, ``k + 1`` =
-    block ``k``), y from the lowest value (or 0.9) to 1; ``title`` replaces the default one."""
-    layers = list(_section(results, "representation") or [])
+    block ``k``), y from the lowest value (or 0.9) to 1; ``title`` replaces the default one.
+    None when ``layers`` is None or empty."""
     if not layers:
         return None
-    x = floats([layer.get("index", k) for k, layer in enumerate(layers)])
-    cka = floats([layer.get("cka") for layer in layers])
+    x = floats([layer.index for layer in layers])
+    cka = floats([layer.cka for layer in layers])
     fig = new_figure(max(6.5, min(16.0, 0.3 * len(layers) + 4.0)), 4.2)
     ax = fig.add_subplot()
     ax.plot(x, cka, marker="o", markersize=4, color="tab:green")
@@ -271,17 +282,17 @@ def representation_figure(results: Results, title: str | None = None) -> Figure 
     ax.set_xlabel("hidden state (0 = embeddings, k + 1 = output of block k)")
     ax.set_ylabel("linear CKA (1 = same representation)")
     worst = int(np.nanargmin(cka)) if finite.size else None
-    detail = "" if worst is None else f"\nlowest {cka[worst]:.3f} at {layers[worst].get('name')}"
+    detail = "" if worst is None else f"\nlowest {cka[worst]:.3f} at {layers[worst].name}"
     ax.set_title(title or f"Representational similarity of base and tuned per layer{detail}")
     ax.grid(alpha=0.3)
     return fig
 
 
-def _token_bars(ax: Axes, gained: list[Any], lost: list[Any]) -> None:
-    rows = gained[:TOP_TOKENS] + lost[:TOP_TOKENS][::-1]
-    changes = floats([row.get("change") for row in rows])
+def _token_bars(ax: Axes, gained: Sequence[TokenShift], lost: Sequence[TokenShift]) -> None:
+    rows = [*gained[:TOP_TOKENS], *lost[:TOP_TOKENS][::-1]]
+    changes = floats([row.change for row in rows])
     ax.barh(range(len(rows)), np.nan_to_num(changes), color=_signed_colors(changes))
-    labels = [short(_drawable(token_label(str(row.get("token", "?")))), 20) for row in rows]
+    labels = [short(_drawable(token_label(row.token)), 20) for row in rows]
     ax.set_yticks(range(len(rows)), labels=labels, fontsize=7.5, parse_math=False)
     ax.invert_yaxis()
     ax.axvline(0.0, color="black", linewidth=0.8)
@@ -291,16 +302,16 @@ def _token_bars(ax: Axes, gained: list[Any], lost: list[Any]) -> None:
     ax.grid(alpha=0.3, axis="x")
 
 
-def output_kl_figure(results: Results, title: str | None = None) -> Figure | None:
+def output_kl_figure(output: OutputShift | None, title: str | None = None) -> Figure | None:
     """Histogram of the per-position next-token ``KL(base || tuned)`` sample in nats (mean: red
     line, median: dotted) and, when present, the tokens whose mean probability rose (blue) or fell
-    (red) the most; ``title`` replaces the default one."""
-    output = _section(results, "output")
+    (red) the most; ``title`` replaces the default one. None when ``output`` is None or has
+    neither a KL sample nor tokens."""
     if output is None:
         return None
-    sample = floats(list(output.get("kl_sample") or []))
+    sample = floats(output.kl_sample)
     sample = sample[np.isfinite(sample)]
-    gained, lost = list(output.get("gained") or []), list(output.get("lost") or [])
+    gained, lost = output.gained, output.lost
     if not sample.size and not gained and not lost:
         return None
     tokens = bool(gained or lost)
@@ -309,18 +320,17 @@ def output_kl_figure(results: Results, title: str | None = None) -> Figure | Non
     ax = axes[0]
     if sample.size:
         ax.hist(sample, bins=40, color="tab:blue", alpha=0.8)
-    mean, median = output.get("kl_mean"), output.get("kl_median")
-    if mean is not None:
-        ax.axvline(float(mean), color="tab:red", linewidth=1.5, label=f"mean {fmt(mean)} nats")
-    if median is not None:
-        ax.axvline(float(median), color="black", linestyle=":", label=f"median {fmt(median)}")
+    mean, median = output.kl_mean, output.kl_median
+    if math.isfinite(mean):
+        ax.axvline(mean, color="tab:red", linewidth=1.5, label=f"mean {fmt(mean)} nats")
+    if math.isfinite(median):
+        ax.axvline(median, color="black", linestyle=":", label=f"median {fmt(median)}")
     ax.set_xlabel("KL(base || tuned) per token position, nats")
     ax.set_ylabel("positions")
-    change = output.get("entropy_change")
     ax.set_title(
         title
-        or f"Next-token KL over {len(sample):,} positions (entropy change {fmt(change, '+.3f')} "
-        "nats)"
+        or f"Next-token KL over {len(sample):,} positions (entropy change "
+        f"{fmt(output.entropy_change, '+.3f')} nats)"
     )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -330,15 +340,14 @@ def output_kl_figure(results: Results, title: str | None = None) -> Figure | Non
     return fig
 
 
-def diagnose_figures(results: Results) -> dict[str, Figure]:
+def diagnose_figures(record: DiagnoseRecord) -> dict[str, Figure]:
     """Every figure the diagnosis has data for, by name in :data:`DIAGNOSE_FIGURES` order."""
-    builders = {
-        "drift": drift_figure,
-        "importance_layers": importance_layers_figure,
-        "importance_scatter": importance_scatter_figure,
-        "interference": interference_figure,
-        "representation": representation_figure,
-        "output_kl": output_kl_figure,
+    figures = {
+        "drift": drift_figure(record.drift),
+        "importance_layers": importance_layers_figure(record.importance),
+        "importance_scatter": importance_scatter_figure(record.importance),
+        "interference": interference_figure(record.interference),
+        "representation": representation_figure(record.representation),
+        "output_kl": output_kl_figure(record.output),
     }
-    figures = {name: builders[name](results) for name in DIAGNOSE_FIGURES}
-    return {name: fig for name, fig in figures.items() if fig is not None}
+    return {name: fig for name in DIAGNOSE_FIGURES if (fig := figures[name]) is not None}

@@ -4,7 +4,8 @@ the global-step axis of a run, legends, colours and annotated heatmaps.
 Figures are built with :class:`~matplotlib.figure.Figure` directly, never through ``pyplot``: no
 global state, so they work headless and in threads. Steps: records that count optimizer steps
 from 0 at each task's start are placed on a *global step* axis by shifting task ``t`` by the steps
-of the tasks before it (``sum_{s<t} logs[s]["steps"]``), task boundaries drawn as dashed lines.
+of the tasks before it (``sum_{s<t} record.run.logs[s].steps`` of a
+:class:`~retain.records.run.RunRecord`), task boundaries drawn as dashed lines.
 """
 
 from __future__ import annotations
@@ -20,23 +21,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 
+from retain.records.run import RunRecord
+
 __all__ = [
     "BOUNDARY",
-    "Results",
     "color_map",
     "floats",
     "fmt",
     "heatmap",
     "legend",
     "new_figure",
-    "run_section",
-    "run_tasks",
     "short",
     "steps_axis",
     "task_offsets",
 ]
 
-Results = dict[str, Any]
 # Artist styles of the shared parts.
 BOUNDARY: dict[str, Any] = {"color": "0.5", "linestyle": "--", "linewidth": 0.8}
 _TOP: dict[str, Any] = {"ha": "center", "fontsize": 7}
@@ -58,33 +57,24 @@ def fmt(value: float | None, spec: str = ".3g") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def floats(values: Sequence[Any]) -> NDArray[np.float64]:
-    """``values`` as float64 with None (JSON ``null``) as ``NaN``."""
+def floats(values: Sequence[float | None]) -> NDArray[np.float64]:
+    """``values`` as float64 (an undefined value, ``NaN`` or None, as ``NaN``)."""
     return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def run_section(results: Results) -> dict[str, Any]:
-    run = results.get("run")
-    return run if isinstance(run, dict) else {}
-
-
-def run_tasks(results: Results) -> list[str]:
-    return [str(t) for t in run_section(results).get("tasks") or []]
-
-
-def task_offsets(results: Results, count: int) -> list[float]:
-    """Global step at the start of each of ``count`` tasks (``sum_{s<t} logs[s]["steps"]``)."""
-    logs = run_section(results).get("logs") or []
-    steps = [float(log.get("steps") or 0) for log in logs[:count]]
+def task_offsets(record: RunRecord, count: int) -> list[float]:
+    """Global step at the start of each of ``count`` tasks (``sum_{s<t} logs[s].steps``; a task
+    without a log counts 0 steps)."""
+    steps = [float(log.steps) for log in record.run.logs[:count]]
     steps += [0.0] * (count - len(steps))
     return [float(sum(steps[:t])) for t in range(count)]
 
 
 def steps_axis(
-    ax: Axes, results: Results, offsets: Sequence[float], title: str, names: bool = True
+    ax: Axes, record: RunRecord, offsets: Sequence[float], title: str, names: bool = True
 ) -> None:
     """Global-step x axis: dashed task boundaries and (``names``) task names over their spans."""
-    tasks = run_tasks(results)
+    tasks = record.run.tasks
     lo, hi = ax.get_xlim()
     ends = [*offsets[1:], max(hi, offsets[-1])] if offsets else []
     for t, (start, end) in enumerate(zip(offsets, ends, strict=True)):

@@ -16,6 +16,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from retain.records.comparison import ComparisonRow
+from retain.records.parts import Score
+from retain.records.run import InterferenceRecord, RunRecord, RunResult, ShiftRecord
 from retain.report.comparison_plots import COMPARISON_FIGURES
 from retain.report.plots import RUN_DIAGNOSTIC_FIGURES, RUN_FIGURES
 from retain.report.summary import SUMMARY_KEYS, forgetting_cost_key, run_summary
@@ -170,35 +173,35 @@ def page(title: str, body: str) -> str:
     )
 
 
-def _score(results_list: Sequence[Mapping[str, Any]]) -> str:
-    score = (results_list[0].get("score") if results_list else None) or {}
-    direction = "higher" if score.get("higher_is_better", True) else "lower"
-    return f"{score.get('name', 'score')} ({direction} is better)"
+def _score(score: Score) -> str:
+    direction = "higher" if score.higher_is_better else "lower"
+    return f"{score.name} ({direction} is better)"
 
 
-def _settings(values: Any, keys: Sequence[str] | None = None) -> str:
+def _settings(values: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
     """``key=value, ...`` of a settings mapping (only ``keys`` when given)."""
-    if not isinstance(values, Mapping):
-        return ""
     return ", ".join(f"{k}={values[k]}" for k in (keys or list(values)) if k in values)
 
 
-def _header(results: Mapping[str, Any]) -> str:
-    run = results.get("run") or {}
-    versions = ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items())
-    training = _settings(run.get("config"), ("lr", "batch_size", "epochs", "max_steps"))
-    budget = {k: v for k, v in (results.get("budget") or {}).items() if k != "history"}
+def _header(record: RunRecord) -> str:
+    run = record.run
+    versions = ", ".join(f"{k} {v}" for k, v in run.versions.items())
+    training = _settings(run.config, ("lr", "batch_size", "epochs", "max_steps"))
+    monitor = "none" if record.monitor is None else _settings(record.monitor.to_json())
+    budget = "none"
+    if record.budget is not None:
+        budget = _settings({k: v for k, v in record.budget.to_json().items() if k != "history"})
     meta = [
-        ("description", results.get("description") or ""),
-        ("variant", results.get("variant", "")),
-        ("seed", results.get("seed", run.get("seed", ""))),
-        ("model", results.get("model", "")),
-        ("strategies", run.get("strategies", "")),
-        ("score", _score([results])),
-        ("tasks", ", ".join(str(t) for t in run.get("tasks") or [])),
+        ("description", record.description),
+        ("variant", record.variant),
+        ("seed", str(record.seed)),
+        ("model", record.model),
+        ("strategies", run.strategies),
+        ("score", _score(record.score)),
+        ("tasks", ", ".join(run.tasks)),
         ("training", training),
-        ("monitor", _settings(results.get("monitor")) or "none"),
-        ("forgetting budget", _settings(budget) or "none"),
+        ("monitor", monitor),
+        ("forgetting budget", budget),
         ("library versions", versions),
     ]
     rows = "".join(
@@ -206,17 +209,16 @@ def _header(results: Mapping[str, Any]) -> str:
         for k, v in meta
         if v != ""
     )
-    return f'<h1>{escape(results.get("name", "retain run"))}</h1><table class="meta">{rows}</table>'
+    return f'<h1>{escape(record.name)}</h1><table class="meta">{rows}</table>'
 
 
-def _matrix_table(run: Mapping[str, Any]) -> str:
-    tasks = [str(t) for t in run.get("tasks") or []]
-    baseline = list(run.get("baseline") or [])
+def _matrix_table(run: RunResult) -> str:
+    tasks, baseline = run.tasks, run.baseline
     rows = [
         ["before training"]
         + [number(baseline[i]) if i < len(baseline) else "n/a" for i in range(len(tasks))]
     ]
-    for t, row in enumerate(run.get("matrix") or []):
+    for t, row in enumerate(run.matrix):
         cells = [
             f'<td class="diag">{number(v)}</td>' if i == t else number(v) for i, v in enumerate(row)
         ]
@@ -225,127 +227,142 @@ def _matrix_table(run: Mapping[str, Any]) -> str:
     return "<h2>Score matrix</h2>" + html_table(header, rows)
 
 
-def _suite_table(run: Mapping[str, Any], budget: float | None) -> str:
-    suite = run.get("suite") or {}
-    if not suite.get("baseline"):
+def _suite_table(run: RunResult, budget: float | None) -> str:
+    suite = run.suite
+    if suite is None or not suite.baseline:
         return ""
-    tasks = [str(t) for t in run.get("tasks") or []]
-    after = suite.get("after") or []
-    relative = suite.get("relative_degradation") or []
     rows = []
-    for cap, base in suite["baseline"].items():
+    for cap, base in suite.baseline.items():
         cells = [escape(cap), number(base)]
-        for t in range(len(after)):
-            rel = (relative[t] if t < len(relative) else {}).get(cap)
-            worse = rel is not None and budget is not None and rel > budget
-            text = f"{number(after[t].get(cap))} ({number(rel, '+.1%')})"
+        for t in range(len(suite.after)):
+            rel = suite.degradation_after(t, cap)
+            worse = math.isfinite(rel) and budget is not None and rel > budget
+            text = f"{number(suite.score_after(t, cap))} ({number(rel, '+.1%')})"
             cells.append(f'<td class="worse">{text}</td>' if worse else text)
         rows.append(cells)
-    header = ["capability", "baseline", *(f"after {escape(t)}" for t in tasks[: len(after)])]
-    name = escape(suite.get("name", "suite"))
+    shown = run.tasks[: len(suite.after)]
+    header = ["capability", "baseline", *(f"after {escape(t)}" for t in shown)]
     note = "<p>Score after each task (relative degradation against the baseline, + = worse).</p>"
-    return f"<h2>Capability suite: {name}</h2>{note}" + html_table(header, rows)
+    return f"<h2>Capability suite: {escape(suite.name)}</h2>{note}" + html_table(header, rows)
 
 
-def _monitor_table(run: Mapping[str, Any]) -> str:
-    logs = run.get("logs") or []
-    if not any(log.get("monitor") or log.get("stop_reason") for log in logs):
+def _monitor_table(run: RunResult) -> str:
+    logs = run.logs
+    if not any(log.monitor is not None or log.stop_reason for log in logs):
         return ""
     rows = []
     for log in logs:
-        mon = log.get("monitor") or {}
-        reason = mon.get("reason") or log.get("stop_reason") or ("completed" if mon else "")
+        mon = log.monitor
+        reason = log.stop_reason if mon is None else mon.reason or log.stop_reason
         rows.append(
             [
-                escape(log.get("task", "")),
-                number(log.get("steps"), "d"),
-                "yes" if log.get("stopped") or mon.get("stopped") else "no",
+                escape(log.task),
+                number(log.steps, "d"),
+                "yes" if log.stopped or (mon is not None and mon.stopped) else "no",
                 f'<td class="l">{escape(reason) if reason else "not monitored"}</td>',
-                number(mon.get("best_step"), "d"),
-                "yes" if mon.get("restored") else "no",
-                number(mon.get("final_worst_degradation"), "+.1%"),
+                number(None if mon is None else mon.best_step, "d"),
+                "yes" if mon is not None and mon.restored else "no",
+                number(math.nan if mon is None else mon.final_worst_degradation, "+.1%"),
             ]
         )
     header = ["task", "steps", "stopped", "reason", "best step", "restored", "final worst degr."]
     return "<h2>Forgetting monitor</h2>" + html_table(header, rows)
 
 
-def _diagnostics_table(results: Mapping[str, Any]) -> str:
+def _interference_rows(interference: InterferenceRecord) -> list[list[str]]:
+    summary = interference.summary
+    return [
+        ["interference: prior capability", escape(interference.prior)],
+        ["interference: measured every", f"{number(interference.every, 'd')} steps"],
+        ["interference: measured steps", number(summary.measured, "d")],
+        ["interference: conflicting (cosine &lt; 0)", number(summary.conflicting, ".1%")],
+        ["interference: mean cosine", number(summary.mean_cosine, "+.3f")],
+    ]
+
+
+def _shift_rows(shift: ShiftRecord) -> list[list[str]]:
+    rows = [
+        ["shift: measured on", escape(shift.data)],
+        ["shift: reference model", escape(shift.reference)],
+    ]
+    layers = [r for r in shift.representation or [] if math.isfinite(r.cka)]
+    if layers:
+        low = min(layers, key=lambda r: r.cka)
+        rows.append(["shift: lowest CKA", f"{number(low.cka, '.4f')} ({escape(low.name)})"])
+    if shift.output is not None:
+        rows.append(["shift: next-token KL mean (nats)", number(shift.output.kl_mean, ".4f")])
+        rows.append(["shift: entropy change (nats)", number(shift.output.entropy_change, "+.4f")])
+    for name, reason in shift.skipped.items():
+        rows.append(
+            [f"shift: {escape(name)}", f'<td class="l">not computed: {escape(reason)}</td>']
+        )
+    return rows
+
+
+def _diagnostics_table(record: RunRecord) -> str:
     """Gradient interference summary and what the shift was measured on (or why not)."""
-    interference, shift = results.get("interference") or {}, results.get("shift") or {}
     rows = []
-    if interference:
-        summary = interference.get("summary") or {}
-        rows += [
-            ["interference: prior capability", escape(interference.get("prior", "n/a"))],
-            ["interference: measured every", f"{number(interference.get('every'), 'd')} steps"],
-            ["interference: measured steps", number(summary.get("measured"), "d")],
-            [
-                "interference: conflicting (cosine &lt; 0)",
-                number(summary.get("conflicting"), ".1%"),
-            ],
-            ["interference: mean cosine", number(summary.get("mean_cosine"), "+.3f")],
-        ]
-    if shift:
-        rows.append(["shift: measured on", escape(shift.get("data", "n/a"))])
-        rows.append(["shift: reference model", escape(shift.get("reference", "start"))])
-        layers = [r for r in shift.get("representation") or [] if r.get("cka") is not None]
-        if layers:
-            low = min(layers, key=lambda r: float(r["cka"]))
-            rows.append(
-                ["shift: lowest CKA", f"{number(low['cka'], '.4f')} ({escape(low.get('name'))})"]
-            )
-        output = shift.get("output") or {}
-        if output:
-            rows.append(["shift: next-token KL mean (nats)", number(output.get("kl_mean"), ".4f")])
-            rows.append(
-                ["shift: entropy change (nats)", number(output.get("entropy_change"), "+.4f")]
-            )
-        for name, reason in (shift.get("skipped") or {}).items():
-            rows.append(
-                [f"shift: {escape(name)}", f'<td class="l">not computed: {escape(reason)}</td>']
-            )
+    if record.interference is not None:
+        rows += _interference_rows(record.interference)
+    if record.shift is not None:
+        rows += _shift_rows(record.shift)
     return "<h2>Diagnostics</h2>" + html_table(["figure", "value"], rows) if rows else ""
 
 
-def run_report_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
+def run_report_html(record: RunRecord, images: dict[str, bytes]) -> str:
     """The report of one run: header, summary, score matrix, suite, monitor, diagnostics,
     figures.
 
-    ``results`` is a run's ``results.json`` dictionary; ``images`` maps figure names (see
-    :data:`CAPTIONS`) to PNG bytes, embedded in :data:`~retain.report.plots.RUN_FIGURES`, then
+    ``record`` is a run's ``results.json``; ``images`` maps figure names (see :data:`CAPTIONS`)
+    to PNG bytes, embedded in :data:`~retain.report.plots.RUN_FIGURES`, then
     :data:`~retain.report.plots.RUN_DIAGNOSTIC_FIGURES` order.
     """
-    run = results.get("run") or {}
-    summary = run_summary(results)
-    rows = [[escape(_LABELS[k]), number(summary[k], _figure_spec(k))] for k in SUMMARY_KEYS]
-    budget = (results.get("monitor") or {}).get("max_degradation")
+    summary = run_summary(record)
+    rows = [
+        [escape(_LABELS[k]), number(getattr(summary, k), _figure_spec(k))] for k in SUMMARY_KEYS
+    ]
+    budget = None if record.monitor is None else record.monitor.max_degradation
     body = [
-        _header(results),
+        _header(record),
         "<h2>Summary</h2>" + html_table(["figure", "value"], rows),
-        _matrix_table(run),
-        _suite_table(run, budget),
-        _monitor_table(run),
-        _diagnostics_table(results),
+        _matrix_table(record.run),
+        _suite_table(record.run, budget),
+        _monitor_table(record.run),
+        _diagnostics_table(record),
         _images(images, (*RUN_FIGURES, *RUN_DIAGNOSTIC_FIGURES)),
     ]
-    title = f"{results.get('name', 'retain run')} · {results.get('variant', '')}"
+    title = f"{record.name} · {record.variant}"
     return page(title, "\n".join(b for b in body if b))
 
 
+def _row_cells(row: ComparisonRow) -> list[str]:
+    cells = [
+        escape(row.variant) + (" ★" if row.pareto else ""),
+        f'<td class="l">{escape(row.strategies)}</td>',
+        escape(", ".join(str(s) for s in row.seeds)),
+    ]
+    for key in SUMMARY_KEYS:
+        stat = row.figure(key)
+        mean = number(stat.mean, _figure_spec(key))
+        sd = number(stat.sd, _figure_spec(key, sd=True))
+        single = not math.isfinite(stat.mean) or row.n < 2
+        cells.append(mean if single else f"{mean} ± {sd}")
+    return cells
+
+
 def comparison_html(
-    rows: list[dict[str, Any]],
-    results_list: list[dict[str, Any]],
+    rows: list[ComparisonRow],
+    records: list[RunRecord],
     images: dict[str, bytes],
     *,
     links: Sequence[str] = (),
 ) -> str:
     """The comparison report: aggregate table (mean ± sd, Pareto rows marked), figures, run links.
 
-    ``rows`` come from :func:`~retain.report.summary.aggregate` of ``results_list``; ``links[k]``
-    is the (relative) path to the report of ``results_list[k]``.
+    ``rows`` come from :func:`~retain.report.summary.aggregate` of ``records``; ``links[k]`` is
+    the (relative) path to the report of ``records[k]``.
     """
-    names = sorted({str(r.get("name", "")) for r in results_list})
+    names = sorted({r.name for r in records})
     cost = forgetting_cost_key(rows)
     header = [
         "variant",
@@ -353,41 +370,25 @@ def comparison_html(
         "seeds",
         *(escape(_LABELS[k]) for k in SUMMARY_KEYS),
     ]
-    table = []
-    for row in rows:
-        cells = [
-            escape(row["variant"]) + (" ★" if row.get("pareto") else ""),
-            f'<td class="l">{escape(row.get("strategies", ""))}</td>',
-            escape(", ".join(str(s) for s in row.get("seeds", []))),
-        ]
-        for key in SUMMARY_KEYS:
-            stat = row.get(key) or {}
-            mean, sd = (
-                number(stat.get("mean"), _figure_spec(key)),
-                number(stat.get("sd"), _figure_spec(key, sd=True)),
-            )
-            single = stat.get("mean") is None or int(row.get("n", 2)) < 2
-            cells.append(mean if single else f"{mean} ± {sd}")
-        table.append(cells)
-    marks = ["pareto" if row.get("pareto") else "" for row in rows]
-    html_rows = html_table(header, table, marks)
+    marks = ["pareto" if row.pareto else "" for row in rows]
+    html_rows = html_table(header, [_row_cells(row) for row in rows], marks)
     explain = (
         f"<p>Mean ± sample sd over seeds. ★ = Pareto-optimal in (new-task score, "
         f"{escape(_LABELS[cost])}): no other variant is at least as good on both and better on one."
         "</p>"
     )
     items = []
-    for k, results in enumerate(results_list):
-        label = f"{results.get('variant', '?')} · seed {results.get('seed', '?')}"
+    for k, record in enumerate(records):
+        label = f"{record.variant} · seed {record.seed}"
         if k < len(links):
             items.append(f'<li><a href="{escape(links[k])}">{escape(label)}</a></li>')
         else:
             items.append(f"<li>{escape(label)}</li>")
+    score = _score(records[0].score) if records else "score"
     body = [
         f"<h1>Comparison: {escape(', '.join(names))}</h1>",
-        f"<p>{len(rows)} variants, {len(results_list)} runs; score: "
-        f"{escape(_score(results_list))}; models: "
-        f"{escape(', '.join(sorted({str(r.get('model', '?')) for r in results_list})))}.</p>",
+        f"<p>{len(rows)} variants, {len(records)} runs; score: {escape(score)}; models: "
+        f"{escape(', '.join(sorted({r.model for r in records})))}.</p>",
         "<h2>Variants</h2>" + explain + html_rows,
         _images(images, COMPARISON_FIGURES),
         "<h2>Runs</h2><ul>" + "".join(items) + "</ul>",

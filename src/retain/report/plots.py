@@ -1,15 +1,16 @@
 """Figures of one run's ``results.json``: score matrix, task curves, degradation, loss, strategies.
 
-Every function takes the results dictionary (format ``retain.run/1``) and returns a
-:class:`matplotlib.figure.Figure`, or None when the run has no data for it. Figures are built with
-:class:`~matplotlib.figure.Figure` directly, never through ``pyplot``: no global state, so they
-work headless and in threads, and they are freed when dropped (``fig.savefig`` renders PNG with
-Agg).
+Every function takes the run's :class:`~retain.records.run.RunRecord` (format ``retain.run/1``)
+and returns a :class:`matplotlib.figure.Figure`, or None when the run has no data for it (its
+section is None or empty). Figures are built with :class:`~matplotlib.figure.Figure` directly,
+never through ``pyplot``: no global state, so they work headless and in threads, and they are
+freed when dropped (``fig.savefig`` renders PNG with Agg).
 
 Steps: monitor, budget and unfreezing records count optimizer steps from 0 at each task's start;
 plots over the whole sequence shift task ``t`` by the steps of the tasks before it
-(``sum_{s<t} logs[s]["steps"]``, the *global step*) and draw the task boundaries as dashed lines.
+(``sum_{s<t} run.logs[s].steps``, the *global step*) and draw the task boundaries as dashed lines.
 Relative degradation is ``(before - after) / |before|`` with positive = worse, shown in percent.
+Undefined numbers are ``NaN`` and drawn as gaps.
 """
 
 from __future__ import annotations
@@ -23,18 +24,17 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+from numpy.typing import NDArray
 
+from retain.records.run import RunRecord
 from retain.report.diagnostic_run_plots import RUN_DIAGNOSTIC_FIGURES, run_diagnostic_figures
 from retain.report.figure_parts import (
-    Results,
     color_map,
     floats,
     fmt,
     heatmap,
     legend,
     new_figure,
-    run_section,
-    run_tasks,
     short,
     steps_axis,
     task_offsets,
@@ -74,18 +74,14 @@ _STOP: dict[str, Any] = {"marker": "X", "s": 80, "color": "red", "zorder": 5}
 _STOP_NUMBER: dict[str, Any] = {"xytext": (5, 5), "textcoords": "offset points", "fontsize": 8}
 
 
-def _score_name(results: Results) -> str:
-    return str((results.get("score") or {}).get("name", "score"))
-
-
 def _after(tasks: Sequence[str], count: int) -> list[str]:
     """Tick labels ``after <task>`` for ``count`` stages."""
     return [f"after {short(tasks[t], 16)}" if t < len(tasks) else str(t + 1) for t in range(count)]
 
 
-def score_matrix_figure(results: Results) -> Figure | None:
+def score_matrix_figure(record: RunRecord) -> Figure | None:
     """Heatmap of ``R[t][i]`` (rows: after training task t; columns: task i), cells annotated."""
-    tasks, rows = run_tasks(results), run_section(results).get("matrix") or []
+    tasks, rows = record.run.tasks, record.run.matrix
     if not tasks or not rows:
         return None
     data = np.full((len(rows), len(tasks)), np.nan)
@@ -94,50 +90,62 @@ def score_matrix_figure(results: Results) -> Figure | None:
     side = min(3.0 + 0.7 * len(tasks), 14.0)
     fig = new_figure(side + 1.8, side)
     ax = fig.add_subplot()
-    heatmap(fig, ax, data, "viridis", _score_name(results), ".3g", len(tasks) <= 16)
+    heatmap(fig, ax, data, "viridis", record.score.name, ".3g", len(tasks) <= 16)
     labels = [short(t, 20) for t in tasks]
     ax.set_xticks(range(len(tasks)), labels=labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), labels=labels[: len(rows)], fontsize=8)
     ax.set_xlabel("evaluated on task i")
     ax.set_ylabel("after training task t")
-    summary = run_summary(results)
-    bwt, forgetting = fmt(summary["backward_transfer"], "+.3f"), fmt(summary["forgetting"], ".3f")
-    title = f"Score matrix R[t][i] ({_score_name(results)})\nBWT {bwt}, forgetting {forgetting}"
+    summary = run_summary(record)
+    bwt, forgetting = fmt(summary.backward_transfer, "+.3f"), fmt(summary.forgetting, ".3f")
+    title = f"Score matrix R[t][i] ({record.score.name})\nBWT {bwt}, forgetting {forgetting}"
     ax.set_title(title, fontsize=10)
     return fig
 
 
-def task_curves_figure(results: Results) -> Figure | None:
+def task_curves_figure(record: RunRecord) -> Figure | None:
     """Each task's score after each training stage (stage 0 = the baseline before training)."""
-    tasks, rows = run_tasks(results), run_section(results).get("matrix") or []
+    tasks, rows, baseline = record.run.tasks, record.run.matrix, record.run.baseline
     if not tasks or not rows:
         return None
-    baseline = list(run_section(results).get("baseline") or [])
     stages = np.arange(len(rows) + 1)
     fig = new_figure(max(6.0, 1.2 * len(stages) + 3.0), 4.2)
     ax = fig.add_subplot()
     for i, task in enumerate(tasks):
-        start = baseline[i] if i < len(baseline) else None
-        values = floats([start] + [row[i] if i < len(row) else None for row in rows])
+        start = baseline[i] if i < len(baseline) else math.nan
+        values = floats([start] + [row[i] if i < len(row) else math.nan for row in rows])
         (line,) = ax.plot(stages, values, marker="o", markersize=4, label=short(task))
         if i + 1 < len(stages):  # ring: the stage where task i itself was trained
             ax.plot(stages[i + 1], values[i + 1], color=line.get_color(), **_RING)
     labels = ["start", *_after(tasks, len(rows))]
     ax.set_xticks(stages, labels=labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(_score_name(results))
+    ax.set_ylabel(record.score.name)
     ax.set_title("Score of each task after each training stage (ring: the task just trained)")
     ax.grid(alpha=0.3)
     legend(ax)
     return fig
 
 
-def _budget_line(ax: Axes, budget: Any) -> None:
+def _budget_line(ax: Axes, budget: float | None) -> None:
     if budget is not None:
         ax.axhline(float(budget), color="red", linestyle="--", label=f"budget {budget:.1%}")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
 
 
-def degradation_figure(results: Results) -> Figure | None:
+def _table(rows: Sequence[dict[str, float]], names: Sequence[str]) -> NDArray[np.float64]:
+    """``rows`` (capability scores) as a ``len(rows) x len(names)`` array, ``NaN`` where a row
+    lacks a name."""
+    blank = dict.fromkeys(names, math.nan)
+    table = [[padded[n] for n in names] for padded in (blank | row for row in rows)]
+    return np.array(table, dtype=np.float64).reshape(len(rows), len(names))
+
+
+def _monitor_budget(record: RunRecord) -> float | None:
+    """The forgetting monitor's budget ``monitor.max_degradation`` (None without a monitor)."""
+    return None if record.monitor is None else record.monitor.max_degradation
+
+
+def degradation_figure(record: RunRecord) -> Figure | None:
     """Capability degradation over global steps from the monitor (or per task from the suite).
 
     Monitor: worst degradation (black) and each capability (thin), the budget
@@ -145,57 +153,59 @@ def degradation_figure(results: Results) -> Figure | None:
     legend). Without monitor histories but with a suite: the suite's relative degradation after
     each task.
     """
-    logs = run_section(results).get("logs") or []
-    monitors = [(t, log.get("monitor")) for t, log in enumerate(logs)]
-    histories = [(t, m) for t, m in monitors if isinstance(m, dict) and m.get("history")]
+    logs = record.run.logs
+    monitors = [(t, log.monitor) for t, log in enumerate(logs) if log.monitor is not None]
+    histories = [(t, m) for t, m in monitors if m.history]
     if not histories:
-        return _suite_degradation_figure(results)
-    offsets = task_offsets(results, max(len(logs), len(run_tasks(results))))
-    records = [h for _, m in histories for h in m["history"]]
-    names = list(dict.fromkeys(n for h in records for n in h.get("degradation", {})))
+        return _suite_degradation_figure(record)
+    offsets = task_offsets(record, max(len(logs), len(record.run.tasks)))
+    evals = [h for _, m in histories for h in m.history]
+    names = list(dict.fromkeys(n for h in evals for n in h.degradation))
     colors = color_map(names)
     fig = new_figure(11.0, 5.0)
     ax = fig.add_subplot()
     stops, labelled = 0, set()
     for k, (t, monitor) in enumerate(histories):
-        history = monitor["history"]
-        steps = offsets[t] + floats([h.get("step") for h in history])
-        worst = floats([h.get("worst_degradation") for h in history])
+        history = monitor.history
+        steps = offsets[t] + floats([h.step for h in history])
+        worst = floats([h.worst_degradation for h in history])
         ax.plot(steps, worst, label=None if k else "worst capability", **_WORST)
-        for name in names:
-            values = floats([h.get("degradation", {}).get(name) for h in history])
+        table = _table([h.degradation for h in history], names)
+        for j, name in enumerate(names):
+            values = table[:, j]
             label = None if name in labelled else short(name)
             ax.plot(steps, values, color=colors[name], label=label, **_THIN)
             labelled.add(name)
-        if monitor.get("stopped"):
+        if monitor.stopped:
             stops += 1
-            reason = textwrap.fill(f"stop {stops}: {monitor.get('reason', 'stopped')}", 44)
+            reason = textwrap.fill(f"stop {stops}: {monitor.reason}", 44)
             ax.scatter(steps[-1:], worst[-1:], label=reason, **_STOP)
             ax.annotate(str(stops), (steps[-1], worst[-1]), color="darkred", **_STOP_NUMBER)
-    _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
+    _budget_line(ax, _monitor_budget(record))
     ax.set_ylabel("relative degradation (positive = worse)")
-    steps_axis(ax, results, offsets, "Capability degradation during training (monitor)")
+    steps_axis(ax, record, offsets, "Capability degradation during training (monitor)")
     legend(ax)
     return fig
 
 
-def _suite_degradation_figure(results: Results) -> Figure | None:
-    relative = (run_section(results).get("suite") or {}).get("relative_degradation") or []
-    if not relative:
+def _suite_degradation_figure(record: RunRecord) -> Figure | None:
+    suite = record.run.suite
+    if suite is None or not suite.relative_degradation:
         return None
+    relative = suite.relative_degradation
     names = list(dict.fromkeys(n for row in relative for n in row))
     colors = color_map(names)
     x = np.arange(1, len(relative) + 1)
     fig = new_figure(max(6.0, 1.2 * len(x) + 3.0), 4.2)
     ax = fig.add_subplot()
-    table = np.array([floats([row.get(n) for n in names]) for row in relative])
+    table = _table(relative, names)
     worst = [float(np.nanmax(r)) if np.isfinite(r).any() else math.nan for r in table]
     ax.plot(x, worst, label="worst capability", **_WORST)
     for k, name in enumerate(names):
         ax.plot(x, table[:, k], color=colors[name], marker=".", label=short(name), **_THIN)
     ax.axhline(0.0, color="0.6", linewidth=0.8)
-    _budget_line(ax, (results.get("monitor") or {}).get("max_degradation"))
-    ax.set_xticks(x, labels=_after(run_tasks(results), len(x)), rotation=20, ha="right", fontsize=8)
+    _budget_line(ax, _monitor_budget(record))
+    ax.set_xticks(x, labels=_after(record.run.tasks, len(x)), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("relative degradation (positive = worse)")
     ax.set_title("Capability degradation after each task (suite, against the start)")
     ax.grid(alpha=0.3)
@@ -203,16 +213,15 @@ def _suite_degradation_figure(results: Results) -> Figure | None:
     return fig
 
 
-def loss_figure(results: Results) -> Figure | None:
+def loss_figure(record: RunRecord) -> Figure | None:
     """Training loss per optimizer step over the whole sequence, with a moving average."""
-    logs = run_section(results).get("logs") or []
-    offsets = task_offsets(results, len(logs))
+    logs = record.run.logs
+    offsets = task_offsets(record, len(logs))
     xs: list[float] = []
     ys: list[float] = []
     for t, log in enumerate(logs):
-        losses = list(log.get("losses") or [])
-        xs.extend(offsets[t] + k + 1 for k in range(len(losses)))
-        ys.extend(math.nan if v is None else float(v) for v in losses)
+        xs.extend(offsets[t] + k + 1 for k in range(len(log.losses)))
+        ys.extend(float(v) for v in log.losses)
     if not ys:
         return None
     fig = new_figure(11.0, 4.0)
@@ -226,51 +235,44 @@ def loss_figure(results: Results) -> Figure | None:
         label = f"mean of {window} steps"
         ax.plot(xs[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=label)
     ax.set_ylabel("training loss")
-    steps_axis(ax, results, offsets, "Training loss")
+    steps_axis(ax, record, offsets, "Training loss")
     legend(ax)
     return fig
 
 
-def _per_task(records: Any) -> list[list[Any]]:
-    """Per-task record lists; a flat list of records counts as one task."""
-    if not isinstance(records, list) or not records:
-        return []
-    return [list(r) for r in records] if isinstance(records[0], list) else [records]
-
-
-def budget_figure(results: Results) -> Figure | None:
+def budget_figure(record: RunRecord) -> Figure | None:
     """The forgetting budget's strength (top, log scale) and worst degradation (bottom)."""
-    budget = results.get("budget") or {}
-    history = _per_task(budget.get("history"))
-    if not any(history):
+    budget = record.budget
+    if budget is None or not any(budget.history):
         return None
-    offsets = task_offsets(results, len(history))
+    history = budget.history
+    offsets = task_offsets(record, len(history))
     fig = new_figure(11.0, 5.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
-    for t, records in enumerate(history):
-        steps = offsets[t] + floats([r.get("step") for r in records])
-        top.plot(steps, floats([r.get("strength") for r in records]), ".-", color="tab:purple")
-        bottom.plot(steps, floats([r.get("degradation") for r in records]), ".-", color="black")
-    strengths = np.concatenate([floats([r.get("strength") for r in h]) for h in history])
+    for t, evals in enumerate(history):
+        steps = offsets[t] + floats([e.step for e in evals])
+        top.plot(steps, floats([e.strength for e in evals]), ".-", color="tab:purple")
+        bottom.plot(steps, floats([e.degradation for e in evals]), ".-", color="black")
+    strengths = np.concatenate([floats([e.strength for e in h]) for h in history])
     if np.isfinite(strengths).any() and np.nanmin(strengths) > 0:
         top.set_yscale("log")
-    _budget_line(bottom, budget.get("max_degradation"))
+    _budget_line(bottom, budget.max_degradation)
     top.set_ylabel("penalty strength")
     bottom.set_ylabel("worst relative degradation")
-    steps_axis(top, results, offsets, "Forgetting budget controller")
-    steps_axis(bottom, results, offsets, "", names=False)
+    steps_axis(top, record, offsets, "Forgetting budget controller")
+    steps_axis(bottom, record, offsets, "", names=False)
     top.set_xlabel("")
     if bottom.get_legend_handles_labels()[0]:
         bottom.legend(fontsize=7, loc="upper left")
     return fig
 
 
-def drift_figure(results: Results) -> Figure | None:
+def drift_figure(record: RunRecord) -> Figure | None:
     """Relative drift ``||θ_t − θ_0||₂ / ||θ_0||₂`` of each layer (rows) after each task."""
-    drift = results.get("drift") or {}
-    layers, after = [str(x) for x in drift.get("layers") or []], drift.get("after") or []
-    if not layers or not after:
+    drift = record.drift
+    if drift is None or not drift.layers or not drift.after:
         return None
+    layers, after = drift.layers, drift.after
     data = np.full((len(layers), len(after)), np.nan)
     for t, row in enumerate(after):
         data[: min(len(row), len(layers)), t] = floats(row)[: len(layers)]
@@ -280,22 +282,22 @@ def drift_figure(results: Results) -> Figure | None:
     heatmap(fig, ax, data, "magma", "relative drift", ".2g", data.size <= 160)
     size = 8 if len(layers) <= 15 else 6.5
     ax.set_yticks(range(len(layers)), labels=[short(x, 36) for x in layers], fontsize=size)
-    labels = _after(run_tasks(results), len(after))
+    labels = _after(record.run.tasks, len(after))
     ax.set_xticks(range(len(after)), labels=labels, rotation=20, ha="right", fontsize=8)
     ax.set_title("Per-layer relative drift from the start")
     return fig
 
 
-def layer_lr_figure(results: Results) -> Figure | None:
+def layer_lr_figure(record: RunRecord) -> Figure | None:
     """Learning rate of each parameter group (layer-wise learning rates), horizontal bars."""
-    groups = results.get("layer_lrs") or []
+    groups = record.layer_lrs
     if not groups:
         return None
-    lrs = floats([g.get("lr") for g in groups])
+    lrs = floats([g.lr for g in groups])
     fig = new_figure(8.0, max(2.5, 0.26 * len(groups) + 1.4))
     ax = fig.add_subplot()
     ax.barh(range(len(groups)), lrs, color="tab:green")
-    names = [short(str(g.get("group", "?")), 36) for g in groups]
+    names = [short(g.group, 36) for g in groups]
     ax.set_yticks(range(len(groups)), labels=names, fontsize=8 if len(groups) <= 15 else 6.5)
     ax.invert_yaxis()
     positive = lrs[np.isfinite(lrs) & (lrs > 0)]
@@ -307,12 +309,12 @@ def layer_lr_figure(results: Results) -> Figure | None:
     return fig
 
 
-def unfreezing_figure(results: Results) -> Figure | None:
+def unfreezing_figure(record: RunRecord) -> Figure | None:
     """Trainable blocks over global steps (gradual unfreezing), one step line per task."""
-    timeline = _per_task(results.get("unfreezing"))
-    if not any(timeline):
+    timeline = record.unfreezing
+    if timeline is None or not any(timeline):
         return None
-    offsets, tasks = task_offsets(results, len(timeline)), run_tasks(results)
+    offsets, tasks = task_offsets(record, len(timeline)), record.run.tasks
     fig = new_figure(11.0, 4.0)
     ax = fig.add_subplot()
     for t, points in enumerate(timeline):
@@ -323,14 +325,14 @@ def unfreezing_figure(results: Results) -> Figure | None:
             ax.step(steps, blocks, where="post", marker="o", markersize=3, label=label)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("trainable blocks")
-    steps_axis(ax, results, offsets, "Gradual unfreezing")
+    steps_axis(ax, record, offsets, "Gradual unfreezing")
     legend(ax)
     return fig
 
 
-def run_figures(results: Results) -> dict[str, Figure]:
+def run_figures(record: RunRecord) -> dict[str, Figure]:
     """Every figure the run has data for, by name: :data:`RUN_FIGURES`, then
-    :data:`RUN_DIAGNOSTIC_FIGURES` (when ``interference`` or ``shift`` is in the results)."""
+    :data:`RUN_DIAGNOSTIC_FIGURES` (when the record has ``interference`` or ``shift``)."""
     builders = {
         "score_matrix": score_matrix_figure,
         "task_curves": task_curves_figure,
@@ -341,6 +343,6 @@ def run_figures(results: Results) -> dict[str, Figure]:
         "layer_lrs": layer_lr_figure,
         "unfreezing": unfreezing_figure,
     }
-    figures = {name: builders[name](results) for name in RUN_FIGURES}
-    figures.update(run_diagnostic_figures(results))
+    figures = {name: builders[name](record) for name in RUN_FIGURES}
+    figures.update(run_diagnostic_figures(record))
     return {name: fig for name, fig in figures.items() if fig is not None}

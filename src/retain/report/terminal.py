@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
+
+from retain.records.comparison import ComparisonRow, MeanSd
+from retain.records.run import RunResult
 
 __all__ = ["comparison_table", "run_table"]
 
@@ -16,12 +19,12 @@ _COLUMNS = (
 )
 
 
-def _cell(figure: Any, spec: str) -> str:
-    if not isinstance(figure, dict) or figure.get("mean") is None:
+def _cell(figure: MeanSd, n: int, spec: str) -> str:
+    if not math.isfinite(figure.mean):
         return "n/a"
-    text = spec.format(figure["mean"])
-    if figure.get("sd") and int(figure.get("n", 2)) > 1:
-        text += " ± " + spec.replace("+", "").format(figure["sd"])
+    text = spec.format(figure.mean)
+    if math.isfinite(figure.sd) and figure.sd and n > 1:
+        text += " ± " + spec.replace("+", "").format(figure.sd)
     return text
 
 
@@ -37,15 +40,14 @@ def _layout(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+def comparison_table(rows: Sequence[ComparisonRow]) -> str:
     """One line per variant: new-task score, BWT, forgetting, capability degradation, seconds
     (mean ± sd over seeds), ``*`` marking the Pareto-optimal variants."""
     table = [["variant", "seeds", *(title for title, _, _ in _COLUMNS)]]
     for row in rows:
-        name = row["variant"] + (" *" if row.get("pareto") else "")
-        n = str(row.get("n", len(row.get("seeds", []))))
-        figures = [_cell({**(row.get(key) or {}), "n": n}, spec) for _, key, spec in _COLUMNS]
-        table.append([name, n, *figures])
+        name = row.variant + (" *" if row.pareto else "")
+        figures = [_cell(row.figure(key), row.n, spec) for _, key, spec in _COLUMNS]
+        table.append([name, str(row.n), *figures])
     legend = (
         "new-task: mean score on each task right after training it; BWT: backward transfer "
         "(negative = forgotten); capability: worst relative degradation of the suite "
@@ -54,22 +56,21 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
     return _layout(table) + "\n" + legend
 
 
-def run_table(results: dict[str, Any]) -> str:
+def run_table(run: RunResult) -> str:
     """The score matrix ``R[t][i]`` of one run with its metrics, for the terminal."""
-    run = results["run"]
-    tasks = run["tasks"]
+    tasks = run.tasks
     table = [["after \\ on", *tasks]]
-    table.append(["(start)", *(_num(b) for b in run["baseline"])])
-    for t, row in enumerate(run["matrix"]):
+    table.append(["(start)", *(_num(b) for b in run.baseline)])
+    for t, row in enumerate(run.matrix):
         table.append([tasks[t], *(_num(x) for x in row)])
-    m = run["metrics"]
+    m = run.metrics
     tail = (
-        f"ACC {_num(m.get('average_accuracy'))}  BWT {_num(m.get('backward_transfer'), '+.3f')}"
-        f"  FWT {_num(m.get('forward_transfer'), '+.3f')}"
-        f"  forgetting {_num(m.get('average_forgetting'))}"
+        f"ACC {_num(m.average_accuracy)}  BWT {_num(m.backward_transfer, '+.3f')}"
+        f"  FWT {_num(m.forward_transfer, '+.3f')}"
+        f"  forgetting {_num(m.average_forgetting)}"
     )
     return _layout(table) + "\n" + tail
 
 
-def _num(value: Any, spec: str = ".3f") -> str:
-    return "n/a" if value is None else format(value, spec)
+def _num(value: float, spec: str = ".3f") -> str:
+    return format(value, spec) if math.isfinite(value) else "n/a"

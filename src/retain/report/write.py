@@ -15,18 +15,19 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from matplotlib.figure import Figure
 
 from retain.atomic_files import write_bytes, write_text
 from retain.errors import RetainError
 from retain.output_dirs import output_kind, write_marker
+from retain.records.comparison import ComparedRun, ComparisonRecord
+from retain.records.run import RunRecord
 from retain.report.comparison_plots import comparison_figures
 from retain.report.html import comparison_html, run_report_html
 from retain.report.plots import run_figures
-from retain.report.summary import aggregate, higher_is_better, run_summary
-from retain.schema import write_record
+from retain.report.summary import aggregate, run_summary
+from retain.schema import record_format
 
 __all__ = [
     "COMPARISON_FORMAT",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: ``format`` of ``comparison.json``.
-COMPARISON_FORMAT = "retain.comparison/1"
+COMPARISON_FORMAT = ComparisonRecord.FORMAT
 #: Resolution of the saved PNGs, dots per inch.
 DPI = 110
 
@@ -51,12 +52,9 @@ def png_bytes(figure: Figure, dpi: int = DPI) -> bytes:
     return buffer.getvalue()
 
 
-def load_results(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/results.json`` as a dictionary, checked against its schema (format
-    ``retain.run/1``, :mod:`retain.schema`); a missing, unreadable, foreign or invalid file is a
-    RetainError."""
-    from retain.schema import record_format, validate_record
-
+def load_results(run_dir: Path) -> RunRecord:
+    """The :class:`~retain.records.run.RunRecord` in ``run_dir/results.json``, checked against
+    its schema; a missing, unreadable, foreign or invalid file is a RetainError."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise RetainError(
@@ -68,14 +66,13 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RetainError(f"cannot read {str(path)!r} ({err}); re-run `retain run`") from None
     found = record_format(data)
-    if found != "retain.run/1":
+    if found != RunRecord.FORMAT and found not in RunRecord.PREVIOUS:
         what = "no format" if found is None else f"format {found!r}"
         raise RetainError(
-            f"{str(path)!r} is not a run's results ({what}, not 'retain.run/1'); point at a run "
-            "directory"
+            f"{str(path)!r} is not a run's results ({what}, not {RunRecord.FORMAT!r}); point at "
+            "a run directory"
         )
-    validate_record(data, source=str(path))
-    return dict(data)
+    return RunRecord.from_json(data, source=str(path))
 
 
 def _save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, bytes]:
@@ -107,35 +104,30 @@ def _relative(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
 
 
-def _identity(results: dict[str, Any]) -> str:
+def _identity(record: RunRecord) -> str:
     """What makes runs seeds of one variant: everything but the seed."""
-    run = results.get("run") or {}
-    config = {k: v for k, v in (run.get("config") or {}).items() if k != "seed"}
-    same = [results.get("name"), results.get("model"), run.get("tasks"), run.get("strategies")]
-    return json.dumps(
-        [same, config, results.get("monitor"), results.get("budget") is None],
-        sort_keys=True,
-        default=str,
-    )
+    run = record.run
+    config = {k: v for k, v in run.config.items() if k != "seed"}
+    same = [record.name, record.model, run.tasks, run.strategies]
+    monitor = None if record.monitor is None else record.monitor.to_json()
+    return json.dumps([same, config, monitor, record.budget is None], sort_keys=True, default=str)
 
 
-def _distinct_variants(
-    dirs: list[Path], results_list: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _distinct_variants(dirs: list[Path], results_list: list[RunRecord]) -> list[RunRecord]:
     """Runs that share a variant label but differ in more than the seed (two of your own runs
     of one strategy, say), or repeat a seed, are labelled ``<variant> [<folder>]`` instead, so a
     comparison never averages different experiments as if they were seeds."""
     by_variant: dict[str, list[int]] = {}
     for k, results in enumerate(results_list):
-        by_variant.setdefault(str(results.get("variant")), []).append(k)
+        by_variant.setdefault(results.variant, []).append(k)
     out = list(results_list)
     for variant, members in by_variant.items():
         identities = {_identity(results_list[k]) for k in members}
-        seeds = [results_list[k].get("seed") for k in members]
+        seeds = [results_list[k].seed for k in members]
         if len(identities) > 1 or len(set(seeds)) < len(seeds):
             for k in members:
                 where = "/".join(dirs[k].parts[-2:])
-                out[k] = {**results_list[k], "variant": f"{variant} [{where}]"}
+                out[k] = results_list[k].model_copy(update={"variant": f"{variant} [{where}]"})
     return out
 
 
@@ -156,30 +148,18 @@ def write_comparison_report(run_dirs: Sequence[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if output_kind(out) is None:
         write_marker(out, "comparison")
-    score = results_list[0].get("score") or {}
-    score_name = str(score.get("name", "score"))
-    hib = higher_is_better(results_list[0])
+    score = results_list[0].score
     links = []
     for d in dirs:
         target = d / "report.html" if (d / "report.html").is_file() else d / "results.json"
         links.append(_relative(target, out))
     runs = [
-        {
-            "dir": _relative(d, out),
-            "variant": r.get("variant"),
-            "seed": r.get("seed"),
-            "summary": run_summary(r),
-        }
+        ComparedRun(dir=_relative(d, out), variant=r.variant, seed=r.seed, summary=run_summary(r))
         for d, r in zip(dirs, results_list, strict=True)
     ]
-    data = {
-        "format": COMPARISON_FORMAT,
-        "score": {"name": score_name, "higher_is_better": hib},
-        "rows": rows,
-        "runs": runs,
-    }
-    write_record(out / "comparison.json", data)
-    images = _save_figures(comparison_figures(rows, score_name, hib), out / "plots")
+    ComparisonRecord(score=score, rows=rows, runs=runs).write(out / "comparison.json")
+    figures = comparison_figures(rows, score.name, score.higher_is_better)
+    images = _save_figures(figures, out / "plots")
     report = out / "report.html"
     write_text(report, comparison_html(rows, results_list, images, links=links))
     return report

@@ -40,6 +40,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.registry import Registry
 
 __all__ = [
@@ -139,9 +140,7 @@ class Strategy:
         """Send ``model``'s forward through ``task_name``'s own parts, if the strategy keeps any
         for that task (per-task adapters); a task it has not seen is left alone."""
 
-    def record_fields(
-        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Any]:
+    def record_fields(self, model: nn.Module, lr: float, logs: Sequence[TaskLog]) -> dict[str, Any]:
         """Fields this strategy adds to a run's results for the report, by results key (JSON
         values). ``logs`` are the run's per-task training logs (``steps``, ``epochs_done``)."""
         return {}

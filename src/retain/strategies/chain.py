@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.strategies.base import (
     PREPARED_MARK,
     ParamGroup,
@@ -162,9 +163,7 @@ class Chain(Strategy):
         for s in self.strategies:
             s.route(model, task_name)
 
-    def record_fields(
-        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Any]:
+    def record_fields(self, model: nn.Module, lr: float, logs: Sequence[TaskLog]) -> dict[str, Any]:
         """Every member's fields (a key given by two members is an error)."""
         fields: dict[str, Any] = {}
         for s in self.strategies:

@@ -17,7 +17,7 @@ same factor, so the ratios between layers persist through the schedule.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.strategies.base import ParamGroup, Strategy, register_strategy
 from retain.strategies.block_stack import detect_block_stack
 
@@ -102,9 +103,7 @@ class LayerwiseLR(Strategy):
         self.decay = _check_decay(decay)
         self.pattern = pattern
 
-    def record_fields(
-        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Any]:
+    def record_fields(self, model: nn.Module, lr: float, logs: Sequence[TaskLog]) -> dict[str, Any]:
         """``layer_lrs``: ``[{"group": name, "lr": rate}, ...]`` from the head down (the report's
         per-layer learning-rate figure)."""
         groups = self.param_groups(model, lr) or []

@@ -31,7 +31,7 @@ much as full fine-tuning, but every rank stays identical.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -39,6 +39,7 @@ from torch import nn
 
 from retain.data.task import Task
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.strategies.base import StateDict, Strategy, register_strategy
 from retain.strategies.block_stack import BlockStack, detect_block_stack
 
@@ -167,14 +168,11 @@ class GradualUnfreezing(Strategy):
         self._in_task = False
 
     # -------------------------------------------------------------------------------- state
-    def record_fields(
-        self, model: nn.Module, lr: float, logs: Sequence[Mapping[str, Any]]
-    ) -> dict[str, Any]:
+    def record_fields(self, model: nn.Module, lr: float, logs: Sequence[TaskLog]) -> dict[str, Any]:
         """``unfreezing``: per task, ``[[optimizer step, blocks unfrozen], ...]`` (epochs are
         converted with the task's steps per epoch, ``steps / epochs_done`` of its log)."""
         per_epoch = [
-            log["steps"] / max(1, log["epochs_done"]) if self.unit == "epoch" else 1.0
-            for log in logs
+            log.steps / max(1, log.epochs_done) if self.unit == "epoch" else 1.0 for log in logs
         ]
         return {
             "unfreezing": [

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 from retain.data.task import Task
 from retain.distributed import rank_and_world
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain, record_made
 from retain.training.divergence import DivergenceGuard, gradient_norm
-from retain.training.monitor import ForgettingMonitor, MonitorResult
+from retain.training.monitor import ForgettingMonitor
 from retain.training.steps import (
     Precision,
     StepRunner,
@@ -103,31 +104,6 @@ class TrainConfig:
                 f"divergence_factor must be a number > 1 (or None to turn the check off), "
                 f"got {factor!r}"
             )
-
-
-@dataclass
-class TaskLog:
-    """What happened while training one task: the loss and learning rate of every optimizer step.
-
-    ``losses[k]``: mean loss of step ``k + 1``'s global batch (nats per target); ``lrs[k]``: the
-    first parameter group's learning rate used by that step. ``stopped``/``stop_reason``: the
-    forgetting monitor cut training short, and why; ``monitor``: its
-    :class:`~retain.training.monitor.MonitorResult` (None without a monitor). ``epochs_done``:
-    epochs whose ``on_epoch_end`` has run.
-    """
-
-    task: str
-    losses: list[float] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    epochs_done: int = 0
-    stopped: bool = False
-    stop_reason: str = ""
-    monitor: MonitorResult | None = None
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps taken."""
-        return len(self.losses)
 
 
 def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainConfig) -> Optimizer:
@@ -219,7 +195,9 @@ def train_task(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     scheduler = strat.lr_scheduler(optimizer, total)
-    log = hooks.resume(optimizer, scheduler) if hooks.resume is not None else TaskLog(task.name)
+    log = (
+        hooks.resume(optimizer, scheduler) if hooks.resume is not None else TaskLog(task=task.name)
+    )
     done = log.steps  # steps already taken before a resume
     guard = DivergenceGuard(task.name, config.divergence_factor, hooks.last_saved)
     every = monitor.config.eval_every if monitor is not None else 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from torch import nn
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
+from retain.records.run import MonitorEval, MonitorResult
 
 __all__ = ["Decision", "ForgettingMonitor", "MonitorConfig", "MonitorResult"]
 
@@ -88,42 +89,6 @@ class Decision:
 
     stop: bool
     reason: str = ""
-
-
-@dataclass(frozen=True)
-class MonitorResult:
-    """What the monitor saw over one task.
-
-    Attributes:
-        stopped: the budget was exceeded for ``patience`` consecutive evaluations.
-        reason: ``"completed"``, or the stop reason.
-        best_step: optimizer step of the best within-budget weights (0 = the start), or None.
-        restored: the best weights were loaded back at the end.
-        baseline: the baseline score of every capability.
-        history: one JSON-serialisable record per evaluation (step 0 is the start).
-        final_worst_degradation: worst relative degradation of the weights the model ends with
-            (None when undefined).
-    """
-
-    stopped: bool
-    reason: str
-    best_step: int | None
-    restored: bool
-    baseline: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    final_worst_degradation: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "stopped": self.stopped,
-            "reason": self.reason,
-            "best_step": self.best_step,
-            "restored": self.restored,
-            "baseline": dict(self.baseline),
-            "history": [dict(h) for h in self.history],
-            "final_worst_degradation": self.final_worst_degradation,
-        }
 
 
 class ForgettingMonitor:
@@ -211,8 +176,10 @@ class ForgettingMonitor:
             best_step=None if self._best_entry is None else int(self._best_entry["step"]),
             restored=restored,
             baseline={} if baseline is None else {n: s.score for n, s in baseline.scores.items()},
-            history=[dict(h) for h in self.history],
-            final_worst_degradation=None if final is None else final["worst_degradation"],
+            history=[MonitorEval.model_validate(h) for h in self.history],
+            final_worst_degradation=_undefined_is_nan(
+                None if final is None else final["worst_degradation"]
+            ),
         )
 
     def figures(self, prefix: str = "monitor/") -> dict[str, float]:
@@ -306,6 +273,10 @@ def _relative(change: CapabilityChange) -> float:
     if d.before == 0:
         return math.inf if d.degradation > 0 else 0.0
     return d.relative_degradation
+
+
+def _undefined_is_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _finite(value: float) -> float | None:

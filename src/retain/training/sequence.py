@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from retain.atomic_files import write_json
 from retain.data.permuted import TaskSplit
 from retain.data.task import Task
 from retain.data.task_heads import task_router
@@ -59,6 +58,7 @@ from retain.metrics import (
     backward_transfer,
     forward_transfer,
 )
+from retain.records.run import RunResult, SequenceMetrics, SuiteScores, TaskLog
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain
 from retain.training.loop import TrainConfig, train_task
@@ -87,58 +87,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
-
-
-@dataclass
-class RunResult:
-    """Everything one task-sequence run produced.
-
-    Attributes:
-        tasks: task names, in training order.
-        matrix: ``R[t][i]``, the score on task ``i``'s test data after training task ``t``
-            (``T x T``; every task scored after every task, so forward transfer is defined).
-        baseline: ``b[i]``, the score on task ``i`` before any training.
-        metrics: ``average_accuracy``, ``backward_transfer``, ``forward_transfer`` and
-            ``average_forgetting`` of ``matrix`` (``NaN`` when undefined, e.g. ``T = 1``).
-        logs: per task ``{"task", "steps", "losses", "lrs", "stopped", "stop_reason",
-            "monitor"}`` (``monitor``: the monitor's result with its per-evaluation history).
-        strategies: the strategies' ``describe()``.
-        config: the :class:`TrainConfig` as a dict (per task the data order is seeded with
-            ``seed * 1000 + t``).
-        seed: ``config.seed``, which seeds Python, NumPy and torch at the start.
-        suite: capability scores, ``{"name", "baseline": {capability: score}, "after":
-            [per task {capability: score}], "relative_degradation": [per task {capability:
-            (before - after)/|before| with the sign making positive = worse}]}``; empty without
-            a suite.
-        seconds: wall-clock seconds, ``"train/<task>"``, ``"eval/<task>"`` and ``"eval/baseline"``.
-        versions: library versions (:func:`library_versions`).
-        resumed: the checkpoints the run was resumed from (empty for an uninterrupted run).
-        resume_notes: per resume, one line naming the checkpoint chosen and how (the newest
-            complete one, or ``from_checkpoint``), and each incomplete ``step-<n>`` folder skipped
-            with its reason (:meth:`~retain.training.sequence_state.ResumePlan.note`).
-    """
-
-    tasks: list[str]
-    matrix: list[list[float]]
-    baseline: list[float]
-    metrics: dict[str, float]
-    logs: list[dict[str, Any]]
-    strategies: str
-    config: dict[str, Any]
-    seed: int
-    suite: dict[str, Any] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=library_versions)
-    resumed: list[str] = field(default_factory=list)
-    resume_notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain Python data (``NaN`` kept; :meth:`save` turns it into ``null``)."""
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` to ``path`` as indented strict JSON, atomically."""
-        write_json(Path(path), self.to_dict())
 
 
 def _check_splits(splits: Sequence[TaskSplit]) -> list[str]:
@@ -344,29 +292,30 @@ def _result(run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite |
         tasks=run.names,
         matrix=matrix,
         baseline=run.baseline,
-        metrics=metrics,
-        logs=run.logs,
+        metrics=SequenceMetrics(**metrics),
+        logs=[TaskLog.model_validate(log) for log in run.logs],
         strategies=strat.describe(),
         config=asdict(config),
         seed=config.seed,
         suite=_suite_summary(run, suite),
+        versions=library_versions(),
         seconds=run.seconds,
         resumed=run.resumed,
         resume_notes=run.resume_notes,
     )
 
 
-def _suite_summary(run: RunState, suite: EvalSuite | None) -> dict[str, Any]:
+def _suite_summary(run: RunState, suite: EvalSuite | None) -> SuiteScores | None:
     if suite is None or run.suite_baseline is None:
-        return {}
+        return None
     before = SuiteResult.from_dict(run.suite_baseline)
     after = [SuiteResult.from_dict(a) for a in run.suite_after]
     relative = [
         {c.name: c.change.relative_degradation for c in suite.compare(a, before)} for a in after
     ]
-    return {
-        "name": suite.name,
-        "baseline": {n: s.score for n, s in before.scores.items()},
-        "after": [{n: s.score for n, s in a.scores.items()} for a in after],
-        "relative_degradation": relative,
-    }
+    return SuiteScores(
+        name=suite.name,
+        baseline={n: s.score for n, s in before.scores.items()},
+        after=[{n: s.score for n, s in a.scores.items()} for a in after],
+        relative_degradation=relative,
+    )

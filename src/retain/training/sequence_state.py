@@ -32,10 +32,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from retain.errors import RetainError
+from retain.records.run import TaskLog
 from retain.strategies.chain import Chain
 from retain.training.checkpoint import CorruptCheckpointError, load_checkpoint, save_checkpoint
 from retain.training.checkpoint_scan import checkpoint_problem, older_checkpoint, scan_checkpoints
-from retain.training.loop import TaskHooks, TaskLog
+from retain.training.loop import TaskHooks
 from retain.training.monitor import ForgettingMonitor
 
 __all__ = [
@@ -54,16 +55,8 @@ _AFRESH = "start afresh with --overwrite (resume=False)"
 
 
 def log_dict(log: TaskLog) -> dict[str, Any]:
-    return {
-        "task": log.task,
-        "steps": log.steps,
-        "losses": list(log.losses),
-        "lrs": list(log.lrs),
-        "epochs_done": log.epochs_done,
-        "stopped": log.stopped,
-        "stop_reason": log.stop_reason,
-        "monitor": None if log.monitor is None else log.monitor.to_dict(),
-    }
+    """``log`` as the plain data a checkpoint's position keeps (:func:`task_log`'s inverse)."""
+    return log.to_json()
 
 
 @dataclass
@@ -294,10 +287,6 @@ class TaskCheckpoints:
 
 
 def task_log(data: dict[str, Any]) -> TaskLog:
-    """The :class:`TaskLog` a checkpoint's position holds (:func:`log_dict`'s inverse)."""
-    log = TaskLog(str(data["task"]))
-    log.losses = [float(x) for x in data["losses"]]
-    log.lrs = [float(x) for x in data["lrs"]]
-    log.epochs_done = int(data["epochs_done"])
-    log.stopped, log.stop_reason = bool(data["stopped"]), str(data["stop_reason"])
-    return log
+    """The :class:`TaskLog` a checkpoint's position holds (:func:`log_dict`'s inverse; the
+    monitor's account is left out: a resumed task's monitor starts again)."""
+    return TaskLog.model_validate({**data, "monitor": None})
