@@ -40,5 +40,5 @@ def test_non_main_rank_evaluates_but_writes_nothing(
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     results = run_audit(AuditConfig(str(base), str(tuned), out=tmp_path / "o", size="quick"))
-    assert results["capabilities"]
+    assert results.capabilities
     assert list(tmp_path.iterdir()) == []

@@ -143,7 +143,7 @@ def _set(data: dict[str, Any], path: str, value: object) -> None:
         ("score.higher_is_better", "yes", "score.higher_is_better: 'yes' is not of type 'boolean'"),
         ("seed", 1.5, "seed: 1.5 is not of type 'integer'"),
         ("run", ..., "'run' is a required property"),
-        ("monitor", [], "monitor: [] is not of type 'null', 'object'"),
+        ("monitor", [], "monitor: [] is not of type 'object', 'null'"),
         ("budget", {"history": []}, "budget: 'max_degradation' is a required property"),
         ("drift.after.0", "x", "drift.after[0]: 'x' is not of type 'array'"),
         ("interference.records.0.cosine", "0.1", "interference.records[0].cosine: '0.1'"),
@@ -225,7 +225,7 @@ def test_real_runs_and_their_comparison_validate(written: Path, run_record: dict
     assert run_record["shift"]["representation"] is None  # an MLP: skipped with a reason
     assert run_record["budget"] is None
     assert run_record["layer_lrs"] is None
-    assert load_results(written / "runs" / "seed0") == run_record
+    assert load_results(written / "runs" / "seed0").to_json() == run_record
 
 
 def test_a_causal_lm_run_with_a_budget_and_a_monitor_validates(

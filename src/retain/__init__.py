@@ -47,6 +47,10 @@ if TYPE_CHECKING:
         forward_transfer,
         perplexity_ratio,
     )
+    from retain.records.audit import AuditRecord
+    from retain.records.comparison import ComparisonRecord
+    from retain.records.diagnose import DiagnoseRecord
+    from retain.records.run import RunRecord
     from retain.strategies.base import STRATEGIES, Strategy, build_strategy
     from retain.strategies.chain import Chain, chain
     from retain.strategies.state import load_strategy_state, save_strategy_state
@@ -66,13 +70,16 @@ __all__ = [
     "STRATEGIES",
     "SUITES",
     "AuditConfig",
+    "AuditRecord",
     "CapabilityChange",
     "CausalLM",
     "Chain",
     "Classification",
     "ClassificationAccuracy",
+    "ComparisonRecord",
     "Degradation",
     "DiagnoseConfig",
+    "DiagnoseRecord",
     "EvalSuite",
     "ForgettingBudget",
     "ForgettingMonitor",
@@ -88,6 +95,7 @@ __all__ = [
     "PseudoPerplexity",
     "RetainCallback",
     "RetainError",
+    "RunRecord",
     "RunResult",
     "Strategy",
     "SuiteResult",
@@ -153,6 +161,10 @@ _LAZY = {
     "TaskHeads": "retain.data.task_heads",
     "fit_sequence": "retain.training.sequence",
     "RunResult": "retain.training.sequence",
+    "RunRecord": "retain.records.run",
+    "ComparisonRecord": "retain.records.comparison",
+    "AuditRecord": "retain.records.audit",
+    "DiagnoseRecord": "retain.records.diagnose",
     "ForgettingMonitor": "retain.training.monitor",
     "MonitorConfig": "retain.training.monitor",
     "TaskAccuracyProbe": "retain.evaluation.task_probe",

@@ -64,10 +64,10 @@ def test_a_classifier_adapter_is_applied_on_its_head_and_audited(
     results = run_audit(
         AuditConfig(str(tiny_bert_dir), str(adapter), suite="encoder", size="quick")
     )
-    assert results["tuned"]["origin"] == "adapter"
-    assert results["tuned"]["class"] == "BertForSequenceClassification"
+    assert results.tuned.origin == "adapter"
+    assert results.tuned.class_ == "BertForSequenceClassification"
     # The adapter really changed the encoder, so some representation probe must move.
-    assert any(c["change"] != 0 for c in results["capabilities"])
+    assert any(c.change != 0 for c in results.capabilities)
 
 
 def test_an_adapter_whose_weights_fit_nothing_is_refused(

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from retain.experiment.run_dir import write_json
+from retain.records.run import RunRecord
 from retain.report.plots import RUN_FIGURES
 from retain.report.write import write_run_report
 
@@ -104,12 +105,10 @@ def _check_in_browser(
         assert len(set(image.convert("L").getdata())) > 10  # drawn, not a blank page
 
 
-def test_run_report_in_chromium(
-    chromium: str, tmp_path: Path, real_results: dict[str, Any]
-) -> None:
+def test_run_report_in_chromium(chromium: str, tmp_path: Path, real_results: RunRecord) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    write_json(run / "results.json", real_results)
+    write_json(run / "results.json", real_results.to_json())
     report = write_run_report(run)
     pngs = [run / "plots" / f"{name}.png" for name in RUN_FIGURES]
     # Tables: header, summary, score matrix, suite, monitor.

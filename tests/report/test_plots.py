@@ -162,8 +162,8 @@ def _decode(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def test_write_run_report(tmp_path: Path, real_results: dict[str, Any]) -> None:
-    write_json(tmp_path / "results.json", real_results)
+def test_write_run_report(tmp_path: Path, real_results: RunRecord) -> None:
+    write_json(tmp_path / "results.json", real_results.to_json())
     report = write_run_report(tmp_path)
     assert report == tmp_path / "report.html"
     pngs = sorted(p.stem for p in (tmp_path / "plots").glob("*.png"))
@@ -183,8 +183,9 @@ def test_write_run_report(tmp_path: Path, real_results: dict[str, Any]) -> None:
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
     assert "tiny &lt;b&gt;digits&lt;/b&gt;" in text
     assert "<b>digits</b>" not in text
-    for log in real_results["run"]["logs"]:
-        assert html.escape(log["monitor"]["reason"]) in text
+    for log in real_results.run.logs:
+        assert log.monitor is not None
+        assert html.escape(log.monitor.reason) in text
     assert text.count("<table") == 5  # header, summary, score matrix, suite, monitor
     leftovers = [*tmp_path.glob(".*"), *(tmp_path / "plots").glob(".*")]
     assert leftovers == []  # atomic writes leave no temporary files
@@ -195,7 +196,7 @@ def test_write_run_report_needs_results(tmp_path: Path) -> None:
         write_run_report(tmp_path)
 
 
-def test_find_run_dirs(tmp_path: Path, real_results: dict[str, Any]) -> None:
+def test_find_run_dirs(tmp_path: Path, real_results: RunRecord) -> None:
     from retain.output_dirs import write_marker
 
     for rel in ["sweep/b", "sweep/a", "sweep/nested/c", "single", "sweep/a/inner", "sweep/.a.tmp"]:
@@ -220,7 +221,7 @@ def test_comparison_report(comparison: Any) -> None:
         (comparison.out / "comparison.json").read_text(),
         parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"),
     )
-    rows = aggregate(comparison.results)
+    rows = [row.to_json() for row in aggregate(comparison.results)]
     assert data["rows"] == json.loads(json.dumps(rows))
     assert [r["variant"] for r in rows] == ["naive", "replay"]
     assert [r["seeds"] for r in rows] == [[0, 1], [0, 1]]
@@ -228,7 +229,8 @@ def test_comparison_report(comparison: Any) -> None:
     assert rows[1]["forgetting"]["mean"] < rows[0]["forgetting"]["mean"]
     assert rows[1]["new_task_score"]["mean"] < rows[0]["new_task_score"]["mean"]
     assert [r["pareto"] for r in rows] == [True, True]
-    assert [r["summary"] for r in data["runs"]] == [run_summary(r) for r in comparison.results]
+    summaries = [run_summary(r).to_json() for r in comparison.results]
+    assert [r["summary"] for r in data["runs"]] == summaries
     assert sorted(p.name for p in (comparison.out / "plots").iterdir()) == [
         "pareto.png",
         "transfer.png",
@@ -253,15 +255,17 @@ def test_comparison_requires_run_directories(tmp_path: Path) -> None:
         write_comparison_report([tmp_path], tmp_path / "out")
 
 
-def test_pareto_figure_marks_the_front(real_results: dict[str, Any], variation: Any) -> None:
+def test_pareto_figure_marks_the_front(real_results: RunRecord, variation: Any) -> None:
     runs = [
         variation(real_results, "naive", 0, -0.1),
         variation(real_results, "ewc", 0, 0.1),
         variation(real_results, "worse", 0, 0.1),
     ]
-    runs[2]["run"]["suite"]["relative_degradation"][-1] = {"digits/original": 0.9}  # dominated
+    suite = runs[2].run.suite
+    assert suite is not None
+    suite.relative_degradation[-1] = {"digits/original": 0.9}  # dominated
     rows = aggregate(runs)
-    assert [r["pareto"] for r in rows] == [True, True, False]
+    assert [r.pareto for r in rows] == [True, True, False]
     figures = comparison_figures(rows)
     assert set(figures) == {"pareto", "transfer"}
     ax = figures["pareto"].axes[0]
@@ -271,6 +275,6 @@ def test_pareto_figure_marks_the_front(real_results: dict[str, Any], variation: 
         line for line in ax.lines if line.get_color() == "tab:red" and len(line.get_xdata()) == 2
     ]
     assert len(front) == 1
-    xs = sorted(r["new_task_score"]["mean"] for r in rows[:2])
+    xs = sorted(r.new_task_score.mean for r in rows[:2])
     np.testing.assert_allclose(front[0].get_xdata(), xs)
     assert isinstance(figures["transfer"], Figure)

@@ -49,9 +49,10 @@ def _results(
     suite = None
     if relative is not None:
         suite = {"name": "s", "baseline": {}, "after": [], "relative_degradation": relative}
-    run = {"matrix": matrix, "suite": suite, "strategies": strategies, "tasks": [], "seed": seed}
-    run.update(baseline=[], metrics={}, logs=[], config={})
-    return RunRecord.model_validate(
+    tasks = [f"task {i}" for i in range(max(1, len(matrix)))]
+    run = {"matrix": matrix or [[]], "suite": suite, "strategies": strategies, "tasks": tasks}
+    run.update(seed=seed, baseline=[], metrics={}, logs=[], config={})
+    record = RunRecord.model_validate(
         {
             "name": "hand-made",
             "model": "none",
@@ -65,6 +66,8 @@ def _results(
             "seconds": seconds,
         }
     )
+    record.run.matrix = matrix  # an empty one too, which the type refuses when it is read
+    return record
 
 
 def run_summary(record: RunRecord) -> dict[str, Any]:

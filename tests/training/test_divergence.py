@@ -214,7 +214,7 @@ def test_the_last_good_checkpoint_is_the_newest_saved_by_the_step(tmp_path: Path
     def named(path: Path) -> str:
         return f"; the last good checkpoint is {str(path)!r}"
 
-    log = TaskLog("a")
+    log = TaskLog(task="a")
     for _ in range(7):  # checkpoints after steps 3 and 6 (keep=1 deletes step-3)
         log.losses.append(1.0)
         hooks.after_step(log, optimizer, None)

@@ -69,29 +69,29 @@ def test_stops_at_first_over_budget_evaluation_and_restores_best(
     assert log.stopped
     assert result.stopped
     history = result.history
-    assert [h["step"] for h in history] == list(range(0, log.steps + 1, 5))
+    assert [h.step for h in history] == list(range(0, log.steps + 1, 5))
     assert log.steps < len(tasks[1].train.examples) // 32  # cut short of the epoch
     # every recorded degradation agrees with an independent formula on the recorded scores
     for h in history:
-        expected = _relative_degradation(base, h["scores"]["task0"])
-        assert h["degradation"]["task0"] == pytest.approx(expected, abs=1e-12)
-        assert h["within_budget"] == (expected <= BUDGET)
+        expected = _relative_degradation(base, h.scores["task0"])
+        assert h.degradation["task0"] == pytest.approx(expected, abs=1e-12)
+        assert h.within_budget == (expected <= BUDGET)
     # patience 1: the stop is the first over-budget evaluation
-    assert history[-1]["worst_degradation"] > BUDGET
-    assert all(h["within_budget"] for h in history[:-1])
+    assert history[-1].worst_degradation > BUDGET
+    assert all(h.within_budget for h in history[:-1])
     assert log.stop_reason == result.reason
     assert "'task0'" in log.stop_reason
     assert f"at step {log.steps}" in log.stop_reason
     # the best is the within-budget evaluation with the highest new-task score
-    within = [h for h in history if h["within_budget"]]
-    best = max(within, key=lambda h: (h["task_score"], h["step"]))
-    assert result.best_step == best["step"]
+    within = [h for h in history if h.within_budget]
+    best = max(within, key=lambda h: (h.task_score, h.step))
+    assert result.best_step == best.step
     assert result.restored
     after = task_accuracy(model, tasks[0].test)
-    assert after == best["scores"]["task0"]
+    assert after == best.scores["task0"]
     assert _relative_degradation(base, after) <= BUDGET
-    assert task_accuracy(model, tasks[1].test) == best["task_score"]
-    assert result.final_worst_degradation == best["worst_degradation"]
+    assert task_accuracy(model, tasks[1].test) == best.task_score
+    assert result.final_worst_degradation == best.worst_degradation
     json.dumps(result.to_dict())  # JSON-serialisable
 
     # patience 2: same trajectory (evaluation disturbs nothing), stops at two in a row
@@ -100,7 +100,7 @@ def test_stops_at_first_over_budget_evaluation_and_restores_best(
     assert log2.stopped
     history2 = log2.monitor.history
     assert history2[: len(history)] == history
-    over = [not h["within_budget"] for h in history2]
+    over = [not h.within_budget for h in history2]
     first_pair = next(i for i in range(1, len(over)) if over[i - 1] and over[i])
     assert len(history2) == first_pair + 1
     if over[len(history)]:  # the next evaluation was over budget too
@@ -125,7 +125,7 @@ def test_huge_budget_never_stops_and_changes_no_weight(
     assert log.monitor.reason == "completed"
     assert not log.monitor.restored
     assert log.losses == plain_log.losses
-    steps = [h["step"] for h in log.monitor.history]
+    steps = [h.step for h in log.monitor.history]
     assert steps == [*range(0, log.steps, 5), log.steps]  # plus the end of the task
     assert log.monitor.best_step == log.steps
     for p, q in zip(plain.state_dict().values(), monitored.state_dict().values(), strict=True):
@@ -141,14 +141,14 @@ def test_restore_best_false_keeps_the_last_weights(digits: tuple[list[TaskSplit]
     assert log.stopped
     assert not log.monitor.restored
     last = log.monitor.history[-1]
-    assert task_accuracy(model, tasks[0].test) == last["scores"]["task0"]
-    assert log.monitor.final_worst_degradation == last["worst_degradation"] > BUDGET
+    assert task_accuracy(model, tasks[0].test) == last.scores["task0"]
+    assert log.monitor.final_worst_degradation == last.worst_degradation > BUDGET
 
 
 def test_eval_every_zero_checks_only_at_the_end(digits: tuple[list[TaskSplit], MLP]) -> None:
     _, log = _run(digits, _monitor(digits[0], max_degradation=1e9, eval_every=0))
     assert log.monitor is not None
-    assert [h["step"] for h in log.monitor.history] == [0, log.steps]
+    assert [h.step for h in log.monitor.history] == [0, log.steps]
 
 
 @pytest.mark.parametrize(
@@ -213,19 +213,19 @@ def test_trainer_stops_logs_figures_and_restores_best(tmp_path: Path) -> None:
     assert result is not None
     assert result.stopped
     assert trainer.state.global_step < trainer.state.max_steps == 24
-    assert trainer.state.global_step == result.history[-1]["step"]
+    assert trainer.state.global_step == result.history[-1].step
     # the figures of every check reached the logs passed to later callbacks and log_history
     logged = [entry for entry in capture.logs if "monitor/worst_degradation" in entry]
-    assert [e["monitor/step"] for e in logged] == [h["step"] for h in result.history[1:]]
+    assert [e["monitor/step"] for e in logged] == [h.step for h in result.history[1:]]
     history = [e for e in trainer.state.log_history if "monitor/anti/degradation" in e]
     assert len(history) == len(logged)
-    assert history[-1]["monitor/anti/degradation"] == result.history[-1]["degradation"]["anti"]
+    assert history[-1]["monitor/anti/degradation"] == result.history[-1].degradation["anti"]
     # the best within budget (the latest, no task score) is back in the model: the weights of
     # the plain loop stopped at that step (the loop and the Trainer take identical steps)
-    best = [h for h in result.history if h["within_budget"]][-1]
-    assert result.best_step == best["step"] > 0
+    best = [h for h in result.history if h.within_budget][-1]
+    assert result.best_step == best.step > 0
     assert result.restored
-    assert task_accuracy(model, probe.task) == best["scores"]["anti"]
-    train_task(start, task, None, replace(config, max_steps=best["step"]))
+    assert task_accuracy(model, probe.task) == best.scores["anti"]
+    train_task(start, task, None, replace(config, max_steps=best.step))
     for (name, p), q in zip(start.named_parameters(), model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6, rtol=0), name

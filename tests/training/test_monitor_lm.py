@@ -129,15 +129,15 @@ def test_perplexity_budget_stops_and_restores_within_budget(setup: dict[str, Any
     assert 2 <= log.steps < MAX_STEPS  # it trained within budget for a while, then stopped
     history = result.history
     # patience 1: every evaluation before the last was within budget, the last was not
-    assert all(h["within_budget"] for h in history[:-1])
-    assert history[-1]["worst_degradation"] > BUDGET
-    assert history[-1]["step"] == log.steps
+    assert all(h.within_budget for h in history[:-1])
+    assert history[-1].worst_degradation > BUDGET
+    assert history[-1].step == log.steps
     # the restored weights are the latest within budget (no task score), re-measured independently
     assert result.restored
     assert result.best_step == log.steps - 1
     after = _reference_perplexity(model, tok, held)
     assert (after - before) / before <= BUDGET
-    assert after == pytest.approx(history[-2]["scores"]["general"], rel=1e-4)
+    assert after == pytest.approx(history[-2].scores["general"], rel=1e-4)
 
     # monitoring changed no step: an unmonitored run takes the same losses up to the stop, and
     # one stopped at the restored step ends with exactly the restored weights

@@ -83,6 +83,6 @@ def test_existing_checkpoints_are_not_overwritten(tmp_path: Path) -> None:
     # Resuming a finished run trains nothing more and returns the same matrix.
     model = MLP(64, [8], 10)
     _, again = fit_sequence(model, [split], None, config, checkpoint_dir=tmp_path, resume=True)
-    assert again.logs[0]["steps"] == 2
+    assert again.logs[0].steps == 2
     with pytest.raises(RetainError, match="checkpoint_dir"):
         fit_sequence(MLP(64, [8], 10), [split], None, config, resume=True)

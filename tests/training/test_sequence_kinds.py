@@ -100,7 +100,7 @@ def test_causal_lm_sequence_scores_minus_the_loss(tok: Any) -> None:
     )
     for t in range(2):
         assert result.matrix[t][t] > result.baseline[t] + 0.5  # nats per token gained
-    assert result.metrics["backward_transfer"] < 0  # learning food forgets sport
+    assert result.metrics.backward_transfer < 0  # learning food forgets sport
     assert result.matrix[1][1] == pytest.approx(-task_loss(model, splits[1].test))
     assert math.exp(-result.matrix[1][0]) > math.exp(-result.matrix[0][0])  # perplexity rose
 
@@ -118,13 +118,13 @@ def test_monitor_watches_earlier_tasks_and_rolls_back() -> None:
     budget = MonitorConfig(max_degradation=0.05, eval_every=5)
     _, guarded = fit_sequence(model(), splits, None, config, monitor=budget)
     first, second = guarded.logs
-    assert first["monitor"] is None  # nothing to watch while learning the first task
+    assert first.monitor is None  # nothing to watch while learning the first task
     name = f"task/{splits[0].train.name}"
-    history = second["monitor"]["history"]
-    assert history[0]["scores"][name] == pytest.approx(naive.matrix[0][0])
-    assert second["stopped"]
-    assert f"{name!r} degraded" in second["stop_reason"]
-    assert second["steps"] < naive.logs[1]["steps"]
+    history = second.monitor.history
+    assert history[0].scores[name] == pytest.approx(naive.matrix[0][0])
+    assert second.stopped
+    assert f"{name!r} degraded" in second.stop_reason
+    assert second.steps < naive.logs[1].steps
     # The best within-budget weights were restored: task 0 is within 5 % of where it was.
-    assert second["monitor"]["restored"]
+    assert second.monitor.restored
     assert guarded.matrix[1][0] >= 0.95 * guarded.matrix[0][0]

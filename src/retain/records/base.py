@@ -101,21 +101,22 @@ class Record(Part):
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], found: str) -> dict[str, Any]:
-        """``data`` of the earlier format ``found`` as the current one (default: unchanged but
-        for the format string)."""
+        """``data`` of format ``found`` (this one or an earlier one in :attr:`PREVIOUS`) in the
+        current form: earlier spellings of a field are rewritten here, before the schema check
+        (default: unchanged but for the format string)."""
         return {**data, "format": cls.FORMAT}
 
     @classmethod
     def from_json(cls, data: object, *, source: str = "record") -> Self:
         """The record in ``data`` (parsed JSON, named ``source`` in errors).
 
-        Data of a format in :attr:`PREVIOUS` is upgraded first; then it must be of
+        Data of this format or one in :attr:`PREVIOUS` is upgraded first; then it must be of
         :attr:`FORMAT` and match its schema (:func:`retain.schema.validate_record`, whose
         one-line errors name ``source``, the JSON path and the command that writes the file).
         """
         found = record_format(data)
-        if isinstance(data, dict) and found in cls.PREVIOUS:
-            data = cls.upgrade(data, found or "")
+        if isinstance(data, dict) and found is not None and found in (cls.FORMAT, *cls.PREVIOUS):
+            data = cls.upgrade(data, found)
         validate_record(data, source=source, expected=cls.FORMAT)
         try:
             return cls.model_validate(data)

@@ -8,7 +8,9 @@ of every :class:`RunSummary` figure.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
 
 from retain.records.base import Num, Part, Record
 from retain.records.parts import Score
@@ -52,9 +54,9 @@ class ComparisonRow(Part):
     """The variant's label."""
     strategies: str
     """Its strategies (the first run's ``describe()``)."""
-    seeds: list[int]
+    seeds: list[Annotated[int, Field(ge=0)]]
     """The seeds of its runs."""
-    n: int
+    n: int = Field(ge=1)
     """Number of runs."""
     new_task_score: MeanSd
     """See :class:`RunSummary`."""
@@ -86,7 +88,7 @@ class ComparedRun(Part):
     """Its run directory, relative to the comparison's folder."""
     variant: str
     """Its variant's label."""
-    seed: int
+    seed: int = Field(ge=0)
     """Its seed."""
     summary: RunSummary
     """Its summary figures."""
@@ -103,9 +105,9 @@ class ComparisonRecord(Record):
     """The file's format and version."""
     score: Score
     """The score every compared run uses."""
-    rows: list[ComparisonRow]
+    rows: list[ComparisonRow] = Field(min_length=1)
     """One row per variant, first-seen order."""
-    runs: list[ComparedRun]
+    runs: list[ComparedRun] = Field(min_length=1)
     """Every run compared."""
 
 

@@ -39,7 +39,7 @@ class ModelInfo(Part):
     """The folder it was read from, when local."""
     class_: str = Field(alias="class")
     """Its class name."""
-    parameters: int
+    parameters: int = Field(ge=0)
     """Number of parameters."""
     tokenizer: TokenizerInfo | None = None
     """Its tokenizer, when it has one."""

@@ -13,9 +13,9 @@ score's direction (``score.higher_is_better``).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import computed_field, field_validator, model_validator
+from pydantic import Field, computed_field, field_validator, model_validator
 
 from retain.records.base import Num, Part, Record
 from retain.records.parts import CkaLayer, OutputShift, Score
@@ -89,7 +89,7 @@ class TaskLog(Part):
     """``losses[k]``: mean loss of step ``k + 1``'s global batch (nats per target)."""
     lrs: list[Num] = []
     """``lrs[k]``: the first parameter group's learning rate used by step ``k + 1``."""
-    epochs_done: int = 0
+    epochs_done: int = Field(default=0, ge=0)
     """Epochs whose ``on_epoch_end`` has run."""
     stopped: bool = False
     """The forgetting monitor cut training short."""
@@ -152,9 +152,9 @@ class SuiteScores(Part):
 class RunResult(Part):
     """Everything one task-sequence run produced (the ``run`` section of ``results.json``)."""
 
-    tasks: list[str]
+    tasks: list[str] = Field(min_length=1)
     """Task names, in training order."""
-    matrix: list[list[Num]]
+    matrix: list[list[Num]] = Field(min_length=1)
     """``R[t][i]``: the score on task ``i``'s test data after training task ``t`` (``T x T``)."""
     baseline: list[Num]
     """``b[i]``: the score on task ``i`` before any training."""
@@ -166,7 +166,7 @@ class RunResult(Part):
     """The strategies' ``describe()``."""
     config: dict[str, Any]
     """The training settings (per task the data order is seeded with ``seed * 1000 + t``)."""
-    seed: int
+    seed: int = Field(ge=0)
     """The seed of Python, NumPy and torch at the start."""
     suite: SuiteScores | None = None
     """Capability scores (None without a suite; files of earlier versions hold ``{}``)."""
@@ -182,7 +182,7 @@ class RunResult(Part):
     @field_validator("suite", mode="before")
     @classmethod
     def _empty_suite_is_none(cls, value: Any) -> Any:
-        return None if value == {} else value
+        return None if value == {} else value  # how files before the typed records said it
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON data (kept for callers of earlier versions)."""
@@ -321,7 +321,7 @@ class RunRecord(Record):
     """The experiment's description."""
     variant: str
     """The variant's label (its strategies)."""
-    seed: int
+    seed: int = Field(ge=0)
     """The run's seed."""
     model: str
     """The model's name."""
@@ -337,7 +337,7 @@ class RunRecord(Record):
     """Parameter drift per layer (None when not measured)."""
     layer_lrs: list[LayerLr] | None = None
     """Learning rate of each parameter group (layer-wise learning rates only)."""
-    unfreezing: list[list[list[int]]] | None = None
+    unfreezing: list[list[Annotated[list[int], Field(min_length=2, max_length=2)]]] | None = None
     """Gradual unfreezing: per task, ``[global step, trainable blocks]`` pairs."""
     interference: InterferenceRecord | None = None
     """Gradient interference during training (None when not measured)."""
@@ -345,3 +345,11 @@ class RunRecord(Record):
     """Representational and output shift (None when not measured)."""
     seconds: Num = float("nan")
     """Wall-clock seconds of the whole run."""
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], found: str) -> dict[str, Any]:
+        """Files written before the typed records held ``{}`` for a run without a suite."""
+        run = data.get("run")
+        if isinstance(run, dict) and run.get("suite") == {}:
+            data = {**data, "run": {**run, "suite": None}}
+        return super().upgrade(data, found)
