@@ -1,0 +1,1 @@
+"""Typed, versioned records of what retain measures (see docs/architecture.md)."""
