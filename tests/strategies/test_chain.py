@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,19 @@ def test_a_skipped_prepare_is_refused_not_silently_ignored() -> None:
     strategies = chain({"name": "freeze", "params": "0.weight"})
     with pytest.raises(RetainError, match=r"call model = strategies.prepare\(model\)"):
         strategies.begin_task(model, task)
-    strategies.begin_task(strategies.prepare(model), task)
+    prepared = strategies.prepare(model)
+    strategies.begin_task(prepared, task)
+    # Read from the model, never from a mark: a copy of a prepared model and a DDP-style wrapper
+    # holding it as `module` are prepared, for a fresh strategy too.
+    fresh = chain({"name": "freeze", "params": "0.weight"})
+    fresh.begin_task(copy.deepcopy(prepared), task)
+    wrapper = nn.Module()
+    wrapper.module = prepared
+    fresh.begin_task(wrapper, task)
+    prepared[0].weight.requires_grad_(True)  # undone by hand: no longer what prepare made
+    with pytest.raises(RetainError, match="prepare"):
+        fresh.begin_task(prepared, task)
+    assert "_retain" not in " ".join(vars(prepared))  # nothing stamped into the model
     with pytest.raises(RetainError, match="as a string"):
         build_strategy({"name": "ewc"})  # type: ignore[arg-type]
 

@@ -92,7 +92,7 @@ def test_stops_at_first_over_budget_evaluation_and_restores_best(
     assert _relative_degradation(base, after) <= BUDGET
     assert task_accuracy(model, tasks[1].test) == best.task_score
     assert result.final_worst_degradation == best.worst_degradation
-    json.dumps(result.to_dict())  # JSON-serialisable
+    json.dumps(result.to_json())  # JSON-serialisable
 
     # patience 2: same trajectory (evaluation disturbs nothing), stops at two in a row
     _, log2 = _run(digits, _monitor(tasks, max_degradation=BUDGET, eval_every=5, patience=2))

@@ -29,7 +29,6 @@ lists); :mod:`retain.strategies.state` saves it as safetensors.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -59,8 +58,6 @@ __all__ = [
 ]
 
 StateDict = dict[str, Any]
-#: Attribute on a model naming the strategies whose ``prepare`` ran on it.
-PREPARED_MARK = "_retain_prepared_by"
 ParamGroup = dict[str, Any]
 
 STRATEGIES: Registry[type[Strategy]] = Registry(
@@ -88,26 +85,17 @@ class Strategy:
     #: on this strategy (the Trainer callback checks it); None before any.
     begun_task: str | None = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Wrap a subclass's ``prepare`` so the model records which strategies prepared it;
-        the hosts then refuse to train a model that skipped ``prepare`` (a silent no-op)."""
-        super().__init_subclass__(**kwargs)
-        original = cls.__dict__.get("prepare")
-        if original is None:
-            return
-
-        @functools.wraps(original)
-        def prepare(self: Strategy, model: nn.Module) -> nn.Module:
-            prepared: nn.Module = original(self, model)
-            marks = set(getattr(prepared, PREPARED_MARK, ()))
-            prepared.__dict__[PREPARED_MARK] = frozenset(marks | {self.name})
-            return prepared
-
-        cls.prepare = prepare  # type: ignore[method-assign]
-
     def prepare(self, model: nn.Module) -> nn.Module:
         """Wrap or freeze the model before any optimizer exists; return the model to train."""
         return model
+
+    def is_prepared(self, model: nn.Module) -> bool:
+        """Whether ``model`` (or the model a DDP / Accelerate wrapper holds as ``module``) is in
+        the state :meth:`prepare` gives it. The hosts refuse to train a model for which this is
+        False, since training it would silently be plain fine-tuning. Read from the model itself
+        (a copy of a prepared model is prepared), never from a mark; True by default (a
+        strategy whose ``prepare`` changes nothing, or whose task hooks redo it)."""
+        return True
 
     def on_task_start(self, model: nn.Module, task: Task) -> None:
         """A task begins (before its optimizer is built)."""

@@ -15,13 +15,11 @@ from retain.data.task import Task
 from retain.errors import RetainError
 from retain.records.run import TaskLog
 from retain.strategies.base import (
-    PREPARED_MARK,
     ParamGroup,
     StateDict,
     Strategy,
     build_strategy,
     conflict_reason,
-    overrides,
 )
 
 __all__ = ["Chain", "as_chain", "chain", "made_by_retain", "record_made"]
@@ -105,12 +103,8 @@ class Chain(Strategy):
         Refuses a model that skipped :meth:`prepare` when a member needs it (LoRA, freezing...),
         which would otherwise train as plain fine-tuning without a word.
         """
-        inner = getattr(model, "module", model)  # DDP / Accelerate wrappers hold the model
-        prepared: frozenset[str] = frozenset(
-            getattr(model, PREPARED_MARK, frozenset()) | getattr(inner, PREPARED_MARK, frozenset())
-        )
         for s in self.strategies:
-            if overrides(s, "prepare") and s.name not in prepared:
+            if not s.is_prepared(model):
                 raise RetainError(
                     f"strategy {s.name!r} changes the model before training, but prepare() did "
                     "not run on this model; call model = strategies.prepare(model) once first"

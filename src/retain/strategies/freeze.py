@@ -51,13 +51,21 @@ class Freeze(Strategy):
         self.params = params
         self.mode = mode
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Freeze the selected parameters in place; returns ``model``."""
+    def _held(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters this strategy holds frozen."""
         selected = select_parameters(model, self.params, trainable_only=False, what="freeze params")
         chosen = {id(p) for p in selected.values()}
-        for p in model.parameters():
-            if (id(p) in chosen) == (self.mode == "freeze"):
-                p.requires_grad_(False)
+        return [p for p in model.parameters() if (id(p) in chosen) == (self.mode == "freeze")]
+
+    def is_prepared(self, model: nn.Module) -> bool:
+        """Every parameter this strategy holds frozen is frozen."""
+        inner = getattr(model, "module", model)
+        return not any(p.requires_grad for p in self._held(inner))
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Freeze the selected parameters in place; returns ``model``."""
+        for p in self._held(model):
+            p.requires_grad_(False)
         if not any(p.requires_grad for p in model.parameters()):
             raise RetainError(
                 f"freeze params={self.params!r} mode={self.mode!r} leaves no trainable parameter "

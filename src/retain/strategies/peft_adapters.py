@@ -221,6 +221,13 @@ def _peft_failure(
     return RetainError(f"cannot apply {what} to {model_name}: {message}")
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model``, or the model a DDP / Accelerate wrapper holds, is a PeftModel."""
+    from peft import PeftModel
+
+    return isinstance(getattr(model, "module", model), PeftModel)
+
+
 def wrap_with_peft(
     model: nn.Module, peft_config: PeftConfig, what: str, adapter_name: str = "default"
 ) -> PeftModel:
@@ -287,6 +294,10 @@ class PeftStrategy(Strategy):
     @property
     def _what(self) -> str:
         return self.name if self.name == "lora" else f"peft {self.method}"
+
+    def is_prepared(self, model: nn.Module) -> bool:
+        """The model is a PeftModel (PEFT wrapped it)."""
+        return is_peft_model(model)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """``peft.get_peft_model(model, config)``: base frozen, adapter (and head) trainable."""

@@ -34,6 +34,7 @@ from retain.strategies.peft_adapters import (
     build_peft_config,
     check_config_keys,
     check_task_type,
+    is_peft_model,
     peft_config_class,
     unwrap_peft,
     wrap_with_peft,
@@ -122,6 +123,10 @@ class Progressive(Strategy):
     @property
     def _what(self) -> str:
         return f"progressive {self.method}"
+
+    def is_prepared(self, model: nn.Module) -> bool:
+        """The model is a PeftModel (the per-task adapters live in it)."""
+        return is_peft_model(model)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in PEFT with every parameter frozen; adapters come with the tasks."""
