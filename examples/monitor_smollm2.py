@@ -240,9 +240,9 @@ def run_arm(
             stop_step=log.steps if log.stopped else None,
             restored=result.restored,
             restored_step=result.best_step,
-            monitor_final_worst_degradation=result.final_worst_degradation,
+            monitor_final_worst_degradation=result.to_json()["final_worst_degradation"],
             evaluations=len(result.history),
-            history=result.history,
+            history=[entry.to_json() for entry in result.history],
         )
     return log, rec
 

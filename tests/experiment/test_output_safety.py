@@ -268,7 +268,7 @@ def test_a_rerun_writes_the_report_an_interruption_left_out(
     again = run_experiment(RunSpec(config, out=out, say=said.append))
     assert (out / "report.html").is_file()
     assert (out / "results.json").read_bytes() == before  # not trained again
-    assert again["run"]["matrix"] == json.loads(before)["run"]["matrix"]
+    assert again.run.matrix == json.loads(before)["run"]["matrix"]
     assert any("wrote its missing" in line for line in said)
 
 

@@ -54,7 +54,7 @@ def test_a_run_writes_its_directory_and_equals_the_engine(tmp_path: Path) -> Non
     _, direct = fit_sequence(
         built.model, built.splits, strategies, train_config(config, 3), built.score, progress=False
     )
-    assert saved["run"]["matrix"] == direct.matrix == results["run"]["matrix"]
+    assert saved["run"]["matrix"] == direct.matrix == results.run.matrix
     assert saved["run"]["baseline"] == direct.baseline
     layers = saved["drift"]["layers"]
     assert layers == ["body.0", "head"]
@@ -65,7 +65,7 @@ def test_a_run_writes_its_directory_and_equals_the_engine(tmp_path: Path) -> Non
 def test_drift_is_zero_exactly_where_weights_are_frozen(tmp_path: Path) -> None:
     config = mlp_config(strategies=[{"name": "freeze", "params": r"^body\."}])
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
-    by_layer = dict(zip(results["drift"]["layers"], results["drift"]["after"][-1], strict=True))
+    by_layer = dict(zip(results.drift.layers, results.drift.after[-1], strict=True))
     assert by_layer["body.0"] == 0.0
     assert by_layer["head"] > 0
 
@@ -77,7 +77,7 @@ def test_rerunning_refuses_or_resumes(tmp_path: Path) -> None:
     with pytest.raises(RetainError, match=r"holds a finished run .*--overwrite"):
         run_experiment(RunSpec(config, out=out, report=False))
     again = run_experiment(RunSpec(config, out=out, overwrite=True, report=False))
-    assert again["run"]["matrix"] == first["run"]["matrix"]
+    assert again.run.matrix == first.run.matrix
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -114,11 +114,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     lines: list[str] = []
     resumed = run_experiment(RunSpec(config, out=out, report=False, say=lines.append))
     assert lines[0].startswith("resuming mlp-digits [ewc] seed 3")
-    assert resumed["run"]["resumed"]
-    assert resumed["run"]["matrix"] == whole["run"]["matrix"]
-    assert resumed["drift"] == whole["drift"]
-    assert resumed["interference"] == whole["interference"]
-    assert [r["global_step"] for r in whole["interference"]["records"]] == [11, 14]
+    assert resumed.run.resumed
+    assert resumed.run.matrix == whole.run.matrix
+    assert resumed.drift == whole.drift
+    assert resumed.interference == whole.interference
+    assert [r.global_step for r in whole.interference.records] == [11, 14]
     assert not (out / "progress.json").exists()
 
 
@@ -138,8 +138,8 @@ def test_a_bad_input_found_while_building_leaves_nothing(tmp_path: Path) -> None
 def test_max_steps_alone_runs_as_many_epochs_as_it_takes(tmp_path: Path) -> None:
     config = mlp_config(training={"lr": 1e-2, "batch_size": 50, "max_steps": 9})
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
-    assert [log["steps"] for log in results["run"]["logs"]] == [9, 9]  # 4 steps an epoch
-    assert results["run"]["logs"][0]["epochs_done"] == 3
+    assert [log.steps for log in results.run.logs] == [9, 9]  # 4 steps an epoch
+    assert results.run.logs[0].epochs_done == 3
 
 
 def heads_data(folder: Path, diagnostics: dict[str, Any]) -> dict[str, Any]:
@@ -164,34 +164,34 @@ def test_interference_during_training_and_shift_of_a_task_heads_run(
     diagnostics = {"interference_every": 2, "interference_samples": 8, "shift": True}
     config = config_from_dict(heads_data(tiny_bert_dir, diagnostics))
     results = run_experiment(RunSpec(config, out=tmp_path / "run"))
-    interference = results["interference"]
-    assert interference["prior"] == "earlier tasks"
-    records = interference["records"]
-    assert [(r["task"], r["step"], r["global_step"]) for r in records] == [
+    interference = results.interference
+    assert interference.prior == "earlier tasks"
+    records = interference.records
+    assert [(r.task, r.step, r.global_step) for r in records] == [
         ("sms_spam", 2, 6),
         ("sms_spam", 4, 8),
     ]
-    assert all(-1 <= r["cosine"] <= 1 for r in records)
-    assert "encoder.encoder.layer.0" in records[0]["layers"]
-    assert interference["summary"]["measured"] == 2
-    shift = results["shift"]
-    assert shift["data"] == "trec"
-    assert [layer["name"] for layer in shift["representation"]] == [
+    assert all(-1 <= r.cosine <= 1 for r in records)
+    assert "encoder.encoder.layer.0" in records[0].layers
+    assert interference.summary.measured == 2
+    shift = results.shift
+    assert shift.data == "trec"
+    assert [layer.name for layer in shift.representation] == [
         "embeddings",
         "block 0",
         "block 1",
     ]
-    assert all(layer["cka"] < 1 for layer in shift["representation"][1:])
-    assert shift["output"] is None
-    assert "causal language model" in shift["skipped"]["output"]
+    assert all(layer.cka < 1 for layer in shift.representation[1:])
+    assert shift.output is None
+    assert "causal language model" in shift.skipped["output"]
 
 
 def test_an_mlp_run_skips_the_representation_shift_with_a_reason(tmp_path: Path) -> None:
     config = mlp_config(diagnostics={"shift": True}, checkpoints={"enabled": False})
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
-    assert results["shift"]["representation"] is None
-    assert "not token sequences" in results["shift"]["skipped"]["representation"]
-    assert results["interference"] is None
+    assert results.shift.representation is None
+    assert "not token sequences" in results.shift.skipped["representation"]
+    assert results.interference is None
 
 
 def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
@@ -206,7 +206,7 @@ def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
     )
     config = config_from_dict(data)
     results = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
-    assert results["shift"]["reference"] == "after trec"
+    assert results.shift.reference == "after trec"
 
     built = build_experiment(config, 0)  # the same run through the engine, with a snapshot
     snapshots: list[Any] = []
@@ -224,7 +224,7 @@ def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
         for b in built.splits[0].test.batches(8, limit=16)
     ]
     expected = representation_shift(snapshots[0], model, batches)
-    got = [layer["cka"] for layer in results["shift"]["representation"]]
+    got = [layer.cka for layer in results.shift.representation]
     assert got == pytest.approx([layer.cka for layer in expected], abs=1e-9)
     start = run_experiment(
         RunSpec(
@@ -233,5 +233,5 @@ def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
             report=False,
         )
     )
-    assert start["shift"]["reference"] == "start"
-    assert start["shift"]["representation"][2]["cka"] < got[2]  # includes what trec changed
+    assert start.shift.reference == "start"
+    assert start.shift.representation[2].cka < got[2]  # includes what trec changed

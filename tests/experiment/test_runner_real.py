@@ -4,6 +4,7 @@ perplexity suite and a forgetting budget, and the permuted-MNIST MLP with a moni
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -31,23 +32,23 @@ def test_smollm2_domain_runs_with_its_budget(tmp_path: Path) -> None:
         ],
     )
     results = run_experiment(RunSpec(config, out=tmp_path / "run"))
-    run = results["run"]
-    assert results["interference"]["prior"] == "general_text"
-    assert [r["global_step"] for r in results["interference"]["records"]] == [2, 4]
-    assert "model.layers.29" in results["interference"]["records"][0]["layers"]
-    assert len(results["shift"]["representation"]) == 31  # embeddings + 30 blocks
-    assert results["shift"]["data"] == "general_text"  # what a causal LM forgets
+    run = results.run
+    assert results.interference.prior == "general_text"
+    assert [r.global_step for r in results.interference.records] == [2, 4]
+    assert "model.layers.29" in results.interference.records[0].layers
+    assert len(results.shift.representation) == 31  # embeddings + 30 blocks
+    assert results.shift.data == "general_text"  # what a causal LM forgets
     # The tracker is described by its settings, not printed with its reference data.
-    assert "interference(every=2, samples=4, prior='general_text')" in results["run"]["strategies"]
-    assert len(results["run"]["strategies"]) < 500
-    assert results["shift"]["output"]["kl_mean"] > 0
-    assert results["score"]["name"].startswith("negative loss")
-    assert run["matrix"][0][0] > run["baseline"][0]  # the domain loss fell
-    assert set(run["suite"]["baseline"]) == {"general_text"}
-    assert run["suite"]["relative_degradation"][0]["general_text"] is not None
-    history = results["budget"]["history"][0]
-    assert [h["step"] for h in history] == [2.0, 4.0]
-    assert "forgetting_budget" in run["strategies"]
+    assert "interference(every=2, samples=4, prior='general_text')" in results.run.strategies
+    assert len(results.run.strategies) < 500
+    assert results.shift.output.kl_mean > 0
+    assert results.score.name.startswith("negative loss")
+    assert run.matrix[0][0] > run.baseline[0]  # the domain loss fell
+    assert set(run.suite.baseline) == {"general_text"}
+    assert not math.isnan(run.suite.relative_degradation[0]["general_text"])
+    history = results.budget.history[0]
+    assert [h.step for h in history] == [2.0, 4.0]
+    assert "forgetting_budget" in run.strategies
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["budget"]["max_degradation"] == 0.1
     assert (tmp_path / "run" / "plots" / "budget.png").is_file()
@@ -67,8 +68,8 @@ def test_permuted_mnist_runs_with_a_monitor(tmp_path: Path) -> None:
         ],
     )
     results = run_experiment(RunSpec(config, out=tmp_path / "run"))
-    run = results["run"]
-    assert run["tasks"] == ["mnist", "mnist-perm1"]
-    assert run["matrix"][0][0] > 0.5  # the MLP learns the unpermuted digits
-    assert run["logs"][1]["monitor"]["history"][0]["step"] == 0
-    assert results["drift"]["layers"] == ["body.0", "head"]
+    run = results.run
+    assert run.tasks == ["mnist", "mnist-perm1"]
+    assert run.matrix[0][0] > 0.5  # the MLP learns the unpermuted digits
+    assert run.logs[1].monitor.history[0].step == 0
+    assert results.drift.layers == ["body.0", "head"]

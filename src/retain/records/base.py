@@ -68,6 +68,10 @@ class Part(BaseModel):
         data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
         return data
 
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`to_json` (the name results had before they were typed)."""
+        return self.to_json()
+
 
 def field_path(location: tuple[int | str, ...]) -> str:
     """A pydantic error location as a JSON path: ``run.matrix[0][1]``.

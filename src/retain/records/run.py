@@ -184,10 +184,6 @@ class RunResult(Part):
     def _empty_suite_is_none(cls, value: Any) -> Any:
         return None if value == {} else value  # how files before the typed records said it
 
-    def to_dict(self) -> dict[str, Any]:
-        """The result as plain JSON data (kept for callers of earlier versions)."""
-        return self.to_json()
-
     def save(self, path: Any) -> None:
         """Write the result to ``path`` as indented strict JSON, atomically."""
         from pathlib import Path

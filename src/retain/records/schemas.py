@@ -24,9 +24,8 @@ __all__ = ["generate", "record_types", "schema_text"]
 
 def record_types() -> dict[str, type[Record]]:
     """Format string -> record class, for every format in :data:`retain.schema.SCHEMAS`."""
-    from retain.records.comparison import ComparisonRecord
-
     from retain.records.audit import AuditRecord
+    from retain.records.comparison import ComparisonRecord
     from retain.records.diagnose import DiagnoseRecord
     from retain.records.run import RunRecord
 
