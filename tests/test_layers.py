@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "retain.metrics_capability",
             "retain.output_dirs",
             "retain.schema",
+            "retain.paired_statistics",
         ),
     ),
     ("records", ("retain.records",)),

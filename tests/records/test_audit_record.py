@@ -48,6 +48,17 @@ def _data() -> dict[str, Any]:
                 "degradation": 2.0,
                 "relative_degradation": 0.2,
                 "worsened": True,
+                "verdict": "WORSE",
+                "interval": {
+                    "low": 0.15,
+                    "high": 0.25,
+                    "level": 0.95,
+                    "p_value": 0.001,
+                    "test": "permutation",
+                    "examples": 40,
+                    "resamples": 1000,
+                },
+                "examples_needed": None,
                 "details_before": {"n_tokens": 100, "bits_per_byte": 1.25, "extra": None},
                 "details_after": {"n_tokens": 100, "bits_per_byte": 1.5, "extra": None},
             },
@@ -62,11 +73,18 @@ def _data() -> dict[str, Any]:
                 "degradation": -0.5,
                 "relative_degradation": None,
                 "worsened": False,
+                "verdict": "WITHIN",
+                "interval": None,
+                "examples_needed": None,
                 "details_before": {"n": 8},
                 "details_after": {"n": 8},
             },
         ],
-        "verdict": {"degraded": True, "text": "FORGOT: 1 of 2 capabilities degraded by more"},
+        "verdict": {
+            "degraded": True,
+            "text": "FORGOT: 1 of 2 capabilities degraded by more",
+            "outcome": "FORGOT",
+        },
         "warnings": [],
         "seconds": 12.5,
     }
@@ -165,6 +183,25 @@ def test_the_report_shows_undefined_values_as_n_a() -> None:
     assert "n/a" in table.splitlines()[3]  # zero_score: relative change undefined
     assert "+20.0%" in table.splitlines()[2]
     markdown = audit_markdown(record)
-    assert "| general_text | perplexity | lower | 10 | 12 | +2 | +20.0% | WORSE |" in markdown
+    row = (
+        "| general_text | perplexity | lower | 10 | 12 | +2 | +20.0% | +20.0% [+15.0, +25.0] "
+        "| WORSE |"
+    )
+    assert row in markdown
+    assert "interval [+15.00%, +25.00%] over 40 paired examples" in markdown
     assert "- before: n_tokens = 100, bits_per_byte = 1.25, extra = None" in markdown
     assert "`smollm2` (LlamaForCausalLM, 134,515,008 parameters, registry)" in markdown
+
+
+def test_a_file_from_before_intervals_reads_and_reports_the_point_verdict() -> None:
+    data = _data()
+    for cap in data["capabilities"]:
+        for key in ("verdict", "interval", "examples_needed"):
+            del cap[key]
+    del data["verdict"]["outcome"]
+    record = AuditRecord.from_json(data)
+    assert record.capabilities[0].verdict is None
+    assert record.verdict.outcome is None
+    lines = audit_table(record).splitlines()
+    assert lines[2].endswith("WORSE")
+    assert lines[3].endswith("ok")

@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult, eval_mode, model_device
 from retain.evaluation.perplexity import pad_token_id, right_pad
+from retain.paired_statistics import ExampleScores
 
 __all__ = ["ClassificationAccuracy", "check_labels", "per_class_accuracy"]
 
@@ -145,6 +146,7 @@ class ClassificationAccuracy:
         p = np.asarray(predictions)
         return ProbeResult(
             score=float((y == p).mean()),
+            examples=ExampleScores((y == p).astype(float)),
             details={
                 "n": len(self.labels),
                 "per_class_accuracy": per_class_accuracy(y.tolist(), p.tolist(), self.label_names),

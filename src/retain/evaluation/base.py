@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from retain.paired_statistics import ExampleScores
+
 __all__ = [
     "Probe",
     "ProbeResult",
@@ -35,10 +37,13 @@ _EMBEDDINGS: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """A probe's score plus details (counts, secondary metrics) that are JSON-serialisable."""
+    """A probe's score plus details (counts, secondary metrics) that are JSON-serialisable, and
+    the per-example contributions to the score when the probe has them (they give the change
+    between two models its paired confidence interval: :mod:`retain.paired_statistics`)."""
 
     score: float
     details: dict[str, Any] = field(default_factory=dict)
+    examples: ExampleScores | None = None
 
 
 @runtime_checkable

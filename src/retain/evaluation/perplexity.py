@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult, eval_mode, model_device
+from retain.paired_statistics import ExampleScores
 
 __all__ = [
     "LogLikelihood",
@@ -42,12 +44,23 @@ class LogLikelihood:
         n_tokens: number of scored tokens.
         n_bytes: UTF-8 bytes of the texts (tokenizer-independent normaliser).
         n_windows: number of model inputs (windows) that were run.
+        text_nll: per text, its summed negative log-likelihood (nats), in input order.
+        text_tokens: per text, its scored tokens.
     """
 
     nll_sum: float
     n_tokens: int
     n_bytes: int
     n_windows: int
+    text_nll: tuple[float, ...] = ()
+    text_tokens: tuple[int, ...] = ()
+
+    def examples(self) -> ExampleScores:
+        """The per-text contributions, for paired intervals
+        (:mod:`retain.paired_statistics`): perplexity ``exp(Σ nll / Σ tokens)``."""
+        return ExampleScores(
+            np.asarray(self.text_nll), np.asarray(self.text_tokens, dtype=float), "perplexity"
+        )
 
     @property
     def nll_per_token(self) -> float:
@@ -184,11 +197,12 @@ def strided_log_likelihood(
         prefix = getattr(tokenizer, "eos_token_id", None)
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
-    windows: list[tuple[list[int], int]] = []  # (token ids, number of leading context positions)
-    for ids in encoded:
+    # (token ids, number of leading context positions, index of the text)
+    windows: list[tuple[list[int], int, int]] = []
+    for k, ids in enumerate(encoded):
         seq = ([int(prefix)] if prefix is not None else []) + [int(i) for i in ids]
         for begin, target_start, end in window_spans(len(seq), max_length, stride):
-            windows.append((seq[begin:end], target_start - begin))
+            windows.append((seq[begin:end], target_start - begin, k))
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     if not windows:
         raise RetainError(
@@ -198,24 +212,30 @@ def strided_log_likelihood(
 
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
-    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n_tokens = 0
+    text_nll = torch.zeros(len(texts), dtype=torch.float64, device=device)
+    text_tokens = [0] * len(texts)
     with eval_mode(model):
         for start in range(0, len(windows), batch_size):
             chunk = windows[start : start + batch_size]
-            input_ids, attention_mask = right_pad([w for w, _ in chunk], pad_id, device)
+            input_ids, attention_mask = right_pad([w for w, _, _ in chunk], pad_id, device)
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            for row, (window, n_context) in enumerate(chunk):
+            for row, (window, n_context, k) in enumerate(chunk):
                 # Position j predicts token j+1: targets n_context..len-1 are read at j-1.
                 token_nll = F.cross_entropy(
                     logits[row, n_context - 1 : len(window) - 1].float(),
                     input_ids[row, n_context : len(window)],
                     reduction="none",
                 )
-                nll_sum += token_nll.double().sum()
-                n_tokens += len(window) - n_context
+                text_nll[k] += token_nll.double().sum()
+                text_tokens[k] += len(window) - n_context
+    per_text = text_nll.tolist()
     return LogLikelihood(
-        nll_sum=float(nll_sum), n_tokens=n_tokens, n_bytes=n_bytes, n_windows=len(windows)
+        nll_sum=float(text_nll.sum()),
+        n_tokens=sum(text_tokens),
+        n_bytes=n_bytes,
+        n_windows=len(windows),
+        text_nll=tuple(per_text),
+        text_tokens=tuple(text_tokens),
     )
 
 
@@ -264,6 +284,7 @@ class Perplexity:
         )
         return ProbeResult(
             score=ll.perplexity,
+            examples=ll.examples(),
             details={
                 "bits_per_byte": ll.bits_per_byte,
                 "nll_per_token": ll.nll_per_token,

@@ -15,11 +15,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult, eval_mode, model_device
 from retain.evaluation.perplexity import pad_token_id, right_pad
+from retain.paired_statistics import ExampleScores
 
 __all__ = ["PseudoPerplexity", "masked_token_log_probs"]
 
@@ -116,8 +118,15 @@ class PseudoPerplexity:
         if n_tokens == 0:
             raise RetainError(f"probe {self.name!r}: texts have no non-special token to score")
         nll_per_token = -math.fsum(v for s in per_text for v in s) / n_tokens
+        texts = [s for s in per_text if len(s)]
+        examples = ExampleScores(
+            np.array([-math.fsum(s) for s in texts]),
+            np.array([float(len(s)) for s in texts]),
+            "perplexity",
+        )
         return ProbeResult(
             score=math.exp(nll_per_token),
+            examples=examples,
             details={
                 "n_tokens": n_tokens,
                 "n_texts": len(self.texts),

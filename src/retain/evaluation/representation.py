@@ -24,6 +24,7 @@ from retain.errors import RetainError
 from retain.evaluation.accuracy import check_labels
 from retain.evaluation.base import ProbeResult, embedding_cache, eval_mode, model_device
 from retain.evaluation.perplexity import pad_token_id, right_pad
+from retain.paired_statistics import ExampleScores
 
 __all__ = ["KNNProbe", "LinearProbe", "Pooling", "pooled_embeddings"]
 
@@ -176,7 +177,10 @@ class _FrozenFeatureProbe:
             "macro_f1": float(f1_score(y, predictions, average="macro", zero_division=0)),
         }
         details.update(extra)
-        return ProbeResult(score=float((predictions == y).mean()), details=details)
+        correct = (predictions == y).astype(float)
+        return ProbeResult(
+            score=float(correct.mean()), details=details, examples=ExampleScores(correct)
+        )
 
 
 class KNNProbe(_FrozenFeatureProbe):

@@ -7,17 +7,25 @@ explicit (:func:`retain.metrics.degradation`).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from retain.errors import RetainError
 from retain.evaluation.base import Probe, shared_embeddings
 from retain.metrics import Degradation, degradation
+from retain.paired_statistics import (
+    ExampleScores,
+    Judgement,
+    PairedChange,
+    judge,
+    paired_change,
+)
 
 __all__ = ["CapabilityChange", "CapabilityScore", "EvalSuite", "SuiteResult", "verdict"]
 
@@ -32,6 +40,7 @@ class CapabilityScore:
     score: float
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    examples: ExampleScores | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class SuiteResult:
                     "score": s.score,
                     "details": s.details,
                     "seconds": s.seconds,
+                    "examples": None if s.examples is None else s.examples.to_json(),
                 }
                 for name, s in self.scores.items()
             },
@@ -68,6 +78,7 @@ class SuiteResult:
                 math.nan if s["score"] is None else float(s["score"]),
                 dict(s["details"]),
                 float(s["seconds"]),
+                None if s.get("examples") is None else ExampleScores.from_json(s["examples"]),
             )
             for name, s in data["scores"].items()
         }
@@ -86,6 +97,24 @@ class CapabilityChange:
     def name(self) -> str:
         """The probe's name."""
         return self.before.name
+
+    @functools.cached_property
+    def paired(self) -> PairedChange | None:
+        """The relative degradation's paired bootstrap interval and test on the probe's
+        examples (:func:`~retain.paired_statistics.paired_change`, seeded); None when the probe
+        gives no per-example scores. Computed on first use (the monitor never needs it)."""
+        before, after = self.before.examples, self.after.examples
+        if before is None or after is None or len(before) != len(after) or not len(before):
+            return None
+        return paired_change(before, after, higher_is_better=self.before.higher_is_better)
+
+    def judgement(self, tolerance: float) -> Judgement:
+        """WORSE / WITHIN / UNCLEAR at relative ``tolerance`` from the interval
+        (:func:`~retain.paired_statistics.judge`); without one, from the point estimate
+        (WORSE beyond the tolerance, else WITHIN)."""
+        if self.paired is not None:
+            return judge(self.paired, tolerance)
+        return Judgement("WORSE" if self.change.worsened(tolerance) else "WITHIN")
 
     def to_dict(self, tolerance: float) -> dict[str, Any]:
         """JSON-friendly form, with ``worsened`` judged at relative ``tolerance``."""
@@ -146,6 +175,7 @@ class EvalSuite:
                     float(result.score),
                     dict(result.details),
                     seconds,
+                    result.examples,
                 )
                 if progress is not None:
                     shown = f"{probe.metric} = {result.score:.4g} ({seconds:.1f} s)"
@@ -191,21 +221,52 @@ class EvalSuite:
             )
 
 
-def verdict(changes: Sequence[CapabilityChange], tolerance: float) -> tuple[bool, str]:
-    """``(degraded, one line)``: how many capabilities got worse by more than ``tolerance``.
+def _pct(value: float) -> str:
+    return f"{value:.0%}" if value * 100 == int(value * 100) else f"{value:.1%}"
 
-    ``tolerance`` is relative (0.02 = 2 % of the starting score).
+
+Outcome = Literal["RETAINED", "UNCLEAR", "FORGOT"]
+
+
+def verdict(changes: Sequence[CapabilityChange], tolerance: float) -> tuple[Outcome, str]:
+    """``(outcome, one line)`` for capabilities judged at relative ``tolerance`` (0.02 = 2 % of
+    the starting score), each by :meth:`CapabilityChange.judgement`:
+
+    * ``FORGOT`` when any capability is WORSE (its 95 % interval lies beyond the tolerance);
+    * ``UNCLEAR`` when none is WORSE but some interval straddles the tolerance (the line says
+      about how many examples would settle the closest one);
+    * ``RETAINED`` when every capability is WITHIN.
     """
-    worse = [c for c in changes if c.change.worsened(tolerance)]
-    pct = f"{tolerance:.0%}" if tolerance * 100 == int(tolerance * 100) else f"{tolerance:.1%}"
-    if not worse:
-        return False, (
-            f"RETAINED: no capability degraded by more than {pct} ({len(changes)} checked)"
+    judged = [(c, c.judgement(tolerance)) for c in changes]
+    pct = _pct(tolerance)
+    worse = [c for c, j in judged if j.verdict == "WORSE"]
+    if worse:
+        worst = max(worse, key=lambda c: c.change.relative_degradation)
+        w = worst.change
+        return "FORGOT", (
+            f"FORGOT: {len(worse)} of {len(changes)} capabilities degraded by more than {pct}; "
+            f"worst: {worst.name} {worst.before.metric} {w.before:.4g} -> {w.after:.4g} "
+            f"({w.relative_degradation:+.1%} worse{_interval_text(worst)})"
         )
-    worst = max(worse, key=lambda c: c.change.relative_degradation)
-    w = worst.change
-    return True, (
-        f"FORGOT: {len(worse)} of {len(changes)} capabilities degraded by more than {pct}; "
-        f"worst: {worst.name} {worst.before.metric} {w.before:.4g} -> {w.after:.4g} "
-        f"({w.relative_degradation:+.1%} worse)"
+    unclear = [(c, j) for c, j in judged if j.verdict == "UNCLEAR"]
+    if unclear:
+        needed = [(j.examples_needed, c.name) for c, j in unclear if j.examples_needed]
+        settle = ""
+        if needed:
+            count, name = min(needed)
+            settle = f"; about {count} examples would settle {name}"
+        names = ", ".join(c.name for c, _ in unclear)
+        return "UNCLEAR", (
+            f"UNCLEAR: no capability surely degraded by more than {pct}, but the 95% interval of "
+            f"{len(unclear)} of {len(changes)} straddles it ({names}){settle}"
+        )
+    return "RETAINED", (
+        f"RETAINED: no capability degraded by more than {pct} ({len(changes)} checked)"
     )
+
+
+def _interval_text(change: CapabilityChange) -> str:
+    paired = change.paired
+    if paired is None:
+        return ""
+    return f", 95% interval {paired.low:+.1%} to {paired.high:+.1%}"

@@ -15,7 +15,7 @@ from retain.data.task import Task
 from retain.data.task_heads import task_router
 from retain.errors import RetainError
 from retain.evaluation.base import ProbeResult
-from retain.evaluation.task_accuracy import task_accuracy
+from retain.evaluation.task_accuracy import task_accuracy_examples
 
 __all__ = ["TaskAccuracyProbe"]
 
@@ -56,8 +56,8 @@ class TaskAccuracyProbe:
         if heads is not None:
             heads.use_task(self.task.name)
         try:
-            score = task_accuracy(model, self.task, batch_size=self.batch_size)
+            examples = task_accuracy_examples(model, self.task, batch_size=self.batch_size)
         finally:
             if heads is not None and previous is not None:
                 heads.use_task(previous)
-        return ProbeResult(score, {"n": len(self.task.examples)})
+        return ProbeResult(examples.score, {"n": len(self.task.examples)}, examples)

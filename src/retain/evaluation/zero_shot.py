@@ -26,6 +26,7 @@ from retain.errors import RetainError
 from retain.evaluation.accuracy import check_labels, per_class_accuracy
 from retain.evaluation.base import ProbeResult, eval_mode, model_device
 from retain.evaluation.perplexity import right_pad
+from retain.paired_statistics import ExampleScores
 
 __all__ = [
     "CONTENT_FREE",
@@ -269,6 +270,7 @@ class ZeroShotClassification:
         single = all(len(c) == 1 for cands in candidates for c in cands)
         return ProbeResult(
             score=float((predictions == y).mean()),
+            examples=ExampleScores((predictions == y).astype(float)),
             details={
                 "n": len(y),
                 "per_class_accuracy": per_class_accuracy(

@@ -25,7 +25,7 @@ from retain.evaluation.suite import CapabilityChange, EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_text
 from retain.output_dirs import output_lock
-from retain.records.audit import AuditRecord, Capability, SuiteInfo, Verdict
+from retain.records.audit import AuditRecord, Capability, Interval, SuiteInfo, Verdict
 from retain.records.parts import ModelInfo
 from retain.report.audit_report import audit_markdown
 
@@ -101,7 +101,7 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> Audit
     check_model_reference(config.tuned, reach_hub=True, kind=kind, adapter_base=config.adapter_base)
     suite: EvalSuite = factory.build(config.size)
     base_info, tuned_info, changes = _score_pair(config, suite, kind, say)
-    degraded, line = verdict(changes, config.tolerance)
+    outcome, line = verdict(changes, config.tolerance)
     warnings = _warnings(config, base_info, tuned_info)
     for warning in warnings:
         say(f"warning: {warning}")
@@ -115,7 +115,7 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> Audit
         tuned=tuned_info,
         tolerance=config.tolerance,
         capabilities=[_capability(c, config.tolerance) for c in changes],
-        verdict=Verdict(degraded=degraded, text=line),
+        verdict=Verdict(degraded=outcome == "FORGOT", text=line, outcome=outcome),
         warnings=warnings,
         seconds=time.perf_counter() - start,
     )
@@ -128,7 +128,19 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> Audit
 
 def _capability(change: CapabilityChange, tolerance: float) -> Capability:
     """One capability's scores and change, ``worsened`` judged at relative ``tolerance``."""
-    moved = change.change
+    moved, paired = change.change, change.paired
+    judgement = change.judgement(tolerance)
+    interval = None
+    if paired is not None:
+        interval = Interval(
+            low=paired.low,
+            high=paired.high,
+            level=paired.level,
+            p_value=paired.p_value,
+            test=paired.test,
+            examples=paired.examples,
+            resamples=paired.resamples,
+        )
     return Capability(
         name=change.name,
         metric=change.before.metric,
@@ -140,6 +152,9 @@ def _capability(change: CapabilityChange, tolerance: float) -> Capability:
         degradation=moved.degradation,
         relative_degradation=moved.relative_degradation,
         worsened=moved.worsened(tolerance),
+        verdict=judgement.verdict,
+        interval=interval,
+        examples_needed=judgement.examples_needed,
         details_before=change.before.details,
         details_after=change.after.details,
     )

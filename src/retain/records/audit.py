@@ -19,7 +19,7 @@ from retain.atomic_files import to_jsonable
 from retain.records.base import Num, Part, Record
 from retain.records.parts import ModelInfo
 
-__all__ = ["AuditRecord", "Capability", "Details", "SuiteInfo", "Verdict"]
+__all__ = ["AuditRecord", "Capability", "Details", "Interval", "SuiteInfo", "Verdict"]
 
 #: A probe's free-form details (counts, secondary metrics): a JSON object, written through
 #: :func:`retain.atomic_files.to_jsonable` (``NaN`` as ``null``, numpy scalars as numbers).
@@ -38,6 +38,25 @@ class SuiteInfo(Part):
     """What the suite measures, in one line."""
     size: Literal["quick", "full"]
     """``full`` probe sets, or ``quick`` (smaller ones, for smoke tests)."""
+
+
+class Interval(Part):
+    """The paired uncertainty of a capability's change (:mod:`retain.paired_statistics`)."""
+
+    low: Num
+    """Lower end of the percentile bootstrap interval of the relative degradation (fraction)."""
+    high: Num
+    """Upper end of that interval (fraction)."""
+    level: float
+    """The interval's coverage (0.95)."""
+    p_value: Num
+    """Two-sided p-value of "no change" from ``test``."""
+    test: str
+    """``mcnemar`` (paired correctness) or ``permutation`` (paired swaps)."""
+    examples: int
+    """Paired examples the interval rests on."""
+    resamples: int
+    """Bootstrap resamples."""
 
 
 class Capability(Part):
@@ -70,6 +89,14 @@ class Capability(Part):
     worsened: bool
     """The relative degradation exceeds the audit's ``tolerance`` (when ``before`` is 0: any
     degradation above 0)."""
+    verdict: Literal["WORSE", "WITHIN", "UNCLEAR"] | None = None
+    """WORSE when the interval lies beyond the tolerance, WITHIN when inside, UNCLEAR
+    otherwise; without an interval, from the point estimate (files before intervals: None)."""
+    interval: Interval | None = None
+    """The relative degradation's 95 % interval and paired test (None when the probe gives no
+    per-example scores)."""
+    examples_needed: int | None = None
+    """For UNCLEAR: about how many paired examples would settle it, if the change stayed."""
     details_before: Details = Field(default_factory=dict)
     """The probe's details on the base model (counts, secondary metrics)."""
     details_after: Details = Field(default_factory=dict)
@@ -80,9 +107,12 @@ class Verdict(Part):
     """The audit's conclusion."""
 
     degraded: bool
-    """At least one capability worsened by more than the tolerance."""
+    """At least one capability is WORSE (surely worsened by more than the tolerance)."""
     text: str
-    """One line: ``RETAINED: ...`` or ``FORGOT: ...`` with the worst capability."""
+    """One line: ``RETAINED: ...``, ``UNCLEAR: ...`` or ``FORGOT: ...``."""
+    outcome: Literal["RETAINED", "UNCLEAR", "FORGOT"] | None = None
+    """FORGOT when a capability is WORSE, UNCLEAR when none is but one is UNCLEAR, else
+    RETAINED (files before intervals: None)."""
 
 
 class AuditRecord(Record):
