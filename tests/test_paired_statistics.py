@@ -105,7 +105,8 @@ def test_scores_follow_their_transform_and_the_draw_is_seeded() -> None:
     assert paired_change(b, a, higher_is_better=False, seed=7) == first
     assert paired_change(b, a, higher_is_better=False, seed=8) != first
     again = ExampleScores.from_json(b.to_json())
-    assert np.array_equal(again.values, b.values) and again.transform == "perplexity"
+    assert np.array_equal(again.values, b.values)
+    assert again.transform == "perplexity"
 
 
 @pytest.mark.parametrize(

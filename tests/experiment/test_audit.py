@@ -42,6 +42,12 @@ def test_audit_of_a_model_against_itself_changes_nothing(tiny_lm_dirs: tuple[Pat
     record = run_audit(AuditConfig(str(base), str(base), size="quick"))
     assert all(c.change == 0 for c in record.capabilities)
     assert record.verdict.degraded is False
+    # The same model twice: every paired interval is exactly [0, 0], so the verdict is sure.
+    assert record.verdict.outcome == "RETAINED"
+    for cap in record.capabilities:
+        assert cap.verdict == "WITHIN"
+        assert cap.interval is not None
+        assert (cap.interval.low, cap.interval.high) == (0.0, 0.0)
 
 
 def test_audit_loads_a_peft_adapter_on_its_base(
