@@ -300,6 +300,43 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         "is not a causal language model",
     ),
     ("audit-missing-tuned-arg", (), ["audit", "--base", "{lm}"], "required: --tuned"),
+    # --- lm-evaluation-harness tasks (retain audit --suite lm-eval:...) ---
+    (
+        "audit-lm-eval-unknown-task",
+        (),
+        [*AUDIT_LM[:5], "--suite", "lm-eval:arc_easyy"],
+        "did you mean 'arc_easy'",
+    ),
+    (
+        "audit-lm-eval-data-offline",
+        (),
+        [*AUDIT_LM[:5], "--suite", "lm-eval:arc_easy", "--limit", "5"],
+        "cannot be loaded",
+    ),
+    (
+        "audit-lm-eval-limit-0",
+        (),
+        [*AUDIT_LM[:5], "--suite", "lm-eval:arc_easy", "--limit", "0"],
+        "--limit must be at least 1",
+    ),
+    (
+        "audit-limit-without-lm-eval",
+        (),
+        [*AUDIT_LM, "--limit", "5"],
+        "--limit applies to lm-eval tasks",
+    ),
+    (
+        "audit-lm-eval-include-missing",
+        (),
+        [*AUDIT_LM[:5], "--suite", "lm-eval:x", "--lm-eval-include", "no/tasks"],
+        "is not a folder",
+    ),
+    (
+        "audit-lm-eval-empty",
+        (),
+        [*AUDIT_LM[:5], "--suite", "lm-eval:"],
+        "names no task",
+    ),
     ("audit-no-tokenizer", ("notok",), [*AUDIT_LM[:3], "--tuned", "notok"], "no tokenizer files"),
     ("audit-truncated", ("trunc",), [*AUDIT_LM[:3], "--tuned", "trunc"], "truncated or corrupt"),
     ("audit-garbage", ("garbage",), [*AUDIT_LM[:3], "--tuned", "garbage"], "truncated or corrupt"),

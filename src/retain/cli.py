@@ -58,8 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--suite",
         default="general",
-        help="capability suite: general (causal LMs, default) or encoder (see: retain ls)",
+        help="capability suite: general (causal LMs, default), encoder (see: retain ls), or "
+        "lm-evaluation-harness tasks as lm-eval:TASK[,TASK...]",
     )
+    audit.add_argument(
+        "--lm-eval-include",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of your own lm-eval task YAMLs (repeatable)",
+    )
+    audit.add_argument("--limit", type=int, help="documents per lm-eval task (default: all)")
+    audit.add_argument("--num-fewshot", type=int, help="in-context examples per lm-eval document")
     audit.add_argument(
         "--out",
         type=Path,
@@ -141,6 +152,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
+        lm_eval_include=tuple(args.lm_eval_include),
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
     )
     record = run_audit(config, progress=_say)
     print(audit_table(record))

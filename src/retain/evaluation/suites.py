@@ -17,6 +17,7 @@ from retain.assets.datasets import load_dataset
 from retain.assets.models import ModelKind
 from retain.evaluation.accuracy import ClassificationAccuracy
 from retain.evaluation.base import Probe
+from retain.evaluation.lm_eval_tasks import LmEvalTask
 from retain.evaluation.perplexity import Perplexity
 from retain.evaluation.pseudo_perplexity import PseudoPerplexity
 from retain.evaluation.representation import KNNProbe, LinearProbe
@@ -39,6 +40,11 @@ PROBES.register("accuracy", ClassificationAccuracy, "classification accuracy thr
 PROBES.register("knn", KNNProbe, "kNN accuracy on frozen pooled representations (scikit-learn)")
 PROBES.register(
     "linear", LinearProbe, "logistic-regression probe accuracy on frozen pooled representations"
+)
+PROBES.register(
+    "lm_eval",
+    LmEvalTask,
+    "an lm-evaluation-harness task run on the loaded model, its main metric (retain[lm-eval])",
 )
 PROBES.register(
     "zero_shot",

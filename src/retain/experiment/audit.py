@@ -21,6 +21,7 @@ from typing import Any
 from retain.assets.models import LoadedModel, check_model_reference, load_model
 from retain.distributed import is_main_process, resolve_device
 from retain.errors import RetainError
+from retain.evaluation.lm_eval_tasks import lm_eval_suite, parse_lm_eval_suite
 from retain.evaluation.suite import CapabilityChange, EvalSuite, verdict
 from retain.evaluation.suites import SUITES, SuiteSize
 from retain.experiment.run_dir import check_output_dir, output_directory, write_text
@@ -48,6 +49,9 @@ class AuditConfig:
         trust_remote_code: allow model code from the hub (off by default).
         device: where to evaluate: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
             ``"cuda"``, ``"cuda:1"`` ...
+        lm_eval_include: folders of lm-eval task YAMLs for a suite ``lm-eval:task,task``.
+        limit: documents per lm-eval task (None: all).
+        num_fewshot: in-context examples per lm-eval document (None: the task's default).
     """
 
     base: str
@@ -60,9 +64,29 @@ class AuditConfig:
     overwrite: bool = False
     trust_remote_code: bool = False
     device: str = "auto"
+    lm_eval_include: tuple[Path, ...] = ()
+    limit: int | None = None
+    num_fewshot: int | None = None
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
+        lm_eval = parse_lm_eval_suite(self.suite) is not None
+        given = [
+            flag
+            for flag, value in (
+                ("--lm-eval-include", self.lm_eval_include),
+                ("--limit", self.limit),
+                ("--num-fewshot", self.num_fewshot),
+            )
+            if value not in (None, ())
+        ]
+        if given and not lm_eval:
+            raise RetainError(
+                f"{given[0]} applies to lm-eval tasks; use --suite lm-eval:TASK[,TASK...] or "
+                "drop it"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise RetainError(f"--limit must be at least 1 document per task, got {self.limit}")
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
             hint = (
                 f"; did you mean {self.tolerance / 100:g} ({self.tolerance:g} %)?"
@@ -92,14 +116,24 @@ def run_audit(config: AuditConfig, progress: Callable[[str], None] | None = None
 def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> AuditRecord:
     say = progress or (lambda _line: None)
     start = time.perf_counter()
-    factory = SUITES.get(config.suite)
+    names = parse_lm_eval_suite(config.suite)
+    factory = SUITES.get(config.suite) if names is None else None
     if config.out is not None:
         check_output_dir(config.out, overwrite=config.overwrite, kind="audit")
-    kind = factory.model_kind
+    kind = "causal-lm" if factory is None else factory.model_kind
     # Fail fast on typos and mismatches, before minutes of work.
     check_model_reference(config.base, reach_hub=True, kind=kind)
     check_model_reference(config.tuned, reach_hub=True, kind=kind, adapter_base=config.adapter_base)
-    suite: EvalSuite = factory.build(config.size)
+    if factory is not None:
+        suite: EvalSuite = factory.build(config.size)
+    else:
+        say(f"loading lm-eval tasks {', '.join(names or [])}")
+        suite = lm_eval_suite(
+            names or [],
+            include=config.lm_eval_include,
+            num_fewshot=config.num_fewshot,
+            limit=config.limit,
+        )
     base_info, tuned_info, changes = _score_pair(config, suite, kind, say)
     outcome, line = verdict(changes, config.tolerance)
     warnings = _warnings(config, base_info, tuned_info)

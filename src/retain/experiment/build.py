@@ -208,6 +208,7 @@ def _probe(probe: ProbeSection, k: int, kind: str) -> Any:
         raise RetainError(f"{where}: perplexity needs a causal-lm model; use linear or knn")
     if probe.kind != "perplexity" and kind == "mlp":
         raise RetainError(f"{where}: {probe.kind} probes need a text encoder, not an mlp")
+    assert probe.dataset is not None  # the section's validator requires it
     data = load_dataset(probe.dataset)
     if probe.kind == "perplexity":
         rows = subset(_rows(data, probe.split, None, where), probe.n)
@@ -237,8 +238,24 @@ def _suite(config: ExperimentConfig) -> EvalSuite | None:
                 f"{config.model.kind!r}; pick another suite or list probes"
             )
         return factory.build(section.size)
-    probes = [_probe(p, k, config.model.kind) for k, p in enumerate(section.probes)]
+    probes: list[Any] = []
+    for k, p in enumerate(section.probes):
+        probes += _probes(p, k, config.model.kind)
     return EvalSuite("custom", probes, "probes listed in the experiment config")
+
+
+def _probes(probe: ProbeSection, k: int, kind: str) -> list[Any]:
+    """The probes of one ``suite.probes`` entry (an ``lm_eval`` entry gives one per task)."""
+    if probe.kind != "lm_eval":
+        return [_probe(probe, k, kind)]
+    from retain.evaluation.lm_eval_tasks import lm_eval_suite
+
+    if kind != "causal-lm":
+        raise RetainError(f"suite.probes.{k}: lm_eval tasks need a causal-lm model")
+    suite = lm_eval_suite(
+        probe.tasks, include=probe.include, num_fewshot=probe.num_fewshot, limit=probe.limit
+    )
+    return list(suite.probes)
 
 
 def build_strategies(

@@ -162,20 +162,43 @@ class ProbeSection(_Section):
 
     Attributes:
         kind: ``perplexity`` (causal LMs: token perplexity of held-out text), ``linear`` or
-            ``knn`` (encoders: a probe on frozen mean-pooled representations).
-        dataset: the dataset holding the text (and labels for ``linear``/``knn``).
+            ``knn`` (encoders: a probe on frozen mean-pooled representations), ``lm_eval``
+            (causal LMs: lm-evaluation-harness ``tasks``, one capability each).
+        dataset: the dataset holding the text (and labels for ``linear``/``knn``); not for
+            ``lm_eval``.
         name: the capability's name (default ``<dataset>`` or ``<dataset>_<kind>``).
         split: split to read for perplexity, and the test split of the probes.
         n: rows used (a fixed seeded sample; probes use ``n`` train and ``n // 2`` test rows).
         max_length: tokens per perplexity window.
+        tasks: ``lm_eval`` only: lm-eval task names (its registry, or YAMLs in ``include``).
+        num_fewshot: ``lm_eval`` only: in-context examples per document (None: the task's).
+        limit: ``lm_eval`` only: documents per task (None: all).
+        include: ``lm_eval`` only: folders of your own lm-eval task YAMLs.
     """
 
-    kind: Literal["perplexity", "linear", "knn"]
-    dataset: str
+    kind: Literal["perplexity", "linear", "knn", "lm_eval"]
+    dataset: str | None = None
     name: str | None = None
     split: str = "test"
     n: int = Field(default=64, ge=2)
     max_length: int = Field(default=512, ge=8)
+    tasks: list[str] = Field(default_factory=list)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=1)
+    include: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _source_fits_kind(self) -> ProbeSection:
+        if self.kind == "lm_eval":
+            if not self.tasks:
+                raise ValueError("an lm_eval probe needs tasks: [task, ...]")
+            if self.dataset is not None:
+                raise ValueError("an lm_eval probe reads its tasks' own data; drop dataset")
+        elif self.dataset is None:
+            raise ValueError(f"a {self.kind} probe needs a dataset")
+        elif self.tasks or self.include:
+            raise ValueError("tasks and include are for kind: lm_eval")
+        return self
 
 
 class SuiteSection(_Section):

@@ -42,7 +42,7 @@ def _detail(value: Any) -> str:
 def _worse_by(cap: Capability) -> str:
     """The relative degradation and its interval: ``+3.1% [+1.2, +5.0]`` (percent, positive =
     worse)."""
-    point = _num(cap.relative_degradation, "+.1%")
+    point = _num(cap.relative_degradation + 0.0, "+.1%")  # + 0.0: no "-0.0%"
     if cap.interval is None:
         return point
     low, high = (_num(100 * v, "+.1f") for v in (cap.interval.low, cap.interval.high))
