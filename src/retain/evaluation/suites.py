@@ -88,6 +88,7 @@ def _general(size: SuiteSize) -> EvalSuite:
     names = movies.features["label"].names
     probes: list[Probe] = [
         Perplexity("general_text", general["text"], max_length=512),
+        *_corpora(quick),
         ZeroShotClassification(
             "sentiment_zero_shot",
             movies["text"],
@@ -99,6 +100,19 @@ def _general(size: SuiteSize) -> EvalSuite:
         ),
     ]
     return EvalSuite("general", probes, _SUITE_TEXT["general"])
+
+
+def _corpora(quick: bool) -> list[Probe]:
+    """Perplexity per kind of held-out text: encyclopedic (Wikipedia passages), news (ABC
+    news documents) and short social-media text (health-news tweets), each a capability."""
+    general = load_dataset("general_text")["test"]
+    tweets = subset(load_dataset("health_tweets")["test"], 24 if quick else 300, seed=1)
+    probes: list[Probe] = []
+    for source, name in (("wikipedia", "wikipedia_text"), ("news", "news_text")):
+        rows = general.select([k for k, s in enumerate(general["source"]) if s == source])
+        probes.append(Perplexity(name, subset(rows, 4 if quick else 48, seed=1)["text"]))
+    probes.append(Perplexity("tweets_text", tweets["text"], max_length=128))
+    return probes
 
 
 def _probe_pair(name: str, size: SuiteSize, n_train: int, n_test: int) -> list[Probe]:
@@ -119,8 +133,9 @@ def _encoder(size: SuiteSize) -> EvalSuite:
 
 
 _SUITE_TEXT = {
-    "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text) and "
-    "calibrated zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
+    "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text, pooled), "
+    "per corpus (wikipedia_text, news_text, tweets_text from health_tweets) and calibrated "
+    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
     "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
     "for news source (news_sources) and question type (trec)",
 }
