@@ -17,6 +17,7 @@ from retain.assets.datasets import load_dataset
 from retain.assets.models import ModelKind
 from retain.evaluation.accuracy import ClassificationAccuracy
 from retain.evaluation.base import Probe
+from retain.evaluation.few_shot import FewShotClassification
 from retain.evaluation.lm_eval_tasks import LmEvalTask
 from retain.evaluation.perplexity import Perplexity
 from retain.evaluation.pseudo_perplexity import PseudoPerplexity
@@ -40,6 +41,11 @@ PROBES.register("accuracy", ClassificationAccuracy, "classification accuracy thr
 PROBES.register("knn", KNNProbe, "kNN accuracy on frozen pooled representations (scikit-learn)")
 PROBES.register(
     "linear", LinearProbe, "logistic-regression probe accuracy on frozen pooled representations"
+)
+PROBES.register(
+    "few_shot",
+    FewShotClassification,
+    "few-shot in-context classification of a causal LM: k seeded class-balanced demonstrations",
 )
 PROBES.register(
     "lm_eval",
@@ -98,8 +104,28 @@ def _general(size: SuiteSize) -> EvalSuite:
             label_names=names,
             calibrate=True,
         ),
+        _critic_few_shot(quick),
     ]
     return EvalSuite("general", probes, _SUITE_TEXT["general"])
+
+
+def _critic_few_shot(quick: bool) -> Probe:
+    """4-shot in-context classification of critic snippets (``rotten_tomatoes``, a dataset no
+    other probe of the suite reads): rotten or fresh, as negative or positive."""
+    data = load_dataset("rotten_tomatoes")
+    train = subset(data["train"], 200, seed=2)
+    test = subset(data["test"], 24 if quick else 300, seed=2)
+    return FewShotClassification(
+        "critics_few_shot",
+        train["text"],
+        train["label"],
+        test["text"],
+        test["label"],
+        [" negative", " positive"],
+        k=4,
+        template="Review: {text}\nSentiment:",
+        label_names=data["train"].features["label"].names,
+    )
 
 
 def _corpora(quick: bool) -> list[Probe]:
@@ -135,7 +161,8 @@ def _encoder(size: SuiteSize) -> EvalSuite:
 _SUITE_TEXT = {
     "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text, pooled), "
     "per corpus (wikipedia_text, news_text, tweets_text from health_tweets) and calibrated "
-    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets)",
+    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets) and 4-shot "
+    "in-context critic sentiment (rotten_tomatoes)",
     "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
     "for news source (news_sources) and question type (trec)",
 }
