@@ -198,11 +198,12 @@ def test_health_tweets_are_test_only_short_unique_text() -> None:
     assert (spec.kind, spec.label_column) == ("text", None)
     assert "test split only" in spec.description
     texts = list(data["test"]["text"])
-    assert 50_000 <= len(texts) <= 63_500  # 63,326 tweets less duplicates
+    assert len(texts) == 60_383  # 63,325 tweets, links removed, less duplicates
     assert len({normalize_text(t) for t in texts}) == len(texts)
     assert np.median([len(t) for t in texts]) < 140  # short social-media text
     assert all(t == " ".join(t.split()) for t in texts[:1000])
     assert not any("&amp;" in t for t in texts)  # HTML entities decoded
+    assert not any("http" in t for t in texts)  # links removed
 
 
 def test_general_text_is_disjoint_from_every_other_text_dataset() -> None:

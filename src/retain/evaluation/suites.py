@@ -154,6 +154,7 @@ def _encoder(size: SuiteSize) -> EvalSuite:
     probes = [
         *_probe_pair("news_sources", size, 1500, 600),
         *_probe_pair("trec", size, 1500, 500),
+        *_probe_pair("rotten_tomatoes", size, 1500, 500),
     ]
     return EvalSuite("encoder", probes, _SUITE_TEXT["encoder"])
 
@@ -164,7 +165,8 @@ _SUITE_TEXT = {
     "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets) and 4-shot "
     "in-context critic sentiment (rotten_tomatoes)",
     "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
-    "for news source (news_sources) and question type (trec)",
+    "for news source (news_sources), question type (trec) and critic sentiment "
+    "(rotten_tomatoes)",
 }
 
 SUITES: Registry[SuiteFactory] = Registry("suite")
