@@ -27,6 +27,9 @@ def test_general_suite_on_smollm2_is_pinned() -> None:
     few = result.scores["critics_few_shot"]
     assert few.score == pytest.approx(PINNED["critics_few_shot"], abs=0.051)
     assert few.details["k"] == 4
+    continuation = result.scores["continuation"]  # SmolLM2's own greedy text, under itself
+    assert continuation.score == pytest.approx(PINNED["continuation"], rel=0.02)
+    assert 0 < continuation.details["distinct_2"] <= 1
 
 
 def test_encoder_suite_on_minilm_is_pinned() -> None:
@@ -55,6 +58,7 @@ PINNED = {
     "news_text": 32.93037,
     "tweets_text": 650.01631,
     "critics_few_shot": 0.66667,
+    "continuation": 3.06923,
     "rotten_tomatoes_knn": 0.66,
     "rotten_tomatoes_linear": 0.77,
 }

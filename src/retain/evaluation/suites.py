@@ -18,6 +18,7 @@ from retain.assets.models import ModelKind
 from retain.evaluation.accuracy import ClassificationAccuracy
 from retain.evaluation.base import Probe
 from retain.evaluation.few_shot import FewShotClassification
+from retain.evaluation.generation import GenerationQuality
 from retain.evaluation.lm_eval_tasks import LmEvalTask
 from retain.evaluation.perplexity import Perplexity
 from retain.evaluation.pseudo_perplexity import PseudoPerplexity
@@ -46,6 +47,11 @@ PROBES.register(
     "few_shot",
     FewShotClassification,
     "few-shot in-context classification of a causal LM: k seeded class-balanced demonstrations",
+)
+PROBES.register(
+    "generation",
+    GenerationQuality,
+    "greedy continuations: repetition, length and fluency (perplexity under the first model)",
 )
 PROBES.register(
     "lm_eval",
@@ -105,8 +111,17 @@ def _general(size: SuiteSize) -> EvalSuite:
             calibrate=True,
         ),
         _critic_few_shot(quick),
+        _continuations(quick),
     ]
     return EvalSuite("general", probes, _SUITE_TEXT["general"])
+
+
+def _continuations(quick: bool) -> Probe:
+    """Greedy continuations of the first 16 words of held-out passages, scored for repetition
+    and for fluency under the first model evaluated (the base, in an audit)."""
+    rows = subset(load_dataset("general_text")["test"], 4 if quick else 32, seed=3)
+    prompts = [" ".join(text.split()[:16]) for text in rows["text"]]
+    return GenerationQuality("continuation", prompts, max_new_tokens=16 if quick else 48)
 
 
 def _critic_few_shot(quick: bool) -> Probe:
@@ -162,8 +177,8 @@ def _encoder(size: SuiteSize) -> EvalSuite:
 _SUITE_TEXT = {
     "general": "causal LM: perplexity on held-out news + Wikipedia text (general_text, pooled), "
     "per corpus (wikipedia_text, news_text, tweets_text from health_tweets) and calibrated "
-    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets) and 4-shot "
-    "in-context critic sentiment (rotten_tomatoes)",
+    "zero-shot movie-review sentiment by label-word log-likelihood (movie_snippets), 4-shot "
+    "in-context critic sentiment (rotten_tomatoes) and the fluency of greedy continuations",
     "encoder": "encoder: kNN and logistic-regression probes on frozen mean-pooled representations "
     "for news source (news_sources), question type (trec) and critic sentiment "
     "(rotten_tomatoes)",
