@@ -112,13 +112,15 @@ class ExampleScores:
     __hash__ = None  # type: ignore[assignment]
 
     @property
+    def weight_values(self) -> np.ndarray:
+        """``w_i``, each 1 for a plain mean."""
+        return np.ones_like(self.values) if self.weights is None else self.weights
+
+    @property
     def score(self) -> float:
         """The probe's score recomputed from the examples."""
-        return float(_scores(self, self.values[None, :].sum(1), self._weight_sums(None))[0])
-
-    def _weight_sums(self, counts: np.ndarray | None) -> np.ndarray:
-        weights = np.ones_like(self.values) if self.weights is None else self.weights
-        return np.array([weights.sum()]) if counts is None else counts @ weights
+        sums = np.array([self.values.sum()]), np.array([self.weight_values.sum()])
+        return float(_scores(self, *sums)[0])
 
     def to_json(self) -> dict[str, object]:
         """Plain JSON (lists of floats), as checkpoints keep it."""
@@ -202,15 +204,8 @@ def _bootstrap(
 ) -> np.ndarray:
     """``d`` on each of ``resamples`` paired resamples (counts from one index draw per row)."""
     n = len(before)
-    ones = np.ones(n)
     table = np.stack(
-        [
-            before.values,
-            ones if before.weights is None else before.weights,
-            after.values,
-            ones if after.weights is None else after.weights,
-        ],
-        axis=1,
+        [before.values, before.weight_values, after.values, after.weight_values], axis=1
     )
     out = []
     for start in range(0, resamples, _CHUNK):
@@ -242,8 +237,7 @@ def _permutation(
     """Two-sided p-value of a paired permutation test: each example's two values (and weights)
     swap with probability 1/2; the statistic is ``score_after − score_before``."""
     n = len(before)
-    wb = np.ones(n) if before.weights is None else before.weights
-    wa = np.ones(n) if after.weights is None else after.weights
+    wb, wa = before.weight_values, after.weight_values
     observed = abs(after.score - before.score)
     hits = 0
     for start in range(0, resamples, _CHUNK):

@@ -105,7 +105,11 @@ class GenerationQuality:
 
     def continue_prompts(self, model: torch.nn.Module, tokenizer: Any) -> list[list[int]]:
         """Greedy continuations (token ids, cut at the end-of-sequence token)."""
-        prompts = self._prompt_ids(tokenizer)
+        return self._continue(model, tokenizer, self._prompt_ids(tokenizer))
+
+    def _continue(
+        self, model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]]
+    ) -> list[list[int]]:
         pad = pad_token_id(tokenizer)
         eos = getattr(tokenizer, "eos_token_id", None)
         device = model_device(model)
@@ -141,8 +145,9 @@ class GenerationQuality:
             self.reference = copy.deepcopy(model).to("cpu").eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
-        continuations = self.continue_prompts(model, tokenizer)
-        nll, lengths = self._reference_nll(tokenizer, continuations)
+        prompts = self._prompt_ids(tokenizer)
+        continuations = self._continue(model, tokenizer, prompts)
+        nll, lengths = self._reference_nll(prompts, continuations)
         examples = ExampleScores(nll, lengths, "perplexity")
         total = float(lengths.sum())
         return ProbeResult(
@@ -158,10 +163,9 @@ class GenerationQuality:
         )
 
     def _reference_nll(
-        self, tokenizer: Any, continuations: list[list[int]]
+        self, prompts: list[list[int]], continuations: list[list[int]]
     ) -> tuple[np.ndarray, np.ndarray]:
         assert self.reference is not None
-        prompts = self._prompt_ids(tokenizer)
         nll = np.zeros(len(continuations))
         lengths = np.array([float(len(c)) for c in continuations])
         scored = [k for k, c in enumerate(continuations) if c]

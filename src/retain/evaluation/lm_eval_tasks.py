@@ -81,10 +81,9 @@ class LmEvalSource:
                     f"--lm-eval-include {str(folder)!r} is not a folder; point it at a folder "
                     "of lm-eval task YAMLs"
                 )
-        lm_eval = _lm_eval()
+        _lm_eval()  # a missing package is one line naming the extra
         from lm_eval.tasks import TaskManager
 
-        del lm_eval
         paths = [str(p.resolve()) for p in self.include]
         self.manager = TaskManager(include_path=paths or None)
 

@@ -164,17 +164,7 @@ def _capability(change: CapabilityChange, tolerance: float) -> Capability:
     """One capability's scores and change, ``worsened`` judged at relative ``tolerance``."""
     moved, paired = change.change, change.paired
     judgement = change.judgement(tolerance)
-    interval = None
-    if paired is not None:
-        interval = Interval(
-            low=paired.low,
-            high=paired.high,
-            level=paired.level,
-            p_value=paired.p_value,
-            test=paired.test,
-            examples=paired.examples,
-            resamples=paired.resamples,
-        )
+    interval = None if paired is None else Interval.model_validate(paired, from_attributes=True)
     return Capability(
         name=change.name,
         metric=change.before.metric,

@@ -293,6 +293,13 @@ def _gradient_diagnostics(
         laps.lap("interference")
 
 
+def _settings(config: DiagnoseConfig, kind: str, device: str) -> DiagnoseSettings:
+    """The settings section: every setting the config shares with it by name, plus the model's
+    kind and the device it ran on."""
+    shared = {k: getattr(config, k) for k in DiagnoseSettings.model_fields if hasattr(config, k)}
+    return DiagnoseSettings.model_validate({**shared, "model_kind": kind, "device": device})
+
+
 def _record(
     config: DiagnoseConfig,
     plan: _Plan,
@@ -311,20 +318,7 @@ def _record(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         base=ModelInfo.model_validate(base.describe()),
         tuned=ModelInfo.model_validate(tuned.describe()),
-        settings=DiagnoseSettings(
-            data=config.data,
-            general=config.general,
-            model_kind=plan.kind,
-            samples=config.samples,
-            fisher_samples=config.fisher_samples,
-            batches=config.batches,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-            max_tokens=config.max_tokens,
-            top=config.top,
-            exclude=config.exclude,
-            device=device,
-        ),
+        settings=_settings(config, plan.kind, device),
         drift=results.drift,
         importance=results.importance,
         interference=results.interference,

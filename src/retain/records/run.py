@@ -13,10 +13,12 @@ score's direction (``score.higher_is_better``).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, computed_field, field_validator, model_validator
 
+from retain.atomic_files import write_json
 from retain.records.base import Num, Part, Record
 from retain.records.parts import CkaLayer, OutputShift, Score
 
@@ -184,12 +186,8 @@ class RunResult(Part):
     def _empty_suite_is_none(cls, value: Any) -> Any:
         return None if value == {} else value  # how files before the typed records said it
 
-    def save(self, path: Any) -> None:
+    def save(self, path: str | Path) -> None:
         """Write the result to ``path`` as indented strict JSON, atomically."""
-        from pathlib import Path
-
-        from retain.atomic_files import write_json
-
         write_json(Path(path), self.to_json())
 
 
