@@ -50,6 +50,7 @@ __all__ = [
     "PairedChange",
     "Verdict",
     "judge",
+    "judge_interval",
     "paired_change",
 ]
 
@@ -312,14 +313,26 @@ def judge(change: PairedChange, tolerance: float) -> Judgement:
     >>> judge(c, 0.04)  # the interval straddles 4 %: 400 * (0.03 / 0.02)^2 = 900 examples
     Judgement(verdict='UNCLEAR', examples_needed=900)
     """
-    if not (math.isfinite(change.low) and math.isfinite(change.high)):
+    return judge_interval(change.degradation, change.low, change.high, change.examples, tolerance)
+
+
+def judge_interval(
+    degradation: float, low: float, high: float, examples: int, tolerance: float
+) -> Judgement:
+    """:func:`judge` from the figures a record keeps: the point ``degradation``, its interval
+    ``[low, high]`` on ``examples`` paired examples, and the relative ``tolerance``.
+
+    >>> judge_interval(0.10, 0.06, 0.14, 500, 0.02).verdict
+    'WORSE'
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
         return Judgement("UNCLEAR")
-    if change.low > tolerance:
+    if low > tolerance:
         return Judgement("WORSE")
-    if change.high <= tolerance:
+    if high <= tolerance:
         return Judgement("WITHIN")
-    gap = abs(change.degradation - tolerance)
-    half = (change.high - change.low) / 2
+    gap = abs(degradation - tolerance)
+    half = (high - low) / 2
     if gap == 0 or not math.isfinite(gap):
         return Judgement("UNCLEAR")
-    return Judgement("UNCLEAR", math.ceil(change.examples * (half / gap) ** 2))
+    return Judgement("UNCLEAR", math.ceil(examples * (half / gap) ** 2))

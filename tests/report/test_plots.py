@@ -191,6 +191,31 @@ def test_write_run_report(tmp_path: Path, real_results: RunRecord) -> None:
     assert leftovers == []  # atomic writes leave no temporary files
 
 
+def test_run_report_suite_shows_intervals_and_verdicts(
+    tmp_path: Path, real_results: RunRecord
+) -> None:
+    suite = real_results.run.suite
+    assert suite is not None
+    assert len(suite.intervals) == len(suite.after) == 3
+    for t in range(3):
+        interval = suite.interval_after(t, "digits/original")
+        assert interval is not None
+        assert (interval.examples, interval.test, interval.level) == (150, "mcnemar", 0.95)
+        assert interval.low <= suite.degradation_after(t, "digits/original") <= interval.high
+    write_json(tmp_path / "results.json", real_results.to_json())
+    text = write_run_report(tmp_path).read_text(encoding="utf-8")
+    last = suite.interval_after(2, "digits/original")
+    assert last is not None
+    assert f"[{100 * last.low:+.1f}, {100 * last.high:+.1f}]" in text
+    assert "verdict at the budget" in text  # the run has a monitor: judged at its budget
+    assert re.search(r"\] (WORSE|WITHIN|UNCLEAR)", text)
+    old = real_results.model_copy(deep=True)
+    assert old.run.suite is not None
+    old.run.suite.intervals = []  # a file written before intervals still renders
+    write_json(tmp_path / "results.json", old.to_json())
+    assert not re.search(r"\] (WORSE|WITHIN|UNCLEAR)", write_run_report(tmp_path).read_text())
+
+
 def test_write_run_report_needs_results(tmp_path: Path) -> None:
     with pytest.raises(RetainError, match=r"has no results.json; run `retain run` first"):
         write_run_report(tmp_path)
@@ -245,6 +270,9 @@ def test_comparison_report(comparison: Any) -> None:
     assert all(target.is_file() for target in targets)
     assert all(s.startswith("data:image/png;base64,") for s in IMG.findall(text))
     assert text.count('<tr class="pareto">') == 2
+    low, high = rows[0]["forgetting"]["low"], rows[0]["forgetting"]["high"]
+    assert low < rows[0]["forgetting"]["mean"] < high  # two seeds: a t-interval over seeds
+    assert f'<span class="ci">[{low:.4g}, {high:.4g}]</span>' in text
     assert "http" not in text
 
 

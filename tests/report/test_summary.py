@@ -138,14 +138,19 @@ def test_aggregate_mean_sd_order_and_pareto() -> None:
     # a: new-task scores 0.8 and 0.6 -> mean 0.7, sample sd sqrt(2 * 0.1^2 / 1)
     assert a["new_task_score"]["mean"] == pytest.approx(0.7)
     assert a["new_task_score"]["sd"] == pytest.approx(math.sqrt(0.02))
+    # its 95 % interval over 2 seeds: 0.7 ± t(0.975, 1) * 0.1414 / sqrt(2) = 0.7 ± 12.7062 * 0.1
+    assert a["new_task_score"]["low"] == pytest.approx(0.7 - 1.270620, abs=1e-6)
+    assert a["new_task_score"]["high"] == pytest.approx(0.7 + 1.270620, abs=1e-6)
     # a: forgetting 0.8 - 0.5 = 0.3 and 0.6 - 0.5 = 0.1 -> mean 0.2, sd sqrt(0.02)
     assert a["forgetting"]["mean"] == pytest.approx(0.2)
     assert a["forgetting"]["sd"] == pytest.approx(math.sqrt(0.02))
     assert a["backward_transfer"]["mean"] == pytest.approx(-0.2)
-    assert a["seconds"] == {"mean": 10.0, "sd": 0.0}  # the None seed is skipped
-    assert b["new_task_score"] == {"mean": 0.9, "sd": 0.0}  # one run: sd 0
+    # the None seed is skipped; one run: sd 0 and no interval
+    assert a["seconds"] == {"mean": 10.0, "sd": 0.0, "low": None, "high": None}
+    assert b["new_task_score"] == {"mean": 0.9, "sd": 0.0, "low": None, "high": None}
     assert b["forgetting"]["mean"] == pytest.approx(0.6)
-    assert a["capability_degradation"] == {"mean": None, "sd": None}  # no suite anywhere
+    no_suite = {"mean": None, "sd": None, "low": None, "high": None}
+    assert a["capability_degradation"] == no_suite  # no suite anywhere
     # Pareto on (new-task score, forgetting): b (0.9, 0.6), a (0.7, 0.2), c (0.6, 0.4).
     # c is dominated by a (higher score, less forgetting); a and b trade off.
     assert [r["pareto"] for r in rows] == [True, True, False]

@@ -164,7 +164,6 @@ def _capability(change: CapabilityChange, tolerance: float) -> Capability:
     """One capability's scores and change, ``worsened`` judged at relative ``tolerance``."""
     moved, paired = change.change, change.paired
     judgement = change.judgement(tolerance)
-    interval = None if paired is None else Interval.model_validate(paired, from_attributes=True)
     return Capability(
         name=change.name,
         metric=change.before.metric,
@@ -177,7 +176,7 @@ def _capability(change: CapabilityChange, tolerance: float) -> Capability:
         relative_degradation=moved.relative_degradation,
         worsened=moved.worsened(tolerance),
         verdict=judgement.verdict,
-        interval=interval,
+        interval=Interval.of(paired),
         examples_needed=judgement.examples_needed,
         details_before=change.before.details,
         details_after=change.after.details,

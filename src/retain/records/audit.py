@@ -17,7 +17,7 @@ from pydantic import Field, PlainSerializer
 
 from retain.atomic_files import to_jsonable
 from retain.records.base import Num, Part, Record
-from retain.records.parts import ModelInfo
+from retain.records.parts import Interval, ModelInfo
 
 __all__ = ["AuditRecord", "Capability", "Details", "Interval", "SuiteInfo", "Verdict"]
 
@@ -38,25 +38,6 @@ class SuiteInfo(Part):
     """What the suite measures, in one line."""
     size: Literal["quick", "full"]
     """``full`` probe sets, or ``quick`` (smaller ones, for smoke tests)."""
-
-
-class Interval(Part):
-    """The paired uncertainty of a capability's change (:mod:`retain.paired_statistics`)."""
-
-    low: Num
-    """Lower end of the percentile bootstrap interval of the relative degradation (fraction)."""
-    high: Num
-    """Upper end of that interval (fraction)."""
-    level: float
-    """The interval's coverage (0.95)."""
-    p_value: Num
-    """Two-sided p-value of "no change" from ``test``."""
-    test: str
-    """``mcnemar`` (paired correctness) or ``permutation`` (paired swaps)."""
-    examples: int
-    """Paired examples the interval rests on."""
-    resamples: int
-    """Bootstrap resamples."""
 
 
 class Capability(Part):

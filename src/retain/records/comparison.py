@@ -39,12 +39,18 @@ class RunSummary(Part):
 
 
 class MeanSd(Part):
-    """A figure's mean and sample standard deviation over seeds (sd 0 for one run)."""
+    """A figure's mean and sample standard deviation over seeds (sd 0 for one run), and the 95 %
+    Student-t interval of the mean: ``mean ± t_{0.975, n-1} · sd / sqrt(n)`` over the ``n`` runs
+    where the figure is defined (undefined for fewer than 2)."""
 
     mean: Num
     """Mean over the runs where the figure is defined."""
     sd: Num
     """Sample standard deviation (``n - 1`` in the denominator)."""
+    low: Num = float("nan")
+    """Lower end of the mean's 95 % interval over seeds (the figure's unit)."""
+    high: Num = float("nan")
+    """Upper end of the mean's 95 % interval over seeds (the figure's unit)."""
 
 
 class ComparisonRow(Part):

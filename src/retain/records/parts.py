@@ -1,13 +1,27 @@
-"""Sections that several records share: a model's identity, a score's name and direction, and
-the representational and output shift between two models."""
+"""Sections that several records share: a model's identity, a score's name and direction, the
+paired interval of a capability's change, and the representational and output shift between
+two models."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from retain.records.base import Num, Part
 
-__all__ = ["CkaLayer", "ModelInfo", "OutputShift", "Score", "TokenShift", "TokenizerInfo"]
+if TYPE_CHECKING:
+    from retain.paired_statistics import PairedChange
+
+__all__ = [
+    "CkaLayer",
+    "Interval",
+    "ModelInfo",
+    "OutputShift",
+    "Score",
+    "TokenShift",
+    "TokenizerInfo",
+]
 
 
 class Score(Part):
@@ -99,3 +113,27 @@ class OutputShift(Part):
     """Tokens whose mean probability fell the most."""
     kl_sample: list[Num] = []
     """A sample of per-position KL values for the histogram (nats)."""
+
+
+class Interval(Part):
+    """The paired uncertainty of a capability's change (:mod:`retain.paired_statistics`)."""
+
+    low: Num
+    """Lower end of the percentile bootstrap interval of the relative degradation (fraction)."""
+    high: Num
+    """Upper end of that interval (fraction)."""
+    level: float
+    """The interval's coverage (0.95)."""
+    p_value: Num
+    """Two-sided p-value of "no change" from ``test``."""
+    test: str
+    """``mcnemar`` (paired correctness) or ``permutation`` (paired swaps)."""
+    examples: int
+    """Paired examples the interval rests on."""
+    resamples: int
+    """Bootstrap resamples."""
+
+    @classmethod
+    def of(cls, paired: PairedChange | None) -> Interval | None:
+        """The record of ``paired`` (None for None: a probe without per-example scores)."""
+        return None if paired is None else cls.model_validate(paired, from_attributes=True)

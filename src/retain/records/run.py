@@ -20,7 +20,7 @@ from pydantic import Field, computed_field, field_validator, model_validator
 
 from retain.atomic_files import write_json
 from retain.records.base import Num, Part, Record
-from retain.records.parts import CkaLayer, OutputShift, Score
+from retain.records.parts import CkaLayer, Interval, OutputShift, Score
 
 __all__ = [
     "BudgetEval",
@@ -138,6 +138,10 @@ class SuiteScores(Part):
     """Per task, every capability's score after it."""
     relative_degradation: list[dict[str, Num]]
     """Per task, ``(before - after) / |before|`` with the sign making positive = worse."""
+    intervals: list[dict[str, Interval | None]] = []
+    """Per task, each capability's 95 % paired bootstrap interval of the relative degradation
+    against the baseline, on the probe's examples (None when the probe gives no per-example
+    scores; empty in files written before intervals)."""
 
     def score_after(self, task: int, capability: str) -> float:
         """``capability``'s score after task ``task`` (``NaN`` when not measured)."""
@@ -149,6 +153,11 @@ class SuiteScores(Part):
         found = self.relative_degradation
         changes = found[task] if task < len(found) else {}
         return changes.get(capability, math.nan)
+
+    def interval_after(self, task: int, capability: str) -> Interval | None:
+        """``capability``'s interval after task ``task`` (None when not measured)."""
+        found = self.intervals[task] if task < len(self.intervals) else {}
+        return found.get(capability)
 
 
 class RunResult(Part):

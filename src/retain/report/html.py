@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from retain.paired_statistics import judge_interval
 from retain.records.comparison import ComparisonRow
 from retain.records.parts import Score
 from retain.records.run import InterferenceRecord, RunRecord, RunResult, ShiftRecord
@@ -98,7 +99,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}td{white-space:n
 td.l{white-space:normal;max-width:30em}.wrap{overflow-x:auto}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 td.diag{background:#e8f0fe;font-weight:600}tr.pareto td{background:#fff4e5}
-.worse{color:#b00020}.meta td{text-align:left}
+.worse{color:#b00020}.ci{color:#666;font-size:.85em}.meta td{text-align:left}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555;max-width:900px}
 """
@@ -231,18 +232,32 @@ def _suite_table(run: RunResult, budget: float | None) -> str:
     suite = run.suite
     if suite is None or not suite.baseline:
         return ""
+    tolerance = 0.0 if budget is None else budget
     rows = []
     for cap, base in suite.baseline.items():
         cells = [escape(cap), number(base)]
         for t in range(len(suite.after)):
             rel = suite.degradation_after(t, cap)
-            worse = math.isfinite(rel) and budget is not None and rel > budget
             text = f"{number(suite.score_after(t, cap))} ({number(rel, '+.1%')})"
-            cells.append(f'<td class="worse">{text}</td>' if worse else text)
+            interval = suite.interval_after(t, cap)
+            if interval is None:
+                worse = math.isfinite(rel) and budget is not None and rel > budget
+                cells.append(f'<td class="worse">{text}</td>' if worse else text)
+                continue
+            low, high = (number(100 * v, "+.1f") for v in (interval.low, interval.high))
+            verdict = judge_interval(rel, interval.low, interval.high, interval.examples, tolerance)
+            text += f" [{low}, {high}] {verdict.verdict}"
+            cells.append(f'<td class="worse">{text}</td>' if verdict.verdict == "WORSE" else text)
         rows.append(cells)
     shown = run.tasks[: len(suite.after)]
     header = ["capability", "baseline", *(f"after {escape(t)}" for t in shown)]
-    note = "<p>Score after each task (relative degradation against the baseline, + = worse).</p>"
+    limit = "the budget" if budget is not None else "0 (no budget: WORSE means surely worse)"
+    note = (
+        "<p>Score after each task (relative degradation against the baseline, + = worse), "
+        "its 95% paired bootstrap interval in percent over the probe's examples, and the "
+        f"verdict at {limit}: WORSE when the interval lies above it, WITHIN when below, "
+        "UNCLEAR when it straddles it.</p>"
+    )
     return f"<h2>Capability suite: {escape(suite.name)}</h2>{note}" + html_table(header, rows)
 
 
@@ -346,7 +361,9 @@ def _row_cells(row: ComparisonRow) -> list[str]:
         mean = number(stat.mean, _figure_spec(key))
         sd = number(stat.sd, _figure_spec(key, sd=True))
         single = not math.isfinite(stat.mean) or row.n < 2
-        cells.append(mean if single else f"{mean} ± {sd}")
+        low, high = (number(v, _figure_spec(key)) for v in (stat.low, stat.high))
+        interval = f'<br><span class="ci">[{low}, {high}]</span>' if math.isfinite(stat.low) else ""
+        cells.append(mean if single else f"{mean} ± {sd}{interval}")
     return cells
 
 
@@ -373,7 +390,8 @@ def comparison_html(
     marks = ["pareto" if row.pareto else "" for row in rows]
     html_rows = html_table(header, [_row_cells(row) for row in rows], marks)
     explain = (
-        f"<p>Mean ± sample sd over seeds. ★ = Pareto-optimal in (new-task score, "
+        "<p>Mean ± sample sd over seeds; below it, the mean's 95% Student-t interval over seeds "
+        f"(mean ± t·sd/√n). ★ = Pareto-optimal in (new-task score, "
         f"{escape(_LABELS[cost])}): no other variant is at least as good on both and better on one."
         "</p>"
     )

@@ -69,11 +69,18 @@ def run_summary(record: RunRecord) -> RunSummary:
 
 
 def _mean_sd(values: Sequence[float]) -> MeanSd:
+    """Mean, sample sd and the mean's 95 % Student-t interval of the finite ``values``."""
     kept = [v for v in values if math.isfinite(v)]
     if not kept:
         return MeanSd(mean=math.nan, sd=math.nan)
-    sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
-    return MeanSd(mean=statistics.fmean(kept), sd=sd)
+    mean = statistics.fmean(kept)
+    if len(kept) < 2:
+        return MeanSd(mean=mean, sd=0.0)
+    from scipy.stats import t as student_t
+
+    sd = statistics.stdev(kept)
+    half = float(student_t.ppf(0.975, len(kept) - 1)) * sd / math.sqrt(len(kept))
+    return MeanSd(mean=mean, sd=sd, low=mean - half, high=mean + half)
 
 
 def forgetting_cost_key(rows: Sequence[ComparisonRow]) -> str:

@@ -58,6 +58,7 @@ from retain.metrics import (
     backward_transfer,
     forward_transfer,
 )
+from retain.records.parts import Interval
 from retain.records.run import RunResult, SequenceMetrics, SuiteScores, TaskLog
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain
@@ -310,12 +311,13 @@ def _suite_summary(run: RunState, suite: EvalSuite | None) -> SuiteScores | None
         return None
     before = SuiteResult.from_dict(run.suite_baseline)
     after = [SuiteResult.from_dict(a) for a in run.suite_after]
-    relative = [
-        {c.name: c.change.relative_degradation for c in suite.compare(a, before)} for a in after
-    ]
+    changes = [suite.compare(a, before) for a in after]
     return SuiteScores(
         name=suite.name,
         baseline={n: s.score for n, s in before.scores.items()},
         after=[{n: s.score for n, s in a.scores.items()} for a in after],
-        relative_degradation=relative,
+        relative_degradation=[
+            {c.name: c.change.relative_degradation for c in cs} for cs in changes
+        ],
+        intervals=[{c.name: Interval.of(c.paired) for c in cs} for cs in changes],
     )
