@@ -121,6 +121,7 @@ LM_RUN = ["tasks=[{dataset: sms_spam, train: 8, test: 4}]", "model.kind=causal-l
 RUN = ["run", "cfg.yaml", "--out", "out"]
 SWEEP = ["sweep", "cfg.yaml", "--out", "sw", "--strategies", "naive"]
 AUDIT_LM = ["audit", "--base", "{lm}", "--tuned", "{lm_tuned}", "--suite", "general", "--quick"]
+FEW_SHOT = "{kind: few_shot, dataset: rotten_tomatoes"
 DIAG = ["diagnose", "--base", "{lm}", "--tuned", "{lm_tuned}"]
 
 ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
@@ -160,6 +161,29 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         "t.csv",
     ),
     ("run-label-column", ("cfg",), [*RUN, "tasks.0.label_column=missing"], "missing"),
+    (
+        "run-probe-unknown-kind",
+        ("cfg",),
+        [*RUN, *LM_RUN, "model.name={lm}", "suite={probes: [{kind: fewshot, dataset: x}]}"],
+        "did you mean 'few_shot'",
+    ),
+    (
+        "run-few-shot-k-too-big",
+        ("cfg",),
+        [*RUN, *LM_RUN, "model.name={lm}", f"suite={{probes: [{FEW_SHOT}, n: 4, k: 9}}]}}"],
+        "few-shot k=9 is larger than the train split (4 examples)",
+    ),
+    (
+        "run-few-shot-no-label-column",
+        ("cfg", "csv"),
+        [
+            *RUN,
+            *LM_RUN,
+            "model.name={lm}",
+            "suite={probes: [{kind: few_shot, dataset: ./t.csv, label_column: stars}]}",
+        ],
+        "stars",
+    ),
     ("run-no-tokenizer", ("cfg", "notok"), [*RUN, *LM_RUN, "model.name=./notok"], "tokenizer"),
     ("run-truncated-weights", ("cfg", "trunc"), [*RUN, *LM_RUN, "model.name=./trunc"], "corrupt"),
     ("run-garbage-weights", ("cfg", "garbage"), [*RUN, *LM_RUN, "model.name=garbage"], "corrupt"),

@@ -102,11 +102,11 @@ def test_per_sample_scores_recompute_lm_evals_figure(
 
 
 def test_a_config_suite_lists_lm_eval_tasks(include: Path) -> None:
-    from retain.experiment.build import _probes
-    from retain.experiment.config import ProbeSection
+    from retain.experiment.suite_build import _probes
+    from retain.experiment.suite_config import ProbeSection
 
     section = ProbeSection(kind="lm_eval", tasks=TASKS, include=[str(include)], limit=3)
-    probes = _probes(section, 0, "causal-lm")
+    probes = _probes(section, "suite.probes.0")
     assert [p.name for p in probes] == TASKS
     assert [p.limit for p in probes] == [3, 3]
     with pytest.raises(ValueError, match="needs tasks"):

@@ -10,7 +10,6 @@ what would otherwise fail minutes into a run.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +25,12 @@ from retain.evaluation.suite import EvalSuite
 from retain.evaluation.task_accuracy import negative_loss, task_accuracy
 from retain.experiment.config import (
     ExperimentConfig,
-    ProbeSection,
     TaskSection,
     apply_overrides,
     config_from_dict,
 )
+from retain.experiment.dataset_rows import require_columns, rows_of
+from retain.experiment.suite_build import build_suite
 from retain.experiment.training_settings import check_training
 from retain.strategies.base import Strategy, build_strategy
 from retain.strategies.params import select_parameters
@@ -70,29 +70,6 @@ class Experiment:
     monitor: MonitorConfig | None
 
 
-def _rows(data: Any, split: str, n: int | None, where: str) -> Any:
-    if split not in data:
-        raise RetainError(f"{where}: dataset has no {split!r} split (it has {sorted(data)})")
-    rows = data[split]
-    if n is not None and n > len(rows):
-        warnings.warn(
-            f"{where}: asked for {n} {split} examples but the dataset has {len(rows)}; using "
-            f"all {len(rows)}",
-            UserWarning,
-            stacklevel=2,
-        )
-    return rows if n is None else rows.select(range(min(n, len(rows))))
-
-
-def _columns(rows: Any, needed: list[str], where: str, dataset: str) -> None:
-    missing = [c for c in needed if c not in rows.column_names]
-    if missing:
-        raise RetainError(
-            f"{where}: dataset {dataset!r} has no column {missing[0]!r} (it has "
-            f"{rows.column_names}); set text_column/label_column"
-        )
-
-
 def _load(task: TaskSection) -> Any:
     from retain.assets.datasets import load_dataset
 
@@ -108,9 +85,9 @@ def _text_task(task: TaskSection, k: int, config: ExperimentConfig, tokenizer: A
     data = _load(task)
     parts = []
     for split, n in (("train", task.train), ("test", task.test)):
-        rows = _rows(data, split, n, where)
+        rows = rows_of(data, split, n, where)
         if config.model.kind == "causal-lm":
-            _columns(rows, [task.text_column], where, task.dataset)
+            require_columns(rows, [task.text_column], where, task.dataset)
             built = causal_lm_task(
                 task.label,
                 tokenizer,
@@ -119,7 +96,7 @@ def _text_task(task: TaskSection, k: int, config: ExperimentConfig, tokenizer: A
                 pack=False,
             )
         else:
-            _columns(rows, [task.text_column, task.label_column], where, task.dataset)
+            require_columns(rows, [task.text_column, task.label_column], where, task.dataset)
             feature = data["train"].features.get(task.label_column)
             classes = getattr(feature, "num_classes", None)
             built = text_classification_task(
@@ -139,8 +116,8 @@ def _pixel_task(task: TaskSection, k: int) -> TaskSplit:
     data = _load(task)
     parts = []
     for split, n in (("train", task.train), ("test", task.test)):
-        rows = _rows(data, split, n, where)
-        _columns(rows, ["pixels", task.label_column], where, task.dataset)
+        rows = rows_of(data, split, n, where)
+        require_columns(rows, ["pixels", task.label_column], where, task.dataset)
         pixels = torch.tensor(list(rows["pixels"]), dtype=torch.float32)
         labels = torch.tensor(list(rows[task.label_column]), dtype=torch.long)
         if task.permutation is not None:
@@ -195,67 +172,6 @@ def _model(config: ExperimentConfig, splits: list[TaskSplit] | None) -> tuple[nn
             num_labels=classes,
         )
     return loaded.model, loaded.tokenizer
-
-
-def _probe(probe: ProbeSection, k: int, kind: str) -> Any:
-    from retain.assets.datasets import load_dataset
-    from retain.evaluation.perplexity import Perplexity
-    from retain.evaluation.representation import KNNProbe, LinearProbe
-    from retain.evaluation.suites import subset
-
-    where = f"suite.probes.{k}"
-    if probe.kind == "perplexity" and kind != "causal-lm":
-        raise RetainError(f"{where}: perplexity needs a causal-lm model; use linear or knn")
-    if probe.kind != "perplexity" and kind == "mlp":
-        raise RetainError(f"{where}: {probe.kind} probes need a text encoder, not an mlp")
-    assert probe.dataset is not None  # the section's validator requires it
-    data = load_dataset(probe.dataset)
-    if probe.kind == "perplexity":
-        rows = subset(_rows(data, probe.split, None, where), probe.n)
-        _columns(rows, ["text"], where, probe.dataset)
-        return Perplexity(probe.name or probe.dataset, rows["text"], max_length=probe.max_length)
-    train = subset(_rows(data, "train", None, where), probe.n)
-    test = subset(_rows(data, probe.split, None, where), max(2, probe.n // 2))
-    _columns(train, ["text", "label"], where, probe.dataset)
-    cls = KNNProbe if probe.kind == "knn" else LinearProbe
-    name = probe.name or f"{probe.dataset}_{probe.kind}"
-    return cls(name, train["text"], train["label"], test["text"], test["label"])
-
-
-def _suite(config: ExperimentConfig) -> EvalSuite | None:
-    from retain.evaluation.suites import SUITES
-
-    section = config.suite
-    if section is None:
-        return None
-    if section.name is not None:
-        factory = SUITES.get(section.name)
-        wanted = "causal-lm" if factory.model_kind == "causal-lm" else "encoder"
-        have = "causal-lm" if config.model.kind == "causal-lm" else "encoder"
-        if wanted != have or config.model.kind == "mlp":
-            raise RetainError(
-                f"suite {section.name!r} is for {wanted} models, but model.kind is "
-                f"{config.model.kind!r}; pick another suite or list probes"
-            )
-        return factory.build(section.size)
-    probes: list[Any] = []
-    for k, p in enumerate(section.probes):
-        probes += _probes(p, k, config.model.kind)
-    return EvalSuite("custom", probes, "probes listed in the experiment config")
-
-
-def _probes(probe: ProbeSection, k: int, kind: str) -> list[Any]:
-    """The probes of one ``suite.probes`` entry (an ``lm_eval`` entry gives one per task)."""
-    if probe.kind != "lm_eval":
-        return [_probe(probe, k, kind)]
-    from retain.evaluation.lm_eval_tasks import lm_eval_suite
-
-    if kind != "causal-lm":
-        raise RetainError(f"suite.probes.{k}: lm_eval tasks need a causal-lm model")
-    suite = lm_eval_suite(
-        probe.tasks, include=probe.include, num_fewshot=probe.num_fewshot, limit=probe.limit
-    )
-    return list(suite.probes)
 
 
 def build_strategies(
@@ -319,7 +235,7 @@ def build_experiment(config: ExperimentConfig, seed: int | None = None) -> Exper
         model=model,
         tokenizer=tokenizer,
         splits=splits,
-        suite=_suite(config),
+        suite=build_suite(config),
         score=negative_loss if causal else task_accuracy,
         score_name="negative loss (nats/token)" if causal else "accuracy",
         higher_is_better=True,

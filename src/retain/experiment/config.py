@@ -22,25 +22,24 @@ YAML (``1e-4`` is a number, ``null`` is None, ``[0, 1]`` is a list).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-import types
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from retain.errors import RetainError
 from retain.experiment.overrides import apply_overrides, read_yaml
+from retain.experiment.sections import Section
+from retain.experiment.suite_config import ProbeSection, SuiteSection
 from retain.training.loop import TrainConfig
 from retain.training.monitor import MonitorConfig
 
@@ -75,33 +74,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 _TRAIN, _MONITOR = TrainConfig(), MonitorConfig()
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """``max_steps: true`` is a typo, never the number 1 (pydantic would read it so)."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if bool not in _types_of(annotation) and _types_of(annotation) & {int, float}:
-                raise ValueError(f"expected a number, got {str(value).lower()}")
-        return value
-
-
-def _types_of(annotation: Any) -> set[Any]:
-    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
-    import typing
-
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _types_of(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_types_of(a) for a in typing.get_args(annotation)))
-    return {annotation}
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     """The pretrained model to fine-tune.
 
     Attributes:
@@ -123,7 +96,7 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
 
 
-class TaskSection(_Section):
+class TaskSection(Section):
     """One task of the sequence: a dataset's ``train`` and ``test`` splits.
 
     Attributes:
@@ -157,72 +130,7 @@ class TaskSection(_Section):
         return base if self.permutation is None else f"{base}-perm{self.permutation}"
 
 
-class ProbeSection(_Section):
-    """One capability probe of a custom suite.
-
-    Attributes:
-        kind: ``perplexity`` (causal LMs: token perplexity of held-out text), ``linear`` or
-            ``knn`` (encoders: a probe on frozen mean-pooled representations), ``lm_eval``
-            (causal LMs: lm-evaluation-harness ``tasks``, one capability each).
-        dataset: the dataset holding the text (and labels for ``linear``/``knn``); not for
-            ``lm_eval``.
-        name: the capability's name (default ``<dataset>`` or ``<dataset>_<kind>``).
-        split: split to read for perplexity, and the test split of the probes.
-        n: rows used (a fixed seeded sample; probes use ``n`` train and ``n // 2`` test rows).
-        max_length: tokens per perplexity window.
-        tasks: ``lm_eval`` only: lm-eval task names (its registry, or YAMLs in ``include``).
-        num_fewshot: ``lm_eval`` only: in-context examples per document (None: the task's).
-        limit: ``lm_eval`` only: documents per task (None: all).
-        include: ``lm_eval`` only: folders of your own lm-eval task YAMLs.
-    """
-
-    kind: Literal["perplexity", "linear", "knn", "lm_eval"]
-    dataset: str | None = None
-    name: str | None = None
-    split: str = "test"
-    n: int = Field(default=64, ge=2)
-    max_length: int = Field(default=512, ge=8)
-    tasks: list[str] = Field(default_factory=list)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    limit: int | None = Field(default=None, ge=1)
-    include: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _source_fits_kind(self) -> ProbeSection:
-        if self.kind == "lm_eval":
-            if not self.tasks:
-                raise ValueError("an lm_eval probe needs tasks: [task, ...]")
-            if self.dataset is not None:
-                raise ValueError("an lm_eval probe reads its tasks' own data; drop dataset")
-        elif self.dataset is None:
-            raise ValueError(f"a {self.kind} probe needs a dataset")
-        elif self.tasks or self.include:
-            raise ValueError("tasks and include are for kind: lm_eval")
-        return self
-
-
-class SuiteSection(_Section):
-    """Capabilities scored before the sequence and after every task (and watched by monitors).
-
-    Attributes:
-        name: a built-in suite (``general`` for causal LMs, ``encoder``; see ``retain ls``), or
-            None for the ``probes`` listed here.
-        size: ``quick`` (small samples) or ``full`` (built-in suites only).
-        probes: a custom suite (with ``name`` unset).
-    """
-
-    name: str | None = None
-    size: Literal["quick", "full"] = "full"
-    probes: list[ProbeSection] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SuiteSection:
-        if (self.name is None) == (not self.probes):
-            raise ValueError("give either a built-in suite name or a list of probes, not both")
-        return self
-
-
-class TrainingSection(_Section):
+class TrainingSection(Section):
     """Settings of each task's training (:class:`retain.training.loop.TrainConfig`, whose
     defaults are these settings' defaults).
 
@@ -266,7 +174,7 @@ class TrainingSection(_Section):
         return value
 
 
-class MonitorSection(_Section):
+class MonitorSection(Section):
     """The forgetting monitor (:class:`retain.training.monitor.MonitorConfig`): watch the suite
     and every earlier task while training, stop (and roll back) past ``max_degradation``."""
 
@@ -276,7 +184,7 @@ class MonitorSection(_Section):
     restore_best: bool = _MONITOR.restore_best
 
 
-class BudgetSection(_Section):
+class BudgetSection(Section):
     """A forgetting budget (:class:`retain.training.budget.ForgettingBudget`): the strength of
     every ``ewc`` or ``l2sp`` strategy entry marked ``budget: true`` (in ``strategies`` or a
     sweep variant) is tuned so the suite's worst relative degradation stays near
@@ -287,7 +195,7 @@ class BudgetSection(_Section):
     controller: Literal["multiplicative", "pi"] = "multiplicative"
 
 
-class CheckpointSection(_Section):
+class CheckpointSection(Section):
     """Checkpoints under ``<run>/checkpoints``: after every task, and every ``every`` optimizer
     steps (0: task ends only). ``enabled: false`` saves none (a run then cannot resume)."""
 
@@ -295,7 +203,7 @@ class CheckpointSection(_Section):
     every: int = Field(default=0, ge=0)
 
 
-class DiagnosticsSection(_Section):
+class DiagnosticsSection(Section):
     """Diagnostics recorded during and after a run (:mod:`retain.diagnostics`).
 
     Attributes:
@@ -319,7 +227,7 @@ class DiagnosticsSection(_Section):
     shift_samples: int = Field(default=32, ge=2)
 
 
-class SweepSection(_Section):
+class SweepSection(Section):
     """Variants compared by ``retain sweep``: a name and its strategies each (``naive: []``).
 
     ``settings``: per variant name, ``key=value`` overrides of the rest of the config for that
@@ -333,7 +241,7 @@ class SweepSection(_Section):
     seeds: list[Seed] | None = None
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     """A whole experiment (see the module docstring for an example).
 
     Attributes:
@@ -438,12 +346,22 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
             )
         elif first["type"] == "missing":
             message = "missing; it is required"
+        elif first["type"] == "literal_error":
+            message = _unknown_choice(first.get("input"), str(first.get("ctx", {}).get("expected")))
         message = message.removeprefix("Value error, ")
         if first["type"] in ("float_parsing", "int_parsing", "bool_parsing"):
             message += f" (got {first.get('input')!r}); fix the value"
         more = len(error.errors()) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise RetainError(f"{source}: {where}: {message}{tail}") from None
+
+
+def _unknown_choice(value: Any, expected: str) -> str:
+    """``unknown value 'fewshot'; did you mean 'few_shot'? (one of: ...)``."""
+    choices = re.findall(r"'([^']*)'", expected)
+    close = difflib.get_close_matches(str(value).lower(), choices, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown value {value!r}{hint} (one of: {', '.join(choices)})"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
