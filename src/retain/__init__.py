@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from retain.records.comparison import ComparisonRecord
     from retain.records.diagnose import DiagnoseRecord
     from retain.records.run import RunRecord
+    from retain.report.write import write_report
     from retain.strategies.base import STRATEGIES, Strategy, build_strategy
     from retain.strategies.chain import Chain, chain
     from retain.strategies.state import load_strategy_state, save_strategy_state
@@ -144,6 +145,7 @@ __all__ = [
     "task_accuracy",
     "text_classification_task",
     "train_task",
+    "write_report",
 ]
 
 # Heavy libraries (torch, transformers, datasets) load on first use: `retain --version` is instant.
@@ -192,6 +194,7 @@ _LAZY = {
     "parameter_drift": "retain.diagnostics.drift",
     "representation_shift": "retain.diagnostics.similarity",
     "run_diagnose": "retain.experiment.diagnose",
+    "write_report": "retain.report.write",
     "Degradation": "retain.metrics",
     "average_accuracy": "retain.metrics",
     "average_forgetting": "retain.metrics",

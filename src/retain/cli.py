@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--out",
         type=Path,
-        help="run directory for results.json and report.md (default: print only, write nothing)",
+        help="folder for results.json, report.md and report.html (default: print only, write "
+        "nothing)",
     )
     audit.add_argument(
         "--tolerance",
@@ -159,7 +160,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     record = run_audit(config, progress=_say)
     print(audit_table(record))
     if args.out is not None:
-        _say(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+        _say(f"wrote {args.out / 'results.json'}, report.md and report.html")
     return 0
 
 

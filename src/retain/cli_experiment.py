@@ -79,13 +79,20 @@ def add_experiment_commands(sub: Any) -> None:
 
     report = sub.add_parser(
         "report",
-        help="regenerate report.html of run directories; several give one comparison",
+        help="regenerate report.html of run directories; several give one comparison; a "
+        "result file saved from Python (RunResult.save) becomes a run directory (--out)",
     )
-    report.add_argument("dirs", nargs="+", type=Path, help="run directories or sweep folders")
+    report.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        help="run directories, sweep folders, or one result file saved from Python",
+    )
     report.add_argument(
         "--out",
         type=Path,
-        help="comparison folder (several runs; default: the single folder given)",
+        help="comparison folder (several runs; default: the single folder given), or the run "
+        "directory made for a result file",
     )
 
     demo = sub.add_parser(
@@ -168,8 +175,23 @@ def _validate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from retain.errors import RetainError
     from retain.output_dirs import check_output_parent, output_kind, output_lock
-    from retain.report.write import find_run_dirs, write_comparison_report, write_run_report
+    from retain.report.write import (
+        find_run_dirs,
+        load_run_file,
+        write_comparison_report,
+        write_report,
+        write_run_report,
+    )
 
+    if len(args.dirs) == 1 and args.dirs[0].is_file():
+        if args.out is None:
+            raise RetainError(
+                f"{str(args.dirs[0])!r} is a file: name the run directory to make for it with "
+                "--out DIR"
+            )
+        record = load_run_file(args.dirs[0])
+        print(f"report: {write_report(record, args.out)}")
+        return 0
     runs = find_run_dirs(args.dirs)
     if len(runs) == 1 and args.out is None:
         with output_lock(runs[0]):

@@ -66,7 +66,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     ),
     "sweep": ("sweep.yaml", "comparison.json", *_REPORT),
     "comparison": ("comparison.json", *_REPORT),
-    "audit": ("results.json", "report.md"),
+    "audit": ("results.json", "report.md", *_REPORT),
     "diagnose": ("results.json", *_REPORT),
 }
 

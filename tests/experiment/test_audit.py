@@ -11,6 +11,7 @@ import torch
 
 from retain.errors import RetainError, UnknownNameError
 from retain.experiment.audit import AuditConfig, run_audit
+from retain.experiment.run_dir import check_output_dir
 
 
 def test_audit_of_two_folders_writes_results_and_report(
@@ -20,7 +21,7 @@ def test_audit_of_two_folders_writes_results_and_report(
     out = tmp_path / "audit"
     record = run_audit(AuditConfig(str(base), str(tuned), out=out, size="quick"))
     shown = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert shown == ["report.md", "results.json"]
+    assert shown == ["plots", "report.html", "report.md", "results.json"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["capabilities"] == json.loads(json.dumps(record.to_json()["capabilities"]))
     by_name = {c["name"]: c for c in saved["capabilities"]}
@@ -35,6 +36,16 @@ def test_audit_of_two_folders_writes_results_and_report(
     report = (out / "report.md").read_text()
     assert saved["verdict"]["text"] in report
     assert "| general_text | perplexity | lower |" in report
+    # report.html and its plot were written in the temporary folder too: nothing else is left.
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "data:image/png;base64," in page
+    assert [p.name for p in (out / "plots").iterdir()] == ["interval_forest.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".retain-output.json"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["audit"]  # no .audit.tmp-* or lock
+    check_output_dir(out, overwrite=True, kind="audit")  # all retain's: --overwrite replaces it
 
 
 def test_audit_of_a_model_against_itself_changes_nothing(tiny_lm_dirs: tuple[Path, Path]) -> None:

@@ -22,8 +22,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from audit_records import audit_data
 from retain.experiment.run_dir import write_json
+from retain.records.audit import AuditRecord
 from retain.records.run import RunRecord
+from retain.report.audit_html import write_audit_html
+from retain.report.audit_plots import AUDIT_FIGURES
 from retain.report.plots import RUN_FIGURES
 from retain.report.write import write_run_report
 
@@ -119,3 +123,12 @@ def test_comparison_report_in_chromium(chromium: str, tmp_path: Path, comparison
     pngs = sorted((comparison.out / "plots").glob("*.png"))
     assert len(pngs) == 2
     _check_in_browser(chromium, comparison.report, tmp_path, pngs, tables=1)
+
+
+def test_audit_report_in_chromium(chromium: str, tmp_path: Path) -> None:
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    report = write_audit_html(audit, AuditRecord.from_json(audit_data()))
+    pngs = [audit / "plots" / f"{name}.png" for name in AUDIT_FIGURES]
+    # Tables: header, capabilities, probe details.
+    _check_in_browser(chromium, report, tmp_path, pngs, tables=3)

@@ -3,7 +3,8 @@
 The base (starting) and tuned models are each a registry name, a local folder, a hub id, or a PEFT
 adapter folder. Both are scored by the same suite; the result is an
 :class:`~retain.records.audit.AuditRecord`, and the run directory gets it as ``results.json`` with
-``report.md``, written only once everything succeeded.
+``report.md``, the self-contained ``report.html`` and its figure ``plots/interval_forest.png``,
+written only once everything succeeded.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from retain.experiment.run_dir import check_output_dir, output_directory, write_
 from retain.output_dirs import output_lock
 from retain.records.audit import AuditRecord, Capability, Interval, SuiteInfo, Verdict
 from retain.records.parts import ModelInfo
+from retain.report.audit_html import write_audit_html
 from retain.report.audit_report import audit_markdown
 
 __all__ = ["AuditConfig", "resolve_device", "run_audit"]
@@ -157,6 +159,7 @@ def _audit(config: AuditConfig, progress: Callable[[str], None] | None) -> Audit
         with output_directory(config.out, overwrite=config.overwrite, kind="audit") as tmp:
             record.write(tmp / "results.json")
             write_text(tmp / "report.md", audit_markdown(record))
+            write_audit_html(tmp, record)
     return record
 
 

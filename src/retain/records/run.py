@@ -189,6 +189,8 @@ class RunResult(Part):
     """The checkpoints the run was resumed from (empty for an uninterrupted run)."""
     resume_notes: list[str] = []
     """Per resume, one line naming the checkpoint chosen and each incomplete one skipped."""
+    score: Score | None = None
+    """What ``matrix`` measures (None in files written before it was kept here)."""
 
     @field_validator("suite", mode="before")
     @classmethod
@@ -196,7 +198,8 @@ class RunResult(Part):
         return None if value == {} else value  # how files before the typed records said it
 
     def save(self, path: str | Path) -> None:
-        """Write the result to ``path`` as indented strict JSON, atomically."""
+        """Write the result to ``path`` as indented strict JSON, atomically (the ``run`` section
+        of a run's ``results.json``; ``retain report FILE --out DIR`` turns it into a report)."""
         write_json(Path(path), self.to_json())
 
 
@@ -348,6 +351,32 @@ class RunRecord(Record):
     """Representational and output shift (None when not measured)."""
     seconds: Num = float("nan")
     """Wall-clock seconds of the whole run."""
+
+    @classmethod
+    def of(
+        cls,
+        run: RunResult,
+        *,
+        name: str = "fit_sequence",
+        model: str = "model",
+        variant: str | None = None,
+        description: str = "",
+    ) -> RunRecord:
+        """The record of a run made in Python (:func:`~retain.training.sequence.fit_sequence`):
+        ``variant`` defaults to the strategies' description (``naive`` without any), the score
+        to the run's own (an unnamed ``score``, higher is better, when it has none)."""
+        score = run.score or Score(name="score", higher_is_better=True)
+        label = variant or (run.strategies if run.strategies not in ("", "[]") else "naive")
+        return cls(
+            name=name,
+            description=description,
+            variant=label,
+            seed=run.seed,
+            model=model,
+            score=score,
+            run=run,
+            seconds=sum(v for v in run.seconds.values() if math.isfinite(v)),
+        )
 
     @classmethod
     def upgrade(cls, data: dict[str, Any], found: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Render an audit (base vs tuned) as a terminal table and as a Markdown report.
 
 Both show every capability's score before and after, the absolute and relative change, which
-direction is better, and the one-line verdict. Input is the audit's
+direction is better, and the one-line verdict; the HTML page (:mod:`retain.report.audit_html`)
+reuses their cells (:func:`audit_rows`). Input is the audit's
 :class:`~retain.records.audit.AuditRecord`, so a report can be re-rendered from a saved run
 (``AuditRecord.load("results.json")``).
 """
@@ -13,9 +14,17 @@ from typing import Any
 
 from retain.records.audit import AuditRecord, Capability
 
-__all__ = ["audit_markdown", "audit_table"]
+__all__ = [
+    "AUDIT_COLUMNS",
+    "audit_markdown",
+    "audit_rows",
+    "audit_table",
+    "capability_status",
+    "worse_by",
+]
 
-_HEADER = (
+#: The columns of :func:`audit_rows`, in order.
+AUDIT_COLUMNS = (
     "capability",
     "metric",
     "better",
@@ -39,7 +48,7 @@ def _detail(value: Any) -> str:
     return format(value, ".4g") if isinstance(value, float) else str(value)
 
 
-def _worse_by(cap: Capability) -> str:
+def worse_by(cap: Capability) -> str:
     """The relative degradation and its interval: ``+3.1% [+1.2, +5.0]`` (percent, positive =
     worse)."""
     point = _num(cap.relative_degradation + 0.0, "+.1%")  # + 0.0: no "-0.0%"
@@ -49,13 +58,17 @@ def _worse_by(cap: Capability) -> str:
     return f"{point} [{low}, {high}]"
 
 
-def _status(cap: Capability) -> str:
+def capability_status(cap: Capability) -> str:
+    """A capability's verdict (``WORSE``, ``WITHIN`` or ``UNCLEAR``); for a file written before
+    intervals, ``WORSE`` when its point estimate worsened beyond the tolerance, else ``ok``."""
     if cap.verdict is None:  # a file written before intervals
         return "WORSE" if cap.worsened else "ok"
     return cap.verdict
 
 
-def _rows(record: AuditRecord) -> list[tuple[str, ...]]:
+def audit_rows(record: AuditRecord) -> list[tuple[str, ...]]:
+    """One row of plain-text cells per capability, in :data:`AUDIT_COLUMNS` order (scores in the
+    metric's unit to 4 significant digits, relative values in percent, ``n/a`` when undefined)."""
     rows: list[tuple[str, ...]] = []
     for cap in record.capabilities:
         rows.append(
@@ -67,8 +80,8 @@ def _rows(record: AuditRecord) -> list[tuple[str, ...]]:
                 _num(cap.after),
                 _num(cap.change, "+.4g"),
                 _num(cap.relative_change, "+.1%"),
-                _worse_by(cap),
-                _status(cap),
+                worse_by(cap),
+                capability_status(cap),
             )
         )
     return rows
@@ -76,8 +89,8 @@ def _rows(record: AuditRecord) -> list[tuple[str, ...]]:
 
 def audit_table(record: AuditRecord) -> str:
     """A fixed-width table for the terminal, followed by the verdict line."""
-    rows = [_HEADER, *_rows(record)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    rows = [AUDIT_COLUMNS, *audit_rows(record)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(AUDIT_COLUMNS))]
     lines = []
     for k, row in enumerate(rows):
         cells = [
@@ -110,10 +123,10 @@ def audit_markdown(record: AuditRecord) -> str:
         "below, UNCLEAR when it straddles it. The interval is a paired bootstrap over the "
         "probe's examples (both models scored on the same ones).",
         "",
-        "| " + " | ".join(_HEADER) + " |",
+        "| " + " | ".join(AUDIT_COLUMNS) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * 6) + "|",
     ]
-    out += ["| " + " | ".join(row) + " |" for row in _rows(record)]
+    out += ["| " + " | ".join(row) + " |" for row in audit_rows(record)]
     out += [f"\n> **Warning:** {w}" for w in record.warnings]
     out += ["", "## Details", ""]
     for cap in record.capabilities:

@@ -17,12 +17,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from pydantic import ValidationError
 
-from retain.atomic_files import write_bytes, write_text
+from retain.atomic_files import write_bytes, write_json, write_text
 from retain.errors import RetainError
-from retain.output_dirs import output_kind, write_marker
+from retain.output_dirs import (
+    check_output_parent,
+    check_replaceable,
+    output_kind,
+    output_lock,
+    write_marker,
+)
 from retain.records.comparison import ComparedRun, ComparisonRecord
-from retain.records.run import RunRecord
+from retain.records.run import RunRecord, RunResult
 from retain.report.comparison_plots import comparison_figures
 from retain.report.html import comparison_html, run_report_html
 from retain.report.plots import run_figures
@@ -33,8 +40,10 @@ __all__ = [
     "COMPARISON_FORMAT",
     "find_run_dirs",
     "load_results",
+    "load_run_file",
     "png_bytes",
     "write_comparison_report",
+    "write_report",
     "write_run_report",
 ]
 
@@ -61,11 +70,29 @@ def load_results(run_dir: Path) -> RunRecord:
             f"{str(run_dir)!r} has no results.json; run `retain run` first or point at a run "
             "directory"
         )
+    return load_run_file(path)
+
+
+def load_run_file(path: Path) -> RunRecord:
+    """A run's ``results.json``, or the file :meth:`RunResult.save` writes (the ``run`` section
+    alone: named after the file, ``model`` unknown), as a schema-checked
+    :class:`~retain.records.run.RunRecord`; anything else is a RetainError."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RetainError(f"cannot read {str(path)!r} ({err}); re-run `retain run`") from None
     found = record_format(data)
+    if found is None and isinstance(data, dict) and {"tasks", "matrix"} <= data.keys():
+        try:
+            run = RunResult.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(k) for k in first["loc"]) or "(top)"
+            raise RetainError(
+                f"{str(path)!r} is not a valid run result ({where}: {first['msg']}); write it "
+                "with RunResult.save"
+            ) from None
+        return RunRecord.of(run, name=Path(path).stem)
     if found != RunRecord.FORMAT and found not in RunRecord.PREVIOUS:
         what = "no format" if found is None else f"format {found!r}"
         raise RetainError(
@@ -73,6 +100,44 @@ def load_results(run_dir: Path) -> RunRecord:
             "a run directory"
         )
     return RunRecord.from_json(data, source=str(path))
+
+
+def write_report(
+    result: RunResult | RunRecord,
+    out_dir: str | Path,
+    *,
+    name: str = "fit_sequence",
+    model: str = "model",
+    variant: str | None = None,
+) -> Path:
+    """Make ``out_dir`` a run directory for ``result`` and write its report; returns the path of
+    ``report.html``. For notebooks and scripts::
+
+        model, result = retain.fit_sequence(model, splits, retain.chain("ewc"))
+        retain.write_report(result, "reports/ewc", name="my-sequence", model="minilm-l6")
+
+    A :class:`~retain.records.run.RunResult` (what ``fit_sequence`` returns) becomes a
+    :class:`~retain.records.run.RunRecord` with ``name``, ``model`` and ``variant``
+    (:meth:`RunRecord.of`); a RunRecord is written as it is. ``out_dir`` gets retain's run
+    marker, ``results.json``, ``plots/*.png`` and ``report.html``, exactly like a run of
+    ``retain run``, so ``retain report`` reads it again and compares it with other runs. An
+    existing ``out_dir`` must be empty or an earlier run directory holding only retain's files
+    (it is then replaced); anything else is refused and left untouched.
+    """
+    record = (
+        result
+        if isinstance(result, RunRecord)
+        else RunRecord.of(result, name=name, model=model, variant=variant)
+    )
+    out = Path(out_dir)
+    check_output_parent(out)
+    with output_lock(out):
+        if out.is_dir() and any(out.iterdir()):
+            check_replaceable(out, "run")
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "run")
+        write_json(out / "results.json", record.to_json())
+        return write_run_report(out)
 
 
 def _save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, bytes]:
