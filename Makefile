@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml requirements/assets.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,assets,docs,lm-eval]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,assets,docs,lm-eval,tracking]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/assets.txt
 	touch $(STAMP)
 

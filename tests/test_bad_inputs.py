@@ -195,6 +195,7 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ),
     ("run-divergence-factor", ("cfg",), [*RUN, "training.divergence_factor=0.5"], "divergence"),
     ("run-from-checkpoint-new", ("cfg",), [*RUN, "--from-checkpoint", "x"], "unfinished run"),
+    ("run-tracker-unknown", ("cfg",), [*RUN, "tracking.report_to=tensorbord"], "'tensorboard'"),
     # --- run output folders ---
     ("run-out-file", ("cfg", "file"), ["run", "cfg.yaml", "--out", "afile"], "is a file"),
     ("run-out-foreign", ("cfg", "proj"), ["run", "cfg.yaml", "--out", "proj"], "not a retain run"),
@@ -266,6 +267,12 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("sweep-variant-dots", ("dotvariant",), ["sweep", "cfg.yaml", "--out", "sw"], "'..'"),
     ("sweep-variant-slash", ("slashvariant",), ["sweep", "cfg.yaml", "--out", "sw"], "'a/b'"),
     ("sweep-variant-fp16", ("fp16variant",), ["sweep", "cfg.yaml", "--out", "sw"], "fp16"),
+    (
+        "sweep-variant-named-tracking",
+        ("cfg",),
+        [*SWEEP[:4], "sweep={variants: {tracking: []}}", "tracking.report_to=tensorboard"],
+        "variant 'tracking' would share the trackers' folder",
+    ),
     ("sweep-out-foreign", ("cfg", "proj"), [*SWEEP[:3], "proj", *SWEEP[4:]], "not a retain sweep"),
     ("sweep-out-file", ("cfg", "file"), [*SWEEP[:3], "afile", *SWEEP[4:]], "is a file"),
     (

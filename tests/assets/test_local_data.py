@@ -52,14 +52,16 @@ def test_csv_round_trip_with_string_labels(tmp_path: Path) -> None:
     rows = [(text, "pos" if label else "neg") for text, label in REVIEWS]
     rows += [("  review NUMBER 3 says good   things", "pos"), ("", "neg")]  # duplicate, empty
     path = _write_csv(tmp_path / "reviews.csv", ["text", "label"], rows)
-    data = load_dataset(path, seed=1)
+    assert set(load_dataset(path)) == {"train"}  # a user's file is used whole unless asked
+    assert len(load_dataset(path)["train"]) == 60
+    data = load_dataset(path, test_size=0.2, seed=1)
     assert set(data) == {"train", "test"}
     assert data["train"].column_names == ["text", "label"]
     assert data["train"].features["label"].names == ["neg", "pos"]
     assert len(data["train"]) + len(data["test"]) == 60
     assert len(data["test"]) == 12
     _assert_disjoint(data)
-    again = load_dataset(path, seed=1)
+    again = load_dataset(path, test_size=0.2, seed=1)
     assert list(again["test"]["text"]) == list(data["test"]["text"])
 
 
@@ -70,7 +72,7 @@ def test_custom_columns_and_integer_labels(tmp_path: Path) -> None:
         [(i, text, label) for i, (text, label) in enumerate(REVIEWS)],
         sep="\t",
     )
-    data = load_dataset(path, text_column="review", label_column="stars")
+    data = load_dataset(path, text_column="review", label_column="stars", test_size=0.2)
     assert data["test"].column_names == ["text", "label"]
     assert data["test"].features["label"].names == ["0", "1"]
     _assert_disjoint(data)
@@ -85,7 +87,7 @@ def test_jsonl_and_json_array(tmp_path: Path) -> None:
     for path in (jsonl, array):
         data = load_dataset(str(path))
         assert data["train"].column_names == ["text", "label"]
-        assert len(data["train"]) + len(data["test"]) == 60
+        assert len(data["train"]) == 60
 
 
 def test_txt_is_plain_text_one_per_line(tmp_path: Path) -> None:
@@ -93,7 +95,7 @@ def test_txt_is_plain_text_one_per_line(tmp_path: Path) -> None:
     path.write_text(
         "\n".join([*(f"Line {i} of the notes" for i in range(30)), "", "LINE 0 of the notes"])
     )
-    data = load_dataset(str(path))
+    data = load_dataset(str(path), test_size=0.2)
     assert data["train"].column_names == ["text"]
     assert len(data["train"]) + len(data["test"]) == 30
     _assert_disjoint(data)
@@ -125,7 +127,7 @@ def test_missing_text_column_names_the_columns(tmp_path: Path) -> None:
 def test_missing_labels_are_dropped_and_fractional_labels_refused(tmp_path: Path) -> None:
     rows = [(text, label if i % 10 else "") for i, (text, label) in enumerate(REVIEWS)]
     data = load_dataset(_write_csv(tmp_path / "gaps.csv", ["text", "label"], rows))
-    assert len(data["train"]) + len(data["test"]) == 54
+    assert len(data["train"]) == 54
     assert data["train"].features["label"].names == ["0", "1"]
     scores = [(text, 0.25 * label + 0.1) for text, label in REVIEWS]
     with pytest.raises(RetainError, match="holds non-integer numbers"):

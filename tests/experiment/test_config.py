@@ -51,6 +51,11 @@ def test_defaults_fill_in_and_the_yaml_round_trips() -> None:
             "marked `budget: true` but there is no budget section",
         ),
         ({"name": "has space"}, "name: String should match pattern"),
+        ({"training": {"lrr": 3e-4}}, "training.lrr: unknown setting; did you mean 'lr'?"),
+        ({"tasks": [{"dataset": "x", "tset": 3}]}, "tasks.0.tset: unknown setting; did you mean"),
+        ({"modle": {}}, "modle: unknown setting; did you mean 'model'?"),
+        ({"model": {"name": "m", "kind": "causal"}}, "did you mean 'causal-lm'?"),
+        ({"training": {"precision": "fp8"}}, "unknown value 'fp8'; did you mean 'fp32'?"),
     ],
 )
 def test_bad_settings_give_one_line_naming_the_setting(

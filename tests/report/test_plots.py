@@ -306,3 +306,25 @@ def test_pareto_figure_marks_the_front(real_results: RunRecord, variation: Any) 
     xs = sorted(r.new_task_score.mean for r in rows[:2])
     np.testing.assert_allclose(front[0].get_xdata(), xs)
     assert isinstance(figures["transfer"], Figure)
+
+
+@pytest.mark.parametrize(
+    ("settings", "shown", "hidden"),
+    [
+        ({"epochs": 30, "max_steps": 30}, "max_steps=30", "epochs="),  # max_steps alone
+        ({"epochs": 2, "max_steps": 30}, "epochs=2, max_steps=30", None),  # both limit
+        ({"epochs": 3, "max_steps": None}, "epochs=3, max_steps=None", None),
+    ],
+)
+def test_the_settings_row_shows_epochs_only_where_they_limit_the_run(
+    real_results: RunRecord, settings: dict[str, Any], shown: str, hidden: str | None
+) -> None:
+    from retain.report.html import run_report_html
+
+    record = real_results.model_copy(deep=True)
+    record.run.config.update(settings)
+    text = run_report_html(record, {})
+    row = re.search(r"<th class=\"l\">training</th><td class=\"l\">([^<]*)</td>", text)
+    assert row is not None
+    assert shown in row.group(1)
+    assert hidden is None or hidden not in row.group(1)

@@ -326,7 +326,7 @@ def load_dataset(
     *,
     text_column: str | None = None,
     label_column: str | None = None,
-    test_size: float = DEFAULT_TEST_SIZE,
+    test_size: float | None = None,
     seed: int = DEFAULT_SEED,
 ) -> datasets.DatasetDict:
     """A ``DatasetDict`` from a registry name, a local file or folder, or a ``datasets`` name.
@@ -336,9 +336,11 @@ def load_dataset(
     ``.txt``, or starting with ``./``, ``/`` or ``~``), which must exist; otherwise a Hugging Face
     ``datasets`` name. Local files and ``datasets`` names are read with ``text_column`` (default
     ``text``) and ``label_column`` (default ``label``; without one, and not asked for, the data is
-    plain text), deduplicated and split with ``test_size`` and ``seed``; the result always names
-    its columns ``text`` and ``label``. Registry datasets keep their own columns; a non-default
-    ``test_size``/``seed`` re-splits their (already deduplicated) rows.
+    plain text) and deduplicated; the result always names its columns ``text`` and ``label``.
+    They are used whole, as one ``train`` split, unless ``test_size`` asks for a held-out
+    ``test`` split (0.2 = 20 % of the rows, stratified by label, seeded with ``seed``). Registry
+    datasets keep their own columns and their ``train``/``test`` split (``DEFAULT_TEST_SIZE`` of
+    the rows); another ``test_size`` or ``seed`` re-splits their (already deduplicated) rows.
 
     >>> load_dataset("sms-spam")["train"].features["label"].names  # doctest: +SKIP
     ['ham', 'spam']
@@ -346,11 +348,13 @@ def load_dataset(
     if name_or_path in DATASETS:
         spec = DATASETS.get(name_or_path)
         _check_registry_columns(spec, text_column, label_column)
-        if not 0.0 < test_size < 1.0:
-            raise RetainError(f"test_size must be between 0 and 1 (exclusive); got {test_size}")
-        if (test_size, seed) == (DEFAULT_TEST_SIZE, DEFAULT_SEED):
+        wanted = DEFAULT_TEST_SIZE if test_size is None else test_size
+        if not 0.0 < wanted < 1.0:
+            raise RetainError(f"test_size must be between 0 and 1 (exclusive); got {wanted}")
+        if (wanted, seed) == (DEFAULT_TEST_SIZE, DEFAULT_SEED):
             return spec.build()
-        return _resplit_registry(spec.name, float(test_size), int(seed))
+        return _resplit_registry(spec.name, float(wanted), int(seed))
+    test_size = 0.0 if test_size is None else test_size
     options = {"text_column": text_column, "label_column": label_column}
     if looks_like_path(name_or_path) or Path(name_or_path).expanduser().exists():
         return load_local_path(name_or_path, **options, test_size=test_size, seed=seed)

@@ -72,8 +72,10 @@ def dedupe_indices(
 
 
 def _check_test_size(test_size: float) -> None:
-    if not 0.0 < test_size < 1.0:
-        raise RetainError(f"test_size must be between 0 and 1 (exclusive); got {test_size}")
+    if not 0.0 <= test_size < 1.0:
+        raise RetainError(
+            f"test_size must be at least 0 and below 1 (0.2 = 20 % held out); got {test_size}"
+        )
 
 
 def split_indices(
@@ -83,10 +85,13 @@ def split_indices(
 
     Stratification needs every class to have at least two rows and both splits to be at least as
     large as the number of classes; otherwise (tiny local files) it is a plain seeded shuffle.
+    ``test_size`` 0 keeps every row for training (an empty test split).
     """
     from sklearn.model_selection import train_test_split  # deferred: sklearn takes ~1 s to import
 
     _check_test_size(test_size)
+    if test_size == 0:
+        return list(range(n)), []
     if n < 2:
         raise RetainError(
             f"only {n} usable row(s) after dropping empty and duplicate texts; need at least 2 "
@@ -109,6 +114,22 @@ def _take(columns: Mapping[str, Sequence[Any]], rows: Sequence[int]) -> dict[str
     return {name: [values[i] for i in rows] for name, values in columns.items()}
 
 
+def _parts(
+    columns: Mapping[str, Sequence[Any]],
+    train: Sequence[int],
+    test: Sequence[int],
+    features: datasets.Features,
+) -> datasets.DatasetDict:
+    """``train`` and ``test`` rows of ``columns``; no ``test`` split when it has no rows."""
+    parts = {"train": train, "test": test} if test else {"train": train}
+    return datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(_take(columns, rows), features=features)
+            for name, rows in parts.items()
+        }
+    )
+
+
 def labelled_text_dict(
     texts: Sequence[str | None],
     labels: Sequence[int],
@@ -128,12 +149,7 @@ def labelled_text_dict(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(label_names))}
     )
     columns: dict[str, list[Any]] = {"text": [texts[i] for i in keep], "label": kept_labels}
-    return datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_dict(_take(columns, train), features=features),
-            "test": datasets.Dataset.from_dict(_take(columns, test), features=features),
-        }
-    )
+    return _parts(columns, train, test, features)
 
 
 def unlabelled_text_dict(
@@ -144,12 +160,7 @@ def unlabelled_text_dict(
     train, test = split_indices(len(keep), None, test_size=test_size, seed=seed)
     features = datasets.Features({"text": datasets.Value("string")})
     columns = {"text": [texts[i] for i in keep]}
-    return datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_dict(_take(columns, train), features=features),
-            "test": datasets.Dataset.from_dict(_take(columns, test), features=features),
-        }
-    )
+    return _parts(columns, train, test, features)
 
 
 def image_dict(

@@ -8,10 +8,12 @@ task t+1 overwrites what it learnt for task t: the classic domain-incremental be
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from retain.data.task import Task
+from retain.errors import RetainError
 
 __all__ = ["TaskSplit", "permuted_image_tasks"]
 
@@ -27,19 +29,28 @@ class TaskSplit:
 def permuted_image_tasks(
     dataset: str = "mnist", num_tasks: int = 5, seed: int = 0, first_identity: bool = False
 ) -> list[TaskSplit]:
-    """``num_tasks`` permuted versions of an image dataset from :mod:`retain.assets.datasets`.
+    """``num_tasks`` permuted versions of an image dataset: a registry name
+    (:mod:`retain.assets.datasets`) or the user's own image files (an ``.npz``, ``.parquet`` or
+    ``.arrow`` file, or a folder of idx or image files: :mod:`retain.assets.image_files`).
 
     Examples are ``{"pixel_values": float32 [D], "labels": int64 []}``; permutations come from a
     ``torch.Generator`` seeded with ``seed`` (task 0 unpermuted when ``first_identity``).
     """
-    from retain.assets.datasets import load_dataset
+    from retain.assets.datasets import DATASETS, load_dataset
+    from retain.assets.image_files import load_image_files
 
-    data = load_dataset(dataset)
+    data = load_dataset(dataset) if dataset in DATASETS else load_image_files(dataset)
+    if "pixels" not in data["train"].column_names:
+        raise RetainError(
+            f"dataset {dataset!r} holds no images (no 'pixels' column); use an image dataset "
+            "(see: retain ls) or your own image files"
+        )
     splits = {}
     for part in ("train", "test"):
         pixels = torch.tensor(list(data[part]["pixels"]), dtype=torch.float32)
         labels = torch.tensor(list(data[part]["label"]), dtype=torch.long)
         splits[part] = (pixels, labels)
+    base = dataset if dataset in DATASETS else Path(dataset).stem
     width = splits["train"][0].shape[1]
     g = torch.Generator().manual_seed(seed)
     tasks = []
@@ -55,6 +66,6 @@ def permuted_image_tasks(
             examples = [
                 {"pixel_values": permuted[i], "labels": labels[i]} for i in range(len(labels))
             ]
-            built[part] = Task(f"{dataset}-perm{t}", examples)
+            built[part] = Task(f"{base}-perm{t}", examples)
         tasks.append(TaskSplit(built["train"], built["test"]))
     return tasks

@@ -284,6 +284,10 @@ class Task:
         if len(self.examples) == 0:
             raise RetainError(f"task {self.name!r} has no training examples; check its dataset")
 
+    def __repr__(self) -> str:
+        """Name, size and objective (not every example's tensors)."""
+        return f"Task({self.name!r}, {len(self.examples)} examples, {self.objective!r})"
+
     def with_examples(self, examples: Sequence[Example]) -> Task:
         """The same task over other examples (replay mixes use this)."""
         return replace(self, examples=examples, texts=None)

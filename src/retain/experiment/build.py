@@ -10,6 +10,7 @@ what would otherwise fail minutes into a run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,40 +71,106 @@ class Experiment:
     monitor: MonitorConfig | None
 
 
-def _load(task: TaskSection) -> Any:
-    from retain.assets.datasets import load_dataset
+@dataclass
+class _Loaded:
+    """A task's dataset and the names its text and label columns have in it."""
 
-    if task.dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".txt")):
-        return load_dataset(
-            task.dataset, text_column=task.text_column, label_column=task.label_column
+    data: Any
+    text: str
+    label: str
+
+
+def _load(task: TaskSection, k: int, images: bool) -> _Loaded:
+    """The dataset of ``tasks.<k>``: a registry dataset keeps its columns and split; a local
+    text file or hub name is read with the task's columns (renamed ``text``/``label``) and, with
+    ``images``, local image data (:mod:`retain.assets.image_files`); either holds out
+    ``test_size`` of its rows as the test split, which the console is told. ``classes`` keeps
+    only those classes' rows."""
+    from retain.assets.datasets import DATASETS, load_dataset
+    from retain.assets.image_files import is_image_source, load_image_files
+    from retain.assets.local_data import looks_like_path
+
+    where = f"tasks.{k} ({task.label})"
+    if task.dataset in DATASETS:
+        label = task.label_column or "label"
+        loaded = _Loaded(load_dataset(task.dataset), task.text_column, label)
+    else:
+        if images and (is_image_source(task.dataset) or looks_like_path(task.dataset)):
+            data = load_image_files(
+                task.dataset,
+                image_column=task.image_column,
+                label_column=task.label_column,
+                test_size=task.test_size,
+                where=f"{where}: {task.dataset}",
+            )
+        else:
+            local = task.dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".txt"))
+            data = load_dataset(
+                task.dataset,
+                text_column=task.text_column if local else None,
+                label_column=task.label_column if local else None,
+                test_size=task.test_size,
+            )
+            _say_held_out(data, where, k)
+        loaded = _Loaded(data, "text", "label")
+    if task.classes is not None:
+        loaded.data = _only_classes(loaded.data, loaded.label, task.classes, where)
+    return loaded
+
+
+def _say_held_out(data: Any, where: str, k: int) -> None:
+    held, total = len(data["test"]), len(data["train"]) + len(data["test"])
+    warnings.warn(
+        f"{where}: held out {held} of {total} rows ({held / max(total, 1):.0%}, seeded) as the "
+        f"test split; set tasks.{k}.test_size to change it",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _only_classes(data: Any, label: str, classes: list[int], where: str) -> Any:
+    import datasets
+
+    if label not in data["train"].column_names:
+        raise RetainError(f"{where}: classes needs a label column; set label_column")
+    present = set(data["train"][label])
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise RetainError(
+            f"{where}: no training rows of class {missing[0]} (it has {sorted(present)}); fix "
+            "classes"
         )
-    return load_dataset(task.dataset)
+    keep = set(classes)
+    return datasets.DatasetDict(
+        {split: rows.filter(lambda r: r[label] in keep) for split, rows in data.items()}
+    )
 
 
 def _text_task(task: TaskSection, k: int, config: ExperimentConfig, tokenizer: Any) -> TaskSplit:
     where = f"tasks.{k} ({task.label})"
-    data = _load(task)
+    loaded = _load(task, k, images=False)
+    data, text, label = loaded.data, loaded.text, loaded.label
     parts = []
     for split, n in (("train", task.train), ("test", task.test)):
         rows = rows_of(data, split, n, where)
         if config.model.kind == "causal-lm":
-            require_columns(rows, [task.text_column], where, task.dataset)
+            require_columns(rows, [text], where, task.dataset)
             built = causal_lm_task(
                 task.label,
                 tokenizer,
-                rows[task.text_column],
+                rows[text],
                 block_size=task.max_length,
                 pack=False,
             )
         else:
-            require_columns(rows, [task.text_column, task.label_column], where, task.dataset)
-            feature = data["train"].features.get(task.label_column)
+            require_columns(rows, [text, label], where, task.dataset)
+            feature = data["train"].features.get(label)
             classes = getattr(feature, "num_classes", None)
             built = text_classification_task(
                 task.label,
                 tokenizer,
-                rows[task.text_column],
-                rows[task.label_column],
+                rows[text],
+                rows[label],
                 max_length=task.max_length,
                 num_labels=classes,
             )
@@ -113,13 +180,13 @@ def _text_task(task: TaskSection, k: int, config: ExperimentConfig, tokenizer: A
 
 def _pixel_task(task: TaskSection, k: int) -> TaskSplit:
     where = f"tasks.{k} ({task.label})"
-    data = _load(task)
+    loaded = _load(task, k, images=True)
     parts = []
     for split, n in (("train", task.train), ("test", task.test)):
-        rows = rows_of(data, split, n, where)
-        require_columns(rows, ["pixels", task.label_column], where, task.dataset)
+        rows = rows_of(loaded.data, split, n, where)
+        require_columns(rows, ["pixels", loaded.label], where, task.dataset)
         pixels = torch.tensor(list(rows["pixels"]), dtype=torch.float32)
-        labels = torch.tensor(list(rows[task.label_column]), dtype=torch.long)
+        labels = torch.tensor(list(rows[loaded.label]), dtype=torch.long)
         if task.permutation is not None:
             g = torch.Generator().manual_seed(task.permutation)
             pixels = pixels[:, torch.randperm(pixels.shape[1], generator=g)]

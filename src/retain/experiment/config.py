@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     ValidationError,
     field_validator,
@@ -40,6 +41,8 @@ from retain.errors import RetainError
 from retain.experiment.overrides import apply_overrides, read_yaml
 from retain.experiment.sections import Section
 from retain.experiment.suite_config import ProbeSection, SuiteSection
+from retain.experiment.task_config import TaskSection
+from retain.experiment.tracking_config import TrackingSection
 from retain.training.loop import TrainConfig
 from retain.training.monitor import MonitorConfig
 
@@ -54,6 +57,7 @@ __all__ = [
     "SuiteSection",
     "SweepSection",
     "TaskSection",
+    "TrackingSection",
     "TrainingSection",
     "apply_overrides",
     "check_seeds",
@@ -94,40 +98,6 @@ class ModelSection(Section):
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256])
     pooling: Literal["cls", "mean"] = "cls"
     trust_remote_code: bool = False
-
-
-class TaskSection(Section):
-    """One task of the sequence: a dataset's ``train`` and ``test`` splits.
-
-    Attributes:
-        dataset: a registry name (``retain ls``), a local ``.csv/.tsv/.json/.jsonl/.txt`` file
-            or a ``datasets`` hub name.
-        name: the task's name in results (default: the dataset name, plus ``-perm<k>``).
-        train: the first ``train`` rows of the train split (None: all).
-        test: the first ``test`` rows of the test split (None: all).
-        text_column: column holding the text (text datasets).
-        label_column: column holding the class label (classification tasks).
-        max_length: tokens per example (texts are truncated).
-        permutation: image datasets only: permute the pixels with this seed (None: as is), the
-            permuted-MNIST protocol.
-    """
-
-    dataset: str
-    name: str | None = None
-    train: int | None = Field(default=None, ge=1)
-    test: int | None = Field(default=None, ge=1)
-    text_column: str = "text"
-    label_column: str = "label"
-    max_length: int = Field(default=128, ge=2)
-    permutation: int | None = None
-
-    @property
-    def label(self) -> str:
-        """The task's name in results."""
-        if self.name:
-            return self.name
-        base = Path(self.dataset).stem if "/" in self.dataset else self.dataset
-        return base if self.permutation is None else f"{base}-perm{self.permutation}"
 
 
 class TrainingSection(Section):
@@ -268,6 +238,7 @@ class ExperimentConfig(Section):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     diagnostics: DiagnosticsSection = Field(default_factory=DiagnosticsSection)
     sweep: SweepSection = Field(default_factory=SweepSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     out: str | None = None
     variant: str | None = None
@@ -341,9 +312,11 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
         first = error.errors()[0]
         where, message = _location(first["loc"]), first["msg"]
         if first["type"] == "extra_forbidden":
-            message = (
-                "unknown setting; check its spelling (config reference: docs/reference/config.md)"
+            close = difflib.get_close_matches(
+                str(first["loc"][-1]), _setting_names(first["loc"][:-1]), n=1, cutoff=0.6
             )
+            hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
+            message = f"unknown setting; {hint} (config reference: docs/reference/config.md)"
         elif first["type"] == "missing":
             message = "missing; it is required"
         elif first["type"] == "literal_error":
@@ -354,6 +327,32 @@ def config_from_dict(data: Any, source: str = "config") -> ExperimentConfig:
         more = len(error.errors()) - 1
         tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise RetainError(f"{source}: {where}: {message}{tail}") from None
+
+
+def _setting_names(loc: tuple[int | str, ...]) -> list[str]:
+    """The settings the section at ``loc`` (a path into :class:`ExperimentConfig`) allows."""
+    node: Any = ExperimentConfig
+    for key in loc:
+        if isinstance(key, int):
+            continue  # an item of a list: its type is the list's
+        fields = getattr(node, "model_fields", {})
+        if key not in fields:
+            return []
+        node = _section_type(fields[key].annotation)
+    return list(getattr(node, "model_fields", {}))
+
+
+def _section_type(annotation: Any) -> Any:
+    """The section class inside ``annotation`` (``list[TaskSection]``, ``X | None`` -> X)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _unknown_choice(value: Any, expected: str) -> str:

@@ -7,6 +7,7 @@ A run directory holds::
     checkpoints/     safetensors checkpoints (after every task, every ``checkpoints.every`` steps)
     report.html      a self-contained report (plots embedded); plots/*.png the same plots
     progress.json    per-task figures of an unfinished run (removed when results.json appears)
+    tracking/        the trackers' files (``tracking.report_to``; ``tracking.dir`` moves them)
 
 Re-running into a directory: a finished run (``results.json``) is refused unless ``overwrite``;
 an unfinished run of the *same* config resumes from its newest checkpoint; an unfinished run of
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 
 from retain.atomic_files import to_jsonable, write_text
@@ -35,7 +37,12 @@ from retain.experiment.build import (
     build_experiment,
     build_strategies,
 )
-from retain.experiment.config import ExperimentConfig, check_seeds, config_to_yaml
+from retain.experiment.config import (
+    ExperimentConfig,
+    check_seeds,
+    config_from_dict,
+    config_to_yaml,
+)
 from retain.experiment.run_diagnostics import (
     interference_results,
     interference_tracker,
@@ -43,6 +50,7 @@ from retain.experiment.run_diagnostics import (
     shift_results,
 )
 from retain.experiment.run_progress import RunProgress
+from retain.experiment.tracking import run_tracking
 from retain.experiment.training_settings import check_training, run_device, train_config
 from retain.output_dirs import (
     MARKER,
@@ -87,6 +95,8 @@ class RunSpec:
         report: write report.html and plots/ at the end.
         progress: tqdm bars during training (None: on a terminal).
         say: receives one-line progress messages.
+        tracking_dir: where the trackers write when ``tracking.dir`` is null (None:
+            ``<out>/tracking``; ``retain sweep`` passes its own, shared by its runs).
     """
 
     config: ExperimentConfig
@@ -96,6 +106,7 @@ class RunSpec:
     report: bool = True
     progress: bool | None = None
     say: Callable[[str], None] | None = None
+    tracking_dir: Path | None = None
 
 
 def run_state(out: Path, config_yaml: str) -> str:
@@ -113,9 +124,26 @@ def run_state(out: Path, config_yaml: str) -> str:
         return "foreign"
     if (out / "results.json").is_file():
         return "finished"
-    stored = out / "config.yaml"
-    same = stored.is_file() and stored.read_text(encoding="utf-8") == config_yaml
-    return "resume" if same else "different"
+    return "resume" if _same_config(out / "config.yaml", config_yaml) else "different"
+
+
+#: Settings that do not change what a run computes: a run resumes under other values.
+_NOT_RESULTS = {"tracking"}
+
+
+def _same_config(stored: Path, config_yaml: str) -> bool:
+    """Whether the run config in ``stored`` is ``config_yaml``'s, up to :data:`_NOT_RESULTS`
+    (and defaults a file written by an earlier version left out)."""
+    if not stored.is_file():
+        return False
+    text = stored.read_text(encoding="utf-8")
+    if text == config_yaml:
+        return True
+    try:
+        old, new = (config_from_dict(yaml.safe_load(t)) for t in (text, config_yaml))
+    except (RetainError, yaml.YAMLError):
+        return False
+    return old.model_dump(exclude=_NOT_RESULTS) == new.model_dump(exclude=_NOT_RESULTS)
 
 
 def _check(out: Path, config_yaml: str, overwrite: bool) -> str:
@@ -161,9 +189,7 @@ def _report_missing(spec: RunSpec, out: Path, config_yaml: str) -> bool:
     interrupted or could not be written): then a rerun only writes the report."""
     if spec.overwrite or not spec.report or run_state(out, config_yaml) != "finished":
         return False
-    stored = out / "config.yaml"
-    same = stored.is_file() and stored.read_text(encoding="utf-8") == config_yaml
-    return same and not (out / "report.html").is_file()
+    return _same_config(out / "config.yaml", config_yaml) and not (out / "report.html").is_file()
 
 
 def _finish_report(spec: RunSpec, out: Path) -> RunRecord:
@@ -301,9 +327,8 @@ def _train(
     reference = [reference_copy(config, built.model, 0)]
     tracker = interference_tracker(config, built)
     budgets = [s for s in strategies if isinstance(s, ForgettingBudget)]
-    progress = RunProgress.start(
-        out / "progress.json", built.model, budgets[0] if budgets else None, resume
-    )
+    budget = budgets[0] if budgets else None
+    progress = RunProgress.start(out / "progress.json", built.model, budget, resume)
 
     def after_task(t: int, model: nn.Module) -> None:
         if reference[0] is None:
@@ -311,29 +336,32 @@ def _train(
         progress.task_done(t, model)
         say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
 
-    model, result = fit_sequence(
-        built.model,
-        built.splits,
-        strategies if tracker is None else [tracker, *strategies],
-        train_config(config, config.seeds[0]),
-        built.score,
-        suite=built.suite,
-        tokenizer=built.tokenizer,
-        monitor=built.monitor,
-        **_checkpointing(config, out),
-        resume=resume,
-        from_checkpoint=spec.from_checkpoint,
-        device=run_device(config),
-        progress=spec.progress,
-        after_task=after_task,
-        say=say,
-    )
-    record = _results_record(config, built, result, progress)
-    record.interference = interference_results(tracker, config)
-    record.shift = shift_results(config, built, reference[0], model)
-    record.seconds = time.perf_counter() - begin
-    own = as_chain(strategies).record_fields(model, config.training.lr, result.logs)
-    record = RunRecord.model_validate({**record.to_json(), **to_jsonable(own)})
+    with run_tracking(config, spec.tracking_dir or out / "tracking", budget, say) as tracking:
+        model, result = fit_sequence(
+            built.model,
+            built.splits,
+            strategies if tracker is None else [tracker, *strategies],
+            train_config(config, config.seeds[0]),
+            built.score,
+            suite=built.suite,
+            tokenizer=built.tokenizer,
+            monitor=built.monitor,
+            **_checkpointing(config, out),
+            resume=resume,
+            from_checkpoint=spec.from_checkpoint,
+            device=run_device(config),
+            progress=spec.progress,
+            after_task=after_task,
+            observer=tracking,
+            say=say,
+        )
+        record = _results_record(config, built, result, progress)
+        record.interference = interference_results(tracker, config)
+        record.shift = shift_results(config, built, reference[0], model)
+        record.seconds = time.perf_counter() - begin
+        own = as_chain(strategies).record_fields(model, config.training.lr, result.logs)
+        record = RunRecord.model_validate({**record.to_json(), **to_jsonable(own)})
+        tracking.finish(record)
     return _finish(spec, out, progress, say, record)
 
 

@@ -8,7 +8,8 @@ variant that uses ``ewc`` by one variant per value (``ewc strength=100``, ...); 
 multiply. Each (variant, seed) is a run directory ``<out>/<variant>/seed-<seed>``; seeds run in
 the outer loop, so every finished seed compares all variants. A finished run is reused when the
 sweep is run again (``overwrite`` runs everything afresh); the comparison (``comparison.json``,
-``report.html``, ``plots/``) is written at the end.
+``report.html``, ``plots/``) is written at the end. Experiment trackers (``tracking``) get one
+run per (variant, seed), all in ``<out>/tracking`` unless ``tracking.dir`` says otherwise.
 """
 
 from __future__ import annotations
@@ -208,6 +209,8 @@ def run_sweep(spec: SweepSpec) -> Path:
     folders = [variant_folder(name) for name in variants]
     if len(set(folders)) < len(folders):
         raise RetainError("two variants map to the same folder; give them distinct names")
+    if "tracking" in folders and config.tracking.report_to and not config.tracking.dir:
+        raise RetainError("variant 'tracking' would share the trackers' folder; rename the variant")
     out = spec.out or config.output_dir()
     check_output_parent(out)  # the lock lives beside it
     with output_lock(out):
@@ -245,7 +248,14 @@ def _run_all(spec: SweepSpec, out: Path, variants: dict[str, Entries], seeds: li
         say(f"[{n + 1}/{total}] {name} seed {seed}")
         folder.parent.mkdir(parents=True, exist_ok=True)
         run_experiment(
-            RunSpec(run_config, out=folder, overwrite=spec.overwrite, progress=False, say=say)
+            RunSpec(
+                run_config,
+                out=folder,
+                overwrite=spec.overwrite,
+                progress=False,
+                say=say,
+                tracking_dir=out / "tracking",  # one store for all the sweep's runs
+            )
         )
     report: Path = write_comparison_report(run_dirs, out)
     return report

@@ -108,7 +108,7 @@ def transfer_figure(rows: Sequence[ComparisonRow]) -> Figure | None:
     ax.axhline(0.0, color="black", linewidth=0.8)
     names = [short(r.variant, 20) for r in rows]
     ax.set_xticks(positions, labels=names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("score change (BWT < 0, forgetting > 0: forgot)")
+    ax.set_ylabel("score change (BWT < 0 or forgetting > 0: forgot;\nthe other sign: improved)")
     ax.set_title("Backward transfer and forgetting per variant (mean ± sd)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

@@ -49,8 +49,9 @@ CAPTIONS = {
     "start) over global optimizer steps, the worst one in black; red dashed: the monitor's "
     "budget; x: where the monitor stopped a task, with its reason; dashed verticals: task "
     "boundaries. Without a monitor: the suite's degradation after each task.",
-    "loss": "Training loss per optimizer step over the whole sequence (global steps) and its "
-    "moving average; dashed verticals: task boundaries.",
+    "loss": "Training loss per optimizer step over the whole sequence (global steps); from 100 "
+    "steps on, also its mean over every 1/50 of the steps (the darker line); dashed verticals: "
+    "task boundaries.",
     "budget": "Forgetting budget controller: the penalty strength it set (top) and the worst "
     "relative degradation it measured (bottom) against the budget (red dashed).",
     "drift": "Relative drift ||θ_t − θ_0|| / ||θ_0|| of each layer's parameters from the "
@@ -77,7 +78,9 @@ CAPTIONS = {
     "Pareto-optimal variants (no other variant is at least as good on both axes and better on "
     "one).",
     "transfer": "Backward transfer (negative = forgot) and average forgetting (positive = forgot) "
-    "per variant, mean ± sample sd over seeds.",
+    "per variant, mean ± sample sd over seeds. The other sign means the earlier tasks got better "
+    "after later training (replay and joint objectives can do that): positive BWT, negative "
+    "forgetting.",
 }
 
 _LABELS = {
@@ -184,10 +187,21 @@ def _settings(values: Mapping[str, Any], keys: Sequence[str] | None = None) -> s
     return ", ".join(f"{k}={values[k]}" for k in (keys or list(values)) if k in values)
 
 
+def _training_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The training settings worth showing: ``epochs`` only where it limits the run (with
+    ``max_steps`` set, at least one step an epoch means ``epochs >= max_steps`` never does)."""
+    limits = {
+        k: v for k, v in config.items() if k in ("epochs", "max_steps") and isinstance(v, int)
+    }
+    limited = not ("max_steps" in limits and limits["epochs"] >= limits["max_steps"])
+    shown = ("lr", "batch_size", "epochs", "max_steps")
+    return shown if limited else ("lr", "batch_size", "max_steps")
+
+
 def _header(record: RunRecord) -> str:
     run = record.run
     versions = ", ".join(f"{k} {v}" for k, v in run.versions.items())
-    training = _settings(run.config, ("lr", "batch_size", "epochs", "max_steps"))
+    training = _settings(run.config, _training_keys(run.config))
     monitor = "none" if record.monitor is None else _settings(record.monitor.to_json())
     budget = "none"
     if record.budget is not None:
@@ -354,7 +368,7 @@ def _row_cells(row: ComparisonRow) -> list[str]:
     cells = [
         escape(row.variant) + (" ★" if row.pareto else ""),
         f'<td class="l">{escape(row.strategies)}</td>',
-        escape(", ".join(str(s) for s in row.seeds)),
+        escape(f"{row.n} ({', '.join(str(s) for s in row.seeds)})"),
     ]
     for key in SUMMARY_KEYS:
         stat = row.figure(key)
@@ -384,7 +398,7 @@ def comparison_html(
     header = [
         "variant",
         '<th class="l">strategies</th>',
-        "seeds",
+        "runs (seeds)",
         *(escape(_LABELS[k]) for k in SUMMARY_KEYS),
     ]
     marks = ["pareto" if row.pareto else "" for row in rows]

@@ -50,7 +50,7 @@ from retain.distributed import auto_device, init_distributed
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
-from retain.evaluation.task_accuracy import task_accuracy
+from retain.evaluation.task_accuracy import negative_loss, task_accuracy
 from retain.evaluation.task_probe import TaskAccuracyProbe
 from retain.metrics import (
     average_accuracy,
@@ -59,11 +59,13 @@ from retain.metrics import (
     forward_transfer,
 )
 from retain.records.parts import Interval
+from retain.records.parts import Score as ScoreRecord
 from retain.records.run import RunResult, SequenceMetrics, SuiteScores, TaskLog
 from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain
 from retain.training.loop import TrainConfig, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
+from retain.training.observer import SequenceObserver, TaskEndEvent, observed
 from retain.training.sequence_state import (
     RunState,
     TaskCheckpoints,
@@ -129,6 +131,7 @@ def fit_sequence(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     after_task: Callable[[int, nn.Module], None] | None = None,
+    observer: SequenceObserver | None = None,
     say: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
@@ -152,8 +155,9 @@ def fit_sequence(
     ``checkpoints/steps/step-<n>`` folder (``resume`` is then implied; later checkpoints still go to
     ``checkpoint_dir``). ``progress``: tqdm bars (None: on a terminal).
     ``after_task(t, model)``: called after task ``t`` is trained and scored, before its
-    checkpoint (tasks finished before a resume are not called again). ``say``: receives the
-    one-line resume decision.
+    checkpoint (tasks finished before a resume are not called again). ``observer``: told of
+    every optimizer step and every task's end, with the global step
+    (:mod:`retain.training.observer`). ``say``: receives the one-line resume decision.
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
@@ -186,7 +190,9 @@ def fit_sequence(
         checkpoints = TaskCheckpoints(
             folder, checkpoint_every, model, strat, run, t, monitor=watch, start=start
         )
+        steps_before = sum(x["steps"] for x in run.logs)
         hooks = checkpoints.hooks(resume_from=resume_mid)
+        hooks = observed(hooks, observer, t, steps_before, watch)
         begin = time.perf_counter()
         log = train_task(
             model,
@@ -204,12 +210,16 @@ def fit_sequence(
         run.matrix.append(_score_all(model, strat, splits, names, t, score, run, names[t]))
         if suite is not None:
             run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
+        if observer is not None:
+            row = dict(zip(names, run.matrix[-1], strict=True))
+            history = [] if watch is None else watch.history
+            observer.on_task_end(TaskEndEvent(t, steps_before + log.steps, log, row, history))
         if after_task is not None:
             after_task(t, model)
         start = save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
         bar.update(1)
     bar.close()
-    return model, _result(run, strat, config, suite)
+    return model, _result(run, strat, config, suite, score)
 
 
 def _score_baseline(
@@ -281,7 +291,23 @@ def _monitor(
     return ForgettingMonitor(watched, config, tokenizer, task_score=lambda m: score(m, test))
 
 
-def _result(run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite | None) -> RunResult:
+#: The names of the scores retain ships (as the experiment runner reports them).
+_SCORE_NAMES: dict[Score, str] = {
+    task_accuracy: "accuracy",
+    negative_loss: "negative loss (nats/token)",
+}
+
+
+def _score_record(score: Score) -> ScoreRecord:
+    """What ``score`` measures: a shipped score's name, else the function's (higher is better,
+    as every score of :func:`fit_sequence` is)."""
+    name = _SCORE_NAMES.get(score) or str(getattr(score, "__name__", "score"))
+    return ScoreRecord(name=name, higher_is_better=True)
+
+
+def _result(
+    run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite | None, score: Score
+) -> RunResult:
     matrix = run.matrix
     metrics = {
         "average_accuracy": average_accuracy(matrix),
@@ -303,6 +329,7 @@ def _result(run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite |
         seconds=run.seconds,
         resumed=run.resumed,
         resume_notes=run.resume_notes,
+        score=_score_record(score),
     )
 
 
