@@ -68,11 +68,27 @@ SETUPS: dict[str, Callable[[Path], None]] = {
         sweep={"variants": {"naive": []}, "settings": {"naive": ["training.precision=fp16"]}},
     ),
     "empty": lambda ws: (ws / "empty").mkdir(),
+    "images": lambda ws: _image_files(ws),
     "nonsense": lambda ws: _fake_run(ws, "nonsense", {"run": {"matrix": "x"}}),
     "badmatrix": lambda ws: _fake_run(ws, "badmatrix", {**_RECORD, "run": {"matrix": "x"}}),
     "truncated": lambda ws: _fake_run(ws, "truncated", None),
     "unfinished": lambda ws: _unfinished_run(ws, "unfinished"),
 }
+
+
+def _image_files(ws: Path) -> None:
+    """Image data a user might get wrong: an unknown format, an .npz without the arrays, a
+    folder of images without class subfolders, and one of two image sizes."""
+    import numpy as np
+    from PIL import Image
+
+    (ws / "scan.tiffx").write_bytes(b"II*\0" + bytes(60))
+    np.savez(ws / "arrays.npz", a=np.zeros((4, 8)), b=np.zeros(4))
+    for name, sizes in (("flat", [(8, 8)] * 4), ("mixed", [(8, 8), (8, 8), (9, 9), (8, 8)])):
+        for i, size in enumerate(sizes):
+            folder = ws / name if name == "flat" else ws / name / str(i % 2)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full(size, i, dtype=np.uint8), mode="L").save(folder / f"{i}.png")
 
 
 def _unfinished_run(ws: Path, name: str) -> None:
@@ -184,6 +200,10 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
         ],
         "stars",
     ),
+    ("run-image-format", ("cfg", "images"), [*RUN, "tasks.0.dataset=./scan.tiffx"], "format"),
+    ("run-npz-arrays", ("cfg", "images"), [*RUN, "tasks.0.dataset=./arrays.npz"], "no array"),
+    ("run-images-no-labels", ("cfg", "images"), [*RUN, "tasks.0.dataset=./flat"], "no labels"),
+    ("run-images-sizes", ("cfg", "images"), [*RUN, "tasks.0.dataset=./mixed"], "different sizes"),
     ("run-no-tokenizer", ("cfg", "notok"), [*RUN, *LM_RUN, "model.name=./notok"], "tokenizer"),
     ("run-truncated-weights", ("cfg", "trunc"), [*RUN, *LM_RUN, "model.name=./trunc"], "corrupt"),
     ("run-garbage-weights", ("cfg", "garbage"), [*RUN, *LM_RUN, "model.name=garbage"], "corrupt"),

@@ -45,6 +45,26 @@ def test_validate_checks_without_training(
     assert not (config_file.parent / "runs").exists()
 
 
+def test_validate_of_a_causal_lm_prints_no_library_progress_bars(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_lm_dirs: tuple[Path, Path]
+) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()  # as a notebook or another library may leave it
+    lm = {
+        **CONFIG,
+        "model": {"name": str(tiny_lm_dirs[0]), "kind": "causal-lm"},
+        "tasks": [{"dataset": "sms_spam", "train": 8, "test": 4}],
+        "strategies": [],
+        "monitor": None,
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(lm))
+    code, out, err = run(capsys, "validate", str(tmp_path / "lm.yaml"))
+    assert code == 0, err
+    assert "%|" not in out + err  # tqdm's bar ("Loading weights: 100%|...")
+    assert not transformers_logging.is_progress_bar_enabled()
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [

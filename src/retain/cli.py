@@ -182,8 +182,34 @@ def _show_warning(
 _default_showwarning = warnings.showwarning
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars off even when a library was imported first (in a notebook, or by
+    a test): our own progress lines go to stderr, and bars would interleave with them."""
+    import sys
+
+    if "huggingface_hub" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``retain`` console script; returns the exit code."""
+    # Before anything imports the libraries (building the parser may): they read these once.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Our own progress lines go to stderr; library progress bars and advisories would bury them.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_libraries()
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may also follow the options (argparse stops the positionals there).
@@ -192,11 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Our own progress lines go to stderr; library progress bars and advisories would bury them.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Library deprecation notices are for retain's developers, not for a user reading a report.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

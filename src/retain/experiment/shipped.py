@@ -6,6 +6,7 @@ that is not an existing path is looked up by name among the shipped ones.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from retain.errors import RetainError
@@ -32,13 +33,15 @@ def resolve_config_path(name_or_path: str) -> Path:
     if path.is_file():
         return path
     shipped = shipped_configs()
-    key = name_or_path.removesuffix(".yaml").removeprefix("configs/")
+    key = name_or_path.removesuffix(".yaml").removeprefix("configs/").replace("-", "_")
     if key in shipped:
         return shipped[key]
     if path.exists():
         raise RetainError(f"config {name_or_path!r} is a folder; give a YAML file")
     names = ", ".join(shipped) or "none"
+    close = difflib.get_close_matches(key.lower(), list(shipped), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise RetainError(
         f"config file {name_or_path!r} does not exist and is no shipped config ({names}); "
-        "check the path"
+        f"{hint}check the path"
     )
