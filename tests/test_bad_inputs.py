@@ -148,7 +148,7 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ("run-list-yaml", ("listyaml",), ["run", "list.yaml"], "must be a YAML mapping"),
     ("run-unknown-setting", ("cfg",), [*RUN, "training.lrr=1"], "training.lrr: unknown"),
     ("run-unknown-strategy", ("cfg",), [*RUN, "strategies=[{name: ewcc}]"], "did you mean"),
-    ("run-unknown-dataset", ("cfg",), [*RUN, "tasks.0.dataset=digitz"], "digitz"),
+    ("run-unknown-dataset", ("cfg",), [*RUN, "tasks.0.dataset=digitz"], "did you mean 'digits'"),
     ("run-bad-index", ("cfg",), [*RUN, "tasks.7.train=3"], "tasks.7"),
     ("run-seed-negative", ("cfg",), [*RUN, "--seed", "-1"], "seed -1 is out of range"),
     ("run-seed-too-big", ("cfg",), [*RUN, "--seed", str(2**32)], "out of range"),

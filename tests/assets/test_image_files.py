@@ -200,3 +200,27 @@ def test_malformed_image_data_is_one_line(tmp_path: Path, make: Any, expected: s
     with pytest.raises(RetainError, match=expected) as info:
         load_image_files(str(path))
     assert "\n" not in str(info.value)
+
+
+def test_a_folder_of_parquet_splits_reads_like_a_datasets_name(
+    tmp_path: Path, mnist: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    import datasets
+
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    for split, (grey, labels) in mnist.items():
+        table = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(g, mode="L") for g in grey], "label": labels.tolist()},
+            features=datasets.Features(
+                {"image": datasets.Image(), "label": datasets.Value("int64")}
+            ),
+        )
+        table.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    assert is_image_source(str(folder))
+    _same(load_image_files(str(folder)), mnist)
+
+
+def test_an_unknown_datasets_name_is_one_line() -> None:
+    with pytest.raises(RetainError, match=r"image dataset 'nobody/no-such-images' is neither"):
+        load_image_files("nobody/no-such-images")

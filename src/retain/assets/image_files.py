@@ -13,9 +13,10 @@ Sources (:func:`load_image_files`):
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``, ``t10k-labels-...``).
 - a folder of image files, read by ``datasets``' ``imagefolder``: one subfolder per class
   (``<folder>/<class>/<image>.png``), optionally under ``train/`` and ``test/``.
-- a ``.parquet`` or ``.arrow`` file whose ``image_column`` (default ``image``) holds images
-  (``datasets.Image``) or flat pixel lists, and whose ``label_column`` (default ``label``) holds
-  the class.
+- a ``.parquet`` or ``.arrow`` file, or a folder of them (``train-*.parquet``,
+  ``test-*.parquet``), or a ``datasets`` name (the hub, or its local cache offline), whose
+  ``image_column`` (default ``image``) holds images (``datasets.Image``) or flat pixel lists,
+  and whose ``label_column`` (default ``label``) holds the class.
 
 Pixels: integer pixels (``uint8`` grey levels 0-255) are divided by 255, so they lie in [0, 1] like
 the registry's; float pixels are kept as they are. Every image must have the same size and
@@ -27,15 +28,19 @@ split with ``test_size`` and ``seed``, stratified by class
 
 from __future__ import annotations
 
+import difflib
+import functools
 import gzip
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from retain.assets.local_data import looks_like_path
 from retain.assets.splits import image_dict
 from retain.errors import RetainError
 
@@ -59,7 +64,9 @@ def is_image_source(name: str) -> bool:
     if not path.is_dir():
         return False
     return bool(_idx_files(path)) or any(
-        p.suffix.lower() in _PICTURES for p in path.rglob("*") if p.is_file()
+        p.suffix.lower() in (*_PICTURES, ".parquet", ".arrow")
+        for p in path.rglob("*")
+        if p.is_file()
     )
 
 
@@ -78,19 +85,27 @@ def load_image_files(
     warning (naming ``where``, default ``name``) says how many rows were held out.
     """
     path = Path(name).expanduser()
-    if not path.exists():
-        raise RetainError(f"no such file or folder: {name!r}")
+    columns = (image_column or "image", label_column or "label")
     suffix = path.suffix.lower()
-    if path.is_dir():
-        splits = _idx_folder(path, name) if _idx_files(path) else _picture_folder(path, name)
+    if not path.exists():
+        if looks_like_path(name):
+            raise RetainError(f"no such file or folder: {name!r}")
+        splits = _tables(_hub(name), name, *columns)
+    elif path.is_dir() and _idx_files(path):
+        splits = _idx_folder(path, name)
+    elif path.is_dir() and any(p.suffix in (".parquet", ".arrow") for p in path.iterdir()):
+        splits = _tables(_read(name, lambda: datasets.load_dataset(str(path))), name, *columns)
+    elif path.is_dir():
+        splits = _picture_folder(path, name)
     elif suffix == ".npz":
         splits = _npz(path, name, image_column, label_column)
     elif suffix in (".parquet", ".arrow"):
-        splits = _table(path, name, suffix[1:], image_column or "image", label_column or "label")
+        load = functools.partial(datasets.load_dataset, suffix[1:], data_files=str(path))
+        splits = _tables(_read(name, load), name, *columns)
     else:
         raise RetainError(
             f"{name}: unknown image data format {path.suffix or '(none)'!r}; use an .npz, "
-            ".parquet or .arrow file, or a folder of idx or image files"
+            ".parquet or .arrow file, a folder of idx or image files, or a datasets name"
         )
     data = _as_dict(splits, name, test_size, seed)
     if "test" not in splits:
@@ -218,21 +233,58 @@ def _picture(image: Any) -> Pixels:
     return np.asarray(image.convert(mode))
 
 
-def _table(
-    path: Path, name: str, builder: str, image_column: str, label_column: str
-) -> dict[str, tuple[Pixels, Pixels]]:
+def _read(name: str, load: Callable[[], object]) -> datasets.DatasetDict:
     try:
-        table = datasets.load_dataset(builder, data_files=str(path))["train"]
-    except Exception as exc:  # datasets raises many types for a malformed file
+        loaded = load()
+    except Exception as exc:  # datasets raises many types for a malformed source
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise RetainError(f"could not read {name} as {builder}: {reason}") from exc
-    for column, option in ((image_column, "image_column"), (label_column, "label_column")):
-        if column not in table.column_names:
-            raise RetainError(
-                f"{name}: no column {column!r} (it has {table.column_names}); set {option}"
-            )
-    images = [_picture(v) if hasattr(v, "convert") else np.asarray(v) for v in table[image_column]]
-    return {"all": (_stack(images, name), np.asarray(table[label_column]))}
+        raise RetainError(f"could not read {name}: {reason}") from exc
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise RetainError(f"{name}: expected splits of images, got {type(loaded).__name__}")
+    return loaded
+
+
+def _hub(name: str) -> datasets.DatasetDict:
+    """``datasets.load_dataset(name)``: the hub, or its local cache when offline. A near miss
+    of a registry name (``mnsit``) is a typo, answered with the registry's did-you-mean."""
+    from retain.assets.datasets import DATASETS
+
+    if "/" not in name and difflib.get_close_matches(name.lower(), DATASETS.names(), 1, 0.8):
+        raise RetainError(DATASETS.unknown_message(name))
+    try:
+        loaded = datasets.load_dataset(name)
+    except (ConnectionError, FileNotFoundError) as exc:
+        raise RetainError(
+            f"image dataset {name!r} is neither a file nor a folder, and datasets cannot find "
+            "it (offline, it must be in the local cache); check the name or give a path "
+            "(registry datasets: retain ls)"
+        ) from exc
+    except Exception as exc:  # datasets raises many types
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RetainError(f"could not load the image dataset {name!r}: {reason}") from exc
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise RetainError(f"{name}: expected splits of images, got {type(loaded).__name__}")
+    return loaded
+
+
+def _tables(
+    loaded: datasets.DatasetDict, name: str, image_column: str, label_column: str
+) -> dict[str, tuple[Pixels, Pixels]]:
+    """The images and labels of every split (``validation`` counts as test; one split alone is
+    split again)."""
+    splits = {}
+    for split, table in loaded.items():
+        for column, option in ((image_column, "image_column"), (label_column, "label_column")):
+            if column not in table.column_names:
+                raise RetainError(
+                    f"{name}: no column {column!r} (it has {table.column_names}); set {option}"
+                )
+        images = [
+            _picture(v) if hasattr(v, "convert") else np.asarray(v) for v in table[image_column]
+        ]
+        key = "test" if split in ("test", "validation") else split
+        splits[key] = (_stack(images, name), np.asarray(table[label_column]))
+    return splits if "test" in splits else {"all": splits[next(iter(splits))]}
 
 
 def _stack(images: list[Pixels], name: str) -> Pixels:

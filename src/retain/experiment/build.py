@@ -87,15 +87,14 @@ def _load(task: TaskSection, k: int, images: bool) -> _Loaded:
     ``test_size`` of its rows as the test split, which the console is told. ``classes`` keeps
     only those classes' rows."""
     from retain.assets.datasets import DATASETS, load_dataset
-    from retain.assets.image_files import is_image_source, load_image_files
-    from retain.assets.local_data import looks_like_path
+    from retain.assets.image_files import load_image_files
 
     where = f"tasks.{k} ({task.label})"
     if task.dataset in DATASETS:
         label = task.label_column or "label"
         loaded = _Loaded(load_dataset(task.dataset), task.text_column, label)
     else:
-        if images and (is_image_source(task.dataset) or looks_like_path(task.dataset)):
+        if images:  # a pixel model: every source is read as images
             data = load_image_files(
                 task.dataset,
                 image_column=task.image_column,
