@@ -1,23 +1,35 @@
-"""Which process is the main one, under ``accelerate launch`` / ``torchrun`` or alone, and which
-device it computes on.
+"""Which process is the main one, under ``accelerate launch`` / ``torchrun`` or alone, which
+device it computes on, and whether a model's parameters are sharded across processes (FSDP2).
 
 Nothing in retain assumes a single process: every rank may evaluate, but only the main process
-writes run directories and reports.
+writes run directories and reports. A model wrapped with ``torch.distributed.fsdp.fully_shard``
+(FSDP2) holds each parameter as a ``DTensor`` sharded on dim 0: rank ``r`` of ``W`` stores rows
+``r·⌈n/W⌉ .. min((r+1)·⌈n/W⌉, n)`` of an ``n``-row parameter (the last ranks may hold fewer rows, or
+none), and after ``backward`` each ``.grad`` is a ``DTensor`` sharded the same way. Code that works
+on such a model touches only :func:`local_tensor` views and all-reduces what it sums
+(:func:`all_reduce_sum`); a strategy that cannot calls :func:`refuse_sharded`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any, cast
 
 import torch
+from torch import Tensor, nn
 
 from retain.errors import RetainError
 
 __all__ = [
+    "all_reduce_sum",
     "auto_device",
     "init_distributed",
     "is_main_process",
+    "is_sharded",
+    "local_tensor",
     "rank_and_world",
+    "refuse_sharded",
     "resolve_device",
 ]
 
@@ -100,3 +112,54 @@ def resolve_device(name: str, what: str = "--device") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RetainError(f"{what}={name}: MPS is not available here; use auto or cpu")
     return device
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when ``model`` (or a submodule) is wrapped with FSDP2's ``fully_shard`` or holds a
+    ``DTensor`` parameter, i.e. when each process holds only a shard of some weights."""
+    dtensor = _dtensor_type()
+    if dtensor is None:
+        return False
+    fsdp = getattr(torch.distributed, "fsdp", None)
+    module_type = getattr(fsdp, "FSDPModule", None) if fsdp is not None else None
+    if module_type is not None and any(isinstance(m, module_type) for m in model.modules()):
+        return True
+    return any(isinstance(p, dtensor) for p in model.parameters())
+
+
+def refuse_sharded(model: nn.Module, owner: str, reason: str) -> None:
+    """Raise a one-line :class:`RetainError` when ``model`` is sharded (:func:`is_sharded`):
+    ``owner`` (the strategy) cannot train it, for ``reason``."""
+    if is_sharded(model):
+        raise RetainError(
+            f"{owner} cannot train an FSDP-sharded model yet: {reason}; train it unsharded "
+            "(DDP or one process) or drop this strategy"
+        )
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """This process's shard of a ``DTensor`` (a view sharing its storage, so in-place updates
+    reach the ``DTensor``); any other tensor unchanged."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(tensor, dtensor):
+        local: Tensor = cast(Any, tensor).to_local()
+        return local
+    return tensor
+
+
+@functools.cache
+def _dtensor_type() -> type | None:
+    """``torch.distributed.tensor.DTensor``, or None where torch has no distributed support."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def all_reduce_sum(value: Tensor) -> Tensor:
+    """``value`` summed over every process (in place; unchanged in a single process)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value)
+    return value

@@ -22,6 +22,18 @@ memory, more time (about 1.5x the float32 time of the transform on CPU).
 
 Terms are saved with safetensors by :mod:`retain.strategies.anchor_files`, together with the
 parameter names and shapes, so that loading into another model fails with a clear message.
+
+Sharded models (FSDP2, ``fully_shard``): a parameter is a ``DTensor`` sharded on dim 0 and so is
+its gradient after ``backward``. The store then keeps *this process's shard* of every anchor and
+weight (:func:`~retain.distributed.local_tensor`, taken from the sharded parameter itself, so no
+gather ever happens) and applies ``g += c · Σ_t w_t ⊙ (θ − θ*_t)`` to the local shard of ``.grad``:
+the transform is elementwise, so each rank updating its own rows gives exactly the unsharded
+result. Memory per rank is the stored bytes divided by the world size (a shard is ``⌈n/W⌉`` rows
+or fewer; FSDP2's own padding is not copied). :meth:`AnchorStore.loss` sums the local shards and
+all-reduces that one scalar (every rank must call it); the value is global, the gradient reaches
+the local shards. Stored shards are only meaningful on the same sharding, so
+:meth:`AnchorStore.check_whole` lets owners refuse to save them (a whole anchor given to a sharded
+model is refused when bound).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from retain.distributed import all_reduce_sum, local_tensor
 from retain.errors import RetainError
 
 __all__ = [
@@ -83,16 +96,27 @@ class _Chunk:
 
 @dataclass
 class _Bound:
-    """A term matched to a model: its parameters, the chunks over them, and how to check them."""
+    """A term matched to a model: its parameters, the chunks over them, and how to check them.
+
+    ``params`` are the tensors the arithmetic reads (the parameters, or their local shards when
+    sharded); ``owners`` the parameters themselves, whose ``.grad`` receives the gradient.
+    """
 
     params: list[Tensor]
     chunks: list[_Chunk]
     split: list[tuple[int, int]]  # (position, data_ptr) of parameters cut into flat pieces
     copy: bool  # offloaded storage: copy pieces to the parameters' device at each step
+    owners: list[Tensor]
+    sharded: bool = False
 
     def stale(self) -> bool:
         """True when a parameter's storage moved since the pieces were cut (``model.to(...)``)."""
         if any(self.params[i].data_ptr() != ptr for i, ptr in self.split):
+            return True
+        if self.sharded and any(
+            local_tensor(o).data_ptr() != p.data_ptr()
+            for o, p in zip(self.owners, self.params, strict=True)
+        ):
             return True
         first = self.chunks[0] if self.chunks else None
         return (
@@ -114,6 +138,8 @@ class AnchorStore:
         self.dtype = _DTYPES[storage_dtype]
         self.offload = offload
         self.terms: list[AnchorTerm] = []
+        #: True once an anchor was taken from a sharded (FSDP2) model: the terms hold local shards.
+        self.sharded = False
         self._version = 0
         self._cache: tuple[weakref.ref[nn.Module], int, list[_Bound]] | None = None
 
@@ -128,8 +154,20 @@ class AnchorStore:
         return out
 
     def snapshot(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Stored copies of the current values of ``params`` (an anchor)."""
-        return {name: self.stored(p) for name, p in params.items()}
+        """Stored copies of the current values of ``params`` (an anchor); of this process's
+        shards when the parameters are sharded ``DTensor``s."""
+        locals_ = {name: local_tensor(p) for name, p in params.items()}
+        self.sharded = any(t is not params[n] for n, t in locals_.items())
+        return {name: self.stored(t) for name, t in locals_.items()}
+
+    def check_whole(self, action: str) -> None:
+        """Refuse ``action`` (``"checkpoint the l2sp anchor"``) when the terms hold local
+        shards (a file or checkpoint of them would be one rank's rows only)."""
+        if self.sharded and self.terms:
+            raise RetainError(
+                f"cannot {action}: {self.owner} holds this process's shards of them (FSDP2); "
+                "saving sharded anchors is not supported yet"
+            )
 
     def set_terms(self, terms: list[AnchorTerm]) -> None:
         """Replace every term (the matched lists are rebuilt at the next step)."""
@@ -155,21 +193,35 @@ class AnchorStore:
             return
         with torch.no_grad():
             for bound in self._bind(model):
-                grads = [p.grad for p in bound.params]
+                grads = [o.grad for o in bound.owners]
+                if bound.sharded:
+                    grads = [None if g is None else local_tensor(g) for g in grads]
+                back: list[tuple[Tensor, Tensor]] = []  # sharded: (local grad, contiguous copy)
                 for i, _ in bound.split:  # flat slices need a contiguous gradient
                     grad = grads[i]
                     if grad is not None and not grad.is_contiguous():
-                        grads[i] = bound.params[i].grad = grad.contiguous()
+                        grads[i] = contiguous = grad.contiguous()
+                        if bound.sharded:  # the DTensor keeps its shard: copy the result back
+                            back.append((grad, contiguous))
+                        else:
+                            bound.owners[i].grad = contiguous
                 for chunk in bound.chunks:
                     _apply(chunk, grads, coefficient, bound.copy)
+                for grad, contiguous in back:
+                    grad.copy_(contiguous)
 
     def loss(self, model: nn.Module, coefficient: float) -> Tensor:
-        """``R(θ) = c/2 · Σ_t Σ_i w_{t,i} (θ_i − θ*_{t,i})²`` as a differentiable float32 scalar."""
+        """``R(θ) = c/2 · Σ_t Σ_i w_{t,i} (θ_i − θ*_{t,i})²`` as a differentiable float32 scalar.
+
+        Sharded: the local shards' sum ``R_r``, all-reduced (one scalar, every rank must call)
+        and returned as ``R_r + (Σ_r R_r − R_r).detach()``: the global value, whose gradient is
+        that of ``R_r`` on this rank's shards (which is all of ``∂R/∂θ`` for those entries).
+        """
         named = dict(model.named_parameters())
         parts: list[Tensor] = []
         for term in self.terms:
             for name, anchor in term.anchor.items():
-                param = self._param(named, name, anchor, model)
+                param = local_tensor(self._param(named, name, anchor, model))
                 diff = param.float() - anchor.to(param.device, torch.float32)
                 square = diff * diff
                 if term.weight is not None:
@@ -177,8 +229,13 @@ class AnchorStore:
                 parts.append(square.sum())
         if not parts:
             first = next(iter(named.values()), None)
-            return torch.zeros((), device=first.device if first is not None else None)
-        return 0.5 * coefficient * torch.stack(parts).sum()
+            total = torch.zeros((), device=first.device if first is not None else None)
+        else:
+            total = 0.5 * coefficient * torch.stack(parts).sum()
+        if not self.sharded:
+            return total
+        whole = all_reduce_sum(total.detach().clone())
+        return total + (whole - total.detach())
 
     def _param(
         self, named: Mapping[str, nn.Parameter], name: str, anchor: Tensor, model: nn.Module
@@ -190,7 +247,14 @@ class AnchorStore:
                 "have; train the same model (wrap it, e.g. with PEFT, in prepare() before the "
                 "first task)"
             )
-        if param.shape != anchor.shape:
+        local = local_tensor(param)
+        if local is not param and local.shape != anchor.shape:
+            raise RetainError(
+                f"{self.owner} anchor of {name!r} has shape {tuple(anchor.shape)} but this "
+                f"process holds a shard of shape {tuple(local.shape)} (FSDP2); take anchors on "
+                "the sharded model (loading whole anchors into a sharded one is not supported yet)"
+            )
+        if local is param and param.shape != anchor.shape:
             raise RetainError(
                 f"{self.owner} anchored parameter {name!r} with shape {tuple(anchor.shape)} but "
                 f"the model's has shape {tuple(param.shape)}; train the same model"
@@ -210,18 +274,22 @@ class AnchorStore:
         named = dict(model.named_parameters())
         bounds = []
         for term in self.terms:
-            params: list[Tensor] = []
+            owners: list[Tensor] = []
             for name, anchor in list(term.anchor.items()):
                 param = self._param(named, name, anchor, model)
                 if not self.offload and anchor.device != param.device:
                     term.anchor[name] = anchor.to(param.device)
                     if term.weight is not None:
                         term.weight[name] = term.weight[name].to(param.device)
-                params.append(param)
+                owners.append(param)
+            params = [local_tensor(p) for p in owners]
             anchors = list(term.anchor.values())
             weights = [term.weight[n] for n in term.anchor] if term.weight is not None else None
             copy = self.offload and any(p.device.type != "cpu" for p in params)
-            bounds.append(_plan(params, anchors, weights, copy))
+            bound = _plan(params, anchors, weights, copy)
+            bound.owners = owners
+            bound.sharded = any(p is not o for p, o in zip(params, owners, strict=True))
+            bounds.append(bound)
         self._cache = (weakref.ref(model), self._version, bounds)
         return bounds
 
@@ -287,7 +355,7 @@ def _plan(
             add(i, -1, -1)
     if current.index:
         chunks.append(current)
-    return _Bound(params, chunks, split, copy)
+    return _Bound(params, chunks, split, copy, owners=params)
 
 
 def _apply(chunk: _Chunk, grads: list[Tensor | None], coefficient: float, copy: bool) -> None:

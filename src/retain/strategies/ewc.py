@@ -13,6 +13,13 @@ tasks). EWC protects the parameters that are trainable when the Fisher is estima
 penalty engine is :class:`~retain.strategies.importance.ImportancePenalty`. Under
 ``torch.distributed`` the Fisher is the mean over every rank's samples (``estimate_fisher``
 all-reduces), so every rank stores the same terms and adds the same gradient.
+
+On a sharded model (FSDP2 ``fully_shard``) every rank stores only its shards of ``F_t`` and
+``θ*_t`` (memory per rank: per term, twice the protected parameters' float32 bytes over the world
+size with ``storage_dtype="float32"``) and adds its shard of the gradient. The Fisher is then
+estimated shard by shard with :func:`~retain.strategies.sharded_fisher.sharded_fisher` (every rank
+runs every one of the ``fisher_samples`` samples, so each reads its shard of each per-sample
+gradient; see that module for the scheme, its cost and its memory).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from retain.data.task import Task
+from retain.distributed import is_sharded
 from retain.strategies.anchored import StorageDtype
 from retain.strategies.base import register_strategy
 from retain.strategies.importance import (
@@ -66,6 +74,7 @@ class EWC(ImportancePenalty):
     name = "ewc"
     weight_kind = "fisher"
     weight_label = "Fisher"
+    sharded_estimate = True
 
     def __init__(
         self,
@@ -91,7 +100,19 @@ class EWC(ImportancePenalty):
         self, model: nn.Module, task: Task, params: Mapping[str, nn.Parameter]
     ) -> dict[str, Tensor]:
         """``F_t``: the diagonal Fisher on this rank's share of the task's first
-        ``fisher_samples`` examples (all-reduced to the mean over every rank's samples)."""
+        ``fisher_samples`` examples (all-reduced to the mean over every rank's samples); on a
+        sharded model, this rank's shards of the Fisher on all of them."""
+        if is_sharded(model):
+            from retain.strategies.sharded_fisher import sharded_fisher
+
+            return sharded_fisher(
+                model,
+                task,
+                params,
+                estimator=self.fisher,
+                max_samples=self.fisher_samples,
+                batch_size=self.fisher_batch_size,
+            )
         from retain.diagnostics.fisher import estimate_fisher
 
         return estimate_fisher(

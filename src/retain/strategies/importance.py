@@ -14,6 +14,12 @@ gradient transform, bfloat16 storage, CPU offload) and are saved with
 A new penalty of the family is one subclass: set ``name`` and :attr:`weight_kind`, take its own
 parameters, call :meth:`ImportancePenalty._setup` and implement :meth:`ImportancePenalty.estimate`
 (EWC: the diagonal Fisher; MAS: the mean absolute gradient of the squared output norm).
+
+Sharded models (FSDP2): a penalty whose :attr:`ImportancePenalty.sharded_estimate` is True
+returns ``Ω_t`` as this process's shards from :meth:`ImportancePenalty.estimate`; the store keeps
+local shards of ``Ω`` and ``θ*`` and applies the gradient shard by shard (see
+:mod:`retain.strategies.anchored`), and ``normalize`` all-reduces its max or mean. Penalties that
+cannot estimate on shards (False, the default) are refused at the task's start.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from retain.data.task import Task
-from retain.distributed import rank_and_world
+from retain.distributed import all_reduce_sum, local_tensor, rank_and_world, refuse_sharded
 from retain.errors import RetainError
 from retain.strategies.anchor_files import read_terms, term_from_state, term_state, write_terms
 from retain.strategies.anchored import (
@@ -68,6 +74,8 @@ class ImportancePenalty(Strategy, ABC):
     weight_kind: ClassVar[str] = "importance"
     #: How messages call ``Ω``.
     weight_label: ClassVar[str] = "importance"
+    #: True when :meth:`estimate` handles a sharded (FSDP2) model, returning local shards.
+    sharded_estimate: ClassVar[bool] = False
 
     def _setup(
         self,
@@ -120,7 +128,12 @@ class ImportancePenalty(Strategy, ABC):
         return self._store.nbytes
 
     def on_task_start(self, model: nn.Module, task: Task) -> None:
-        """Check that ``params`` selects something now, rather than after training the task."""
+        """Check that ``params`` selects something now, rather than after training the task, and
+        that a sharded model is one :meth:`estimate` can handle."""
+        if not self.sharded_estimate:
+            refuse_sharded(
+                model, self.name, f"its {self.weight_label} estimate needs whole parameters"
+            )
         select_parameters(model, self.params, what=f"{self.name} params")
 
     def on_task_end(self, model: nn.Module, task: Task) -> None:
@@ -138,7 +151,7 @@ class ImportancePenalty(Strategy, ABC):
         new: dict[str, Tensor] = {}
         for name, value in importance.items():
             param = named.get(name)
-            if param is None or param.shape != value.shape:
+            if param is None or local_tensor(param).shape != value.shape:
                 raise RetainError(
                     f"{self.name} {self.weight_label} entry {name!r} does not match a parameter "
                     f"of {type(model).__name__}; estimate the {self.weight_label} on this model"
@@ -149,7 +162,8 @@ class ImportancePenalty(Strategy, ABC):
                 f"{self.name} got an empty {self.weight_label}; select at least one trainable "
                 "parameter"
             )
-        new = normalized(new, self.normalize)
+        sharded = any(local_tensor(named[n]) is not named[n] for n in new)
+        new = normalized(new, self.normalize, sharded=sharded)
         store = self._store
         if self.mode == "separate" or not store.terms:
             terms = [*store.terms, importance_term(store, named, new)]
@@ -159,7 +173,7 @@ class ImportancePenalty(Strategy, ABC):
             decayed: dict[str, Tensor] = {}
             for n in names:
                 device = named[n].device
-                total = torch.zeros(named[n].shape, device=device)
+                total = torch.zeros(local_tensor(named[n]).shape, device=device)
                 if (previous := old_weight.get(n)) is not None:
                     total += self.gamma * previous.to(device, torch.float32)
                 if (current := new.get(n)) is not None:
@@ -185,6 +199,7 @@ class ImportancePenalty(Strategy, ABC):
             raise RetainError(
                 f"{self.name} has no {self.weight_label} to save yet; save after a task has ended"
             )
+        self._store.check_whole(f"save the {self.name} {self.weight_label}")
         meta = {
             "model_class": self._model_class,
             **self.file_fields(),
@@ -227,7 +242,9 @@ class ImportancePenalty(Strategy, ABC):
 
     def state_dict(self) -> StateDict:
         """``task<t>.<weight_kind>.<param>`` and ``task<t>.anchor.<param>`` tensors plus JSON
-        fields (mode, counts, model class, :meth:`file_fields`)."""
+        fields (mode, counts, model class, :meth:`file_fields`). Refused while the terms hold
+        shards of a sharded model."""
+        self._store.check_whole(f"checkpoint the {self.name} state")
         state: StateDict = {
             "mode": self.mode,
             "num_tasks": len(self._store.terms),
@@ -274,15 +291,30 @@ def importance_term(
     return AnchorTerm(anchor, weight)
 
 
-def normalized(importance: dict[str, Tensor], normalize: str) -> dict[str, Tensor]:
-    """``Ω / max Ω`` or ``Ω / mean Ω`` over every entry (unchanged for ``"none"`` or ``Ω = 0``)."""
+def normalized(
+    importance: dict[str, Tensor], normalize: str, *, sharded: bool = False
+) -> dict[str, Tensor]:
+    """``Ω / max Ω`` or ``Ω / mean Ω`` over every entry (unchanged for ``"none"`` or ``Ω = 0``).
+
+    ``sharded``: the tensors are this process's shards, so the max, the sum and the entry count
+    are all-reduced over processes (every rank must call) and the scale is the global one.
+    """
     if normalize == "none":
         return importance
     if normalize == "max":
-        scale = max(float(f.max()) for f in importance.values())
+        # An empty shard (a rank holding no rows) contributes 0, which is <= any max of Ω >= 0.
+        local = max((float(f.max()) for f in importance.values() if f.numel()), default=0.0)
+        box = torch.tensor([local], dtype=torch.float64)
+        if sharded and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(box, op=torch.distributed.ReduceOp.MAX)
+        scale = float(box.item())
     else:
         total = sum(float(f.sum(dtype=torch.float64)) for f in importance.values())
-        scale = total / sum(f.numel() for f in importance.values())
+        count = float(sum(f.numel() for f in importance.values()))
+        box = torch.tensor([total, count], dtype=torch.float64)
+        if sharded:
+            all_reduce_sum(box)
+        scale = float(box[0]) / max(float(box[1]), 1.0)
     if not scale > 0:
         return importance
     return {n: f / scale for n, f in importance.items()}

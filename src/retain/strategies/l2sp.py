@@ -7,6 +7,10 @@ convolutional networks", ICML 2018. The penalty is
 
 over the selected parameters that existed when the anchor ``θ*`` was taken (a head added later is
 not penalised). ``R`` is in nats when the loss is; ``α`` is per squared parameter unit.
+
+On a sharded model (FSDP2 ``fully_shard``) each process stores its own shard of ``θ*`` (memory per
+rank: the anchored parameters' bytes over the world size) and adds ``α (θ − θ*)`` to its shard
+of the gradient; no gather is needed (:mod:`retain.strategies.anchored`).
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ class L2SP(Strategy):
 
     @property
     def anchors(self) -> dict[str, Tensor]:
-        """The stored anchor ``θ*`` by parameter name (empty before the first task)."""
+        """The stored anchor ``θ*`` by parameter name (empty before the first task); this
+        process's shards on a sharded model."""
         return dict(self._store.terms[0].anchor) if self._store.terms else {}
 
     @property
@@ -99,7 +104,9 @@ class L2SP(Strategy):
         return self._store.loss(model, self.alpha)
 
     def state_dict(self) -> StateDict:
-        """``anchor.<param>`` tensors plus ``anchored`` and ``anchor_mode``."""
+        """``anchor.<param>`` tensors plus ``anchored`` and ``anchor_mode`` (refused while the
+        anchor holds shards of a sharded model)."""
+        self._store.check_whole("checkpoint the l2sp anchor")
         state: StateDict = {"anchored": self._anchored, "anchor_mode": self.anchor}
         for term in self._store.terms:
             state.update(term_state(term, "", "weight"))

@@ -1,0 +1,188 @@
+"""Two tasks with an anchored penalty on an FSDP2-sharded model, run by ``test_fsdp.py``.
+
+``python fsdp_child.py OUT VARIANT...`` trains the plain model in one process;
+``torchrun --nproc-per-node 2 fsdp_child.py OUT VARIANT...`` shards it with ``fully_shard``
+(gloo, CPU): every ``Linear`` of an MLP, or every decoder block of a tiny Llama (``llama_*``
+variants, causal-LM tasks), then the root. Each ``VARIANT`` names strategies (:data:`VARIANTS`)
+and gets a fresh model. The main process writes the whole weights to
+``OUT/VARIANT/weights.safetensors`` and the final penalty value and per-step losses to
+``OUT/VARIANT/result.json``.
+
+The loop calls the strategy hooks in the order of :func:`retain.training.loop.train_task`
+(``begin_task``, the optimizer, per step: backward, ``after_backward``, ``step``,
+``zero_grad``, ``on_step``; then ``on_task_end``). It is written out here because ``train_task``'s
+:class:`~retain.training.steps.StepRunner` all-reduces whole gradients itself, which an FSDP2
+module (whose gradients are reduce-scattered shards) does not need. Each rank back-propagates
+``W · Σ_{its targets} ℓ / N`` (``N``: the global batch's targets; FSDP2 averages over the ``W``
+ranks), which gives the gradient of the global batch's mean loss, as one process does. The
+optimizer is built here with ``foreach=True``: :func:`~retain.training.loop.make_optimizer` leaves
+the choice to torch, which picks the fused CPU SGD kernel that ``DTensor`` does not implement.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from retain.assets.mlp import MLP
+from retain.data.permuted import permuted_image_tasks
+from retain.data.task import CausalLM, Task, pad_collate, summed_loss, target_count
+from retain.distributed import init_distributed, rank_and_world
+from retain.strategies.base import Strategy
+from retain.strategies.chain import chain
+from retain.strategies.ewc import EWC
+from retain.strategies.l2sp import L2SP
+from retain.training.loop import TrainConfig
+
+#: Strategies by variant name (built fresh for each run); ``none`` is plain fine-tuning.
+VARIANTS: dict[str, Callable[[], list[Strategy]]] = {
+    "none": lambda: [],
+    "l2sp": lambda: [L2SP(alpha=0.5)],
+    "l2sp_task_start": lambda: [L2SP(alpha=0.5, anchor="task_start", params="body")],
+    "ewc": lambda: [EWC(strength=100.0, fisher_samples=64, fisher_batch_size=16)],
+    "ewc_online_true_max": lambda: [
+        EWC(
+            strength=2.0,
+            fisher="true",
+            mode="online",
+            gamma=0.5,
+            normalize="max",
+            fisher_samples=48,
+            fisher_batch_size=16,
+        )
+    ],
+    "llama_none": lambda: [],
+    "llama_l2sp": lambda: [L2SP(alpha=0.5)],
+    "llama_ewc": lambda: [EWC(strength=1000.0, fisher_samples=12, fisher_batch_size=5)],
+    "ewc_batch_mean": lambda: [
+        EWC(
+            strength=0.002, fisher="batch", normalize="mean", fisher_samples=40, fisher_batch_size=8
+        )
+    ],
+}
+
+
+def _optimizer(model: torch.nn.Module, strategy: Strategy, config: TrainConfig) -> Optimizer:
+    """:func:`~retain.training.loop.make_optimizer`'s SGD with ``foreach=True`` (see above)."""
+    groups = strategy.param_groups(model, config.lr)
+    if groups is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, foreach=True)
+
+
+def main() -> None:
+    out, variants = Path(sys.argv[1]), sys.argv[2:]
+    torch.set_num_threads(1)
+    rank, _ = init_distributed()
+    for variant in variants:
+        weights, result = train(variant)
+        if rank == 0:
+            (out / variant).mkdir(parents=True, exist_ok=True)
+            save_file(weights, out / variant / "weights.safetensors")
+            (out / variant / "result.json").write_text(json.dumps(result))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Train two tasks with ``VARIANTS[variant]``: the whole weights, the final penalty and the
+    per-step losses."""
+    rank, world = rank_and_world()
+    model, tasks = _llama() if variant.startswith("llama") else _mlp()
+    if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        for module in blocks or [m for m in model.modules() if isinstance(m, torch.nn.Linear)]:
+            fully_shard(module)  # each decoder block (Llama) or each Linear (MLP), then the root
+        fully_shard(model)
+    strategies = chain(*VARIANTS[variant]())
+    config = TrainConfig(lr=0.1, batch_size=32, optimizer="sgd", momentum=0.9, seed=3)
+    losses: list[float] = []
+    for task in tasks:
+        data = strategies.begin_task(model, task)
+        optimizer = _optimizer(model, strategies, config)
+        generator = torch.Generator().manual_seed(config.seed)
+        loader: DataLoader[int] = DataLoader(
+            range(len(data.examples)),  # type: ignore[arg-type]
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=generator,
+        )
+        model.train()
+        for step, indices in enumerate(loader, start=1):
+            chosen = indices.tolist()
+            size = -(-len(chosen) // world)
+            mine = chosen[rank * size : (rank + 1) * size]
+            whole = data.collate([data.examples[i] for i in chosen])
+            batch = data.collate([data.examples[i] for i in mine])
+            logits, targets = data.objective.logits_and_targets(model, batch)
+            total = target_count(data.objective, whole)
+            loss = summed_loss(logits, targets) * world / total
+            loss.backward()  # type: ignore[no-untyped-call]
+            box = loss.detach() / world
+            if world > 1:
+                torch.distributed.all_reduce(box)
+            losses.append(float(box))
+            strategies.after_backward(model)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            strategies.on_step(step, model)
+        strategies.on_task_end(model, task)
+    penalty = strategies.penalty(model)  # a collective on a sharded model: every rank calls it
+    weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
+    value = None if penalty is None else float(penalty.detach())
+    return weights, {"penalty": value, "losses": losses}
+
+
+def _mlp() -> tuple[torch.nn.Module, list[Task]]:
+    """An MLP with 33 and 17 hidden rows (uneven shards on 2 ranks) and two permuted-digits
+    tasks of 128 examples."""
+    tasks = [s.train for s in permuted_image_tasks("digits", 2, seed=0)]
+    torch.manual_seed(0)
+    return MLP(64, [33, 17], 10), [t.with_examples(t.examples[:128]) for t in tasks]
+
+
+def _llama() -> tuple[torch.nn.Module, list[Task]]:
+    """A 2-layer, 32-wide random Llama (the config of ``tests/tiny_models.py``, untied
+    embeddings) and two tasks of 64 random 8-token sequences."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tasks = []
+    for t in range(2):
+        ids = torch.randint(3, 60, (64, 8), generator=torch.Generator().manual_seed(10 + t))
+        examples = [{"input_ids": ids[i], "labels": ids[i].clone()} for i in range(64)]
+        tasks.append(Task(f"lm{t}", examples, CausalLM(), pad_collate(0)))
+    return model, tasks
+
+
+def _whole(param: Tensor) -> Tensor:
+    """The whole parameter (gathered from every rank when it is a sharded ``DTensor``)."""
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+if __name__ == "__main__":
+    main()
