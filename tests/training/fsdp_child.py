@@ -63,6 +63,9 @@ VARIANTS: dict[str, Callable[[], list[Strategy]]] = {
     "llama_none": lambda: [],
     "llama_l2sp": lambda: [L2SP(alpha=0.5)],
     "llama_ewc": lambda: [EWC(strength=1000.0, fisher_samples=12, fisher_batch_size=5)],
+    "loop_none": lambda: [],
+    "loop_l2sp": lambda: [L2SP(alpha=0.5)],
+    "loop_ewc": lambda: [EWC(strength=100.0, fisher_samples=64, fisher_batch_size=16)],
     "ewc_batch_mean": lambda: [
         EWC(
             strength=0.002, fisher="batch", normalize="mean", fisher_samples=40, fisher_batch_size=8
@@ -107,6 +110,8 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
         fully_shard(model)
     strategies = chain(*VARIANTS[variant]())
     config = TrainConfig(lr=0.1, batch_size=32, optimizer="sgd", momentum=0.9, seed=3)
+    if variant.startswith("loop_"):  # retain's own train_task (StepRunner) on the FSDP2 model
+        return _with_train_task(model, tasks, strategies)
     losses: list[float] = []
     for task in tasks:
         data = strategies.begin_task(model, task)
@@ -139,6 +144,26 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
             strategies.on_step(step, model)
         strategies.on_task_end(model, task)
     penalty = strategies.penalty(model)  # a collective on a sharded model: every rank calls it
+    weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
+    value = None if penalty is None else float(penalty.detach())
+    return weights, {"penalty": value, "losses": losses}
+
+
+def _with_train_task(
+    model: torch.nn.Module, tasks: list[Task], strategies: Strategy
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The same two tasks through :func:`retain.training.loop.train_task`, whose step runner
+    scales each rank's loss by the world size under FSDP2 and leaves the reduce-scatter to it;
+    AdamW (fused, which ``DTensor`` implements) with 3 gradient-accumulation micro-batches of a
+    global batch of 20, so some ranks' micro-batches are empty stand-ins on the last batch."""
+    from retain.training.loop import train_task
+
+    config = TrainConfig(lr=1e-2, batch_size=20, grad_accum=3, seed=3)
+    losses: list[float] = []
+    for task in tasks:
+        log = train_task(model, task.with_examples(task.examples[:90]), strategies, config)
+        losses.extend(float(v) for v in log.losses)
+    penalty = strategies.penalty(model)
     weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
     value = None if penalty is None else float(penalty.detach())
     return weights, {"penalty": value, "losses": losses}

@@ -38,6 +38,9 @@ VARIANTS = [
     "ewc",
     "ewc_online_true_max",
     "ewc_batch_mean",
+    "loop_none",
+    "loop_l2sp",
+    "loop_ewc",
     "llama_none",
     "llama_l2sp",
     "llama_ewc",
@@ -58,7 +61,9 @@ def test_fsdp_two_processes_equal_one(tmp_path: Path) -> None:
     for variant in VARIANTS:
         one = load_file(str(tmp_path / "one" / variant / "weights.safetensors"))
         two = load_file(str(tmp_path / "two" / variant / "weights.safetensors"))
-        baseline = "llama_none" if variant.startswith("llama") else "none"
+        baseline = next(
+            (f"{kind}_none" for kind in ("llama", "loop") if variant.startswith(kind)), "none"
+        )
         plain = load_file(str(tmp_path / "one" / baseline / "weights.safetensors"))
         assert one.keys() == two.keys() == plain.keys()
         for key in one:

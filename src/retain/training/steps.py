@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from retain.data.task import IGNORE_INDEX, Batch, Task, batch_loss, summed_loss, target_count
-from retain.distributed import rank_and_world
+from retain.distributed import is_sharded, rank_and_world
 from retain.errors import RetainError
 
 __all__ = ["Precision", "StepRunner", "check_precision", "finite_or_raise"]
@@ -65,6 +65,7 @@ class StepRunner:
         if self.grad_accum < 1:
             raise RetainError(f"grad_accum must be >= 1, got {self.grad_accum}")
         self.rank, self.world_size = rank_and_world()
+        self.sharded = is_sharded(self.model)
         self.device = _model_device(self.model)
         check_precision(self.precision, self.model)
         enabled = self.precision == "fp16"
@@ -91,22 +92,25 @@ class StepRunner:
                 loss = batch_loss(self.task.objective, self.model, batch)
             self._backward(loss)
             return float(loss.item())
-        micro = [_to(b, self.device) for b in self._my_batches(indices)]
-        counts = [target_count(self.task.objective, b) for b in micro]
+        micro = [(_to(b, self.device), w) for b, w in self._my_batches(indices)]
+        counts = [w * target_count(self.task.objective, b) for b, w in micro]
         total = _all_reduce_scalar(float(sum(counts)))
         if total == 0:
             raise RetainError(
                 f"task {self.task.name!r}: a batch has no target positions (every label is "
                 f"{IGNORE_INDEX}); check the labels"
             )
+        # FSDP2 averages the ranks' gradient shards: W times each rank's share makes the sum.
+        scale = float(self.world_size) if self.sharded else 1.0
         mine = 0.0
-        for batch in micro:
+        for batch, weight in micro:
             with self.autocast():
                 logits, targets = self.task.objective.logits_and_targets(self.model, batch)
-                loss = summed_loss(logits, targets) / total
+                loss = summed_loss(logits, targets) * (weight * scale / total)
             self._backward(loss)
-            mine += float(loss.item())
-        self._sync_gradients()
+            mine += float(loss.item()) / scale
+        if not self.sharded:
+            self._sync_gradients()
         return _all_reduce_scalar(mine)
 
     def unscale(self, optimizer: Optimizer) -> None:
@@ -126,13 +130,18 @@ class StepRunner:
         scaled = self.scaler.scale(loss) if self.scaler is not None else loss
         scaled.backward()  # type: ignore[no-untyped-call]
 
-    def _my_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
+    def _my_batches(self, indices: Sequence[int]) -> Iterator[tuple[Batch, float]]:
+        """This rank's micro-batches of the global batch, each with its weight: 1, or 0 for the
+        stand-in an FSDP2 rank runs where its share is empty (every rank must run every
+        micro-batch, or the gradient collectives would wait forever)."""
         parts = self.world_size * self.grad_accum
         chunks = _split(list(indices), parts)
         examples = self.task.examples
         for chunk in chunks[self.rank :: self.world_size]:
             if chunk:
-                yield self.task.collate([examples[int(i)] for i in chunk])
+                yield self.task.collate([examples[int(i)] for i in chunk]), 1.0
+            elif self.sharded:
+                yield self.task.collate([examples[int(indices[0])]]), 0.0
 
     def _sync_gradients(self) -> None:
         if self.world_size == 1:
