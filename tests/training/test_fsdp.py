@@ -156,3 +156,15 @@ def test_what_cannot_work_sharded_is_refused() -> None:
         ewc.save_fisher("unused.safetensors")
     with pytest.raises(RetainError, match="cannot checkpoint the ewc state"):
         ewc.state_dict()
+
+
+@pytest.mark.usefixtures("group")
+def test_a_chain_refuses_members_that_do_not_declare_sharded_support() -> None:
+    from retain.strategies.chain import chain
+
+    model, task = sharded_mlp(), toy_task()
+    with pytest.raises(RetainError, match="replay cannot train an FSDP-sharded model yet: it is"):
+        chain("replay").begin_task(model, task)
+    with pytest.raises(RetainError, match=r"agem cannot .*: its projection needs dot products"):
+        chain("agem").begin_task(model, task)
+    chain(L2SP(alpha=0.1), EWC(fisher_samples=4)).begin_task(model, task)  # declared: they work

@@ -81,6 +81,9 @@ class Strategy:
     tunable_strength: ClassVar[str | None] = None
     #: Registry names of strategies this one does not combine with, and the reason why.
     conflicts: ClassVar[Mapping[str, str]] = {}
+    #: Why the strategy cannot train an FSDP-sharded model (refused at the start of a task);
+    #: None for a strategy that works on local shards (tested against one process).
+    unsharded_only: ClassVar[str | None] = "it is not tested under FSDP2 yet"
     #: The task :meth:`Chain.begin_task <retain.strategies.chain.Chain.begin_task>` last began
     #: on this strategy (the Trainer callback checks it); None before any.
     begun_task: str | None = None

@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
+from retain.distributed import refuse_sharded
 from retain.errors import RetainError
 from retain.records.run import TaskLog
 from retain.strategies.base import (
@@ -101,9 +102,12 @@ class Chain(Strategy):
         """``on_task_start`` then ``train_data``: once per task, before the optimizer is built.
 
         Refuses a model that skipped :meth:`prepare` when a member needs it (LoRA, freezing...),
-        which would otherwise train as plain fine-tuning without a word.
+        which would otherwise train as plain fine-tuning without a word, and an FSDP-sharded
+        model when a member declares it :attr:`~retain.strategies.base.Strategy.unsharded_only`.
         """
         for s in self.strategies:
+            if s.unsharded_only is not None:
+                refuse_sharded(model, s.name, s.unsharded_only)
             if not s.is_prepared(model):
                 raise RetainError(
                     f"strategy {s.name!r} changes the model before training, but prepare() did "

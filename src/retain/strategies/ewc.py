@@ -72,6 +72,7 @@ class EWC(ImportancePenalty):
     """
 
     name = "ewc"
+    unsharded_only = None  # anchors (and Fisher) on local shards: tests/training/test_fsdp.py
     weight_kind = "fisher"
     weight_label = "Fisher"
     sharded_estimate = True

@@ -71,6 +71,7 @@ class GenerativeReplay(Strategy):
     """
 
     name = "generative_replay"
+    unsharded_only = "generation must run on every rank in lockstep"
 
     def __init__(
         self,

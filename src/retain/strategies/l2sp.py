@@ -56,6 +56,7 @@ class L2SP(Strategy):
     """
 
     name = "l2sp"
+    unsharded_only = None  # anchors (and Fisher) on local shards: tests/training/test_fsdp.py
     tunable_strength = "alpha"
 
     def __init__(

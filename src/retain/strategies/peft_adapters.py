@@ -275,6 +275,7 @@ class PeftStrategy(Strategy):
     """
 
     name = "peft"
+    unsharded_only = "adapters on sharded weights are untested"
     conflicts: ClassVar[Mapping[str, str]] = {
         "lora": "both wrap the model in PEFT; configure one PEFT method"
     }
@@ -359,6 +360,7 @@ class LoRA(PeftStrategy):
     """
 
     name = "lora"
+    unsharded_only = "adapters on sharded weights are untested"
     conflicts: ClassVar[Mapping[str, str]] = {
         "peft": "both wrap the model in PEFT; configure one PEFT method"
     }

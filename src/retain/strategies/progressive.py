@@ -85,6 +85,7 @@ class Progressive(Strategy):
     """
 
     name = "progressive"
+    unsharded_only = "it adds columns to the model"
     conflicts: ClassVar[Mapping[str, str]] = {
         "lora": "progressive already trains one PEFT adapter per task",
         "peft": "progressive already trains one PEFT adapter per task",

@@ -66,6 +66,7 @@ class GradualUnfreezing(Strategy):
     """
 
     name = "gradual_unfreezing"
+    unsharded_only = "it changes requires_grad of sharded parameters"
     needs_all_parameters_in_optimizer: ClassVar[bool] = True
 
     def __init__(
