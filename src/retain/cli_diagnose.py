@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_diagnose_command", "cmd_diagnose"]
+__all__ = ["DIAGNOSTIC_NAMES", "add_diagnose_command", "cmd_diagnose"]
+
+#: ``retain.experiment.diagnose_config.DIAGNOSTICS``, spelled out so that building the parser
+#: imports no torch (a test keeps the two equal)
+DIAGNOSTIC_NAMES = ("drift", "importance", "interference", "representation", "output")
 
 
 def add_diagnose_command(sub: Any) -> None:
     """Register ``diagnose`` on the ``retain`` sub-parsers."""
-    from retain.experiment.diagnose import DIAGNOSTICS
-
     p = sub.add_parser(
         "diagnose",
         help="why did it forget? drift, Fisher importance, gradient interference, CKA, output KL",
@@ -43,7 +45,7 @@ def add_diagnose_command(sub: Any) -> None:
     p.add_argument("--general-column", help="text column of --general (default: its own)")
     p.add_argument(
         "--only",
-        help=f"comma-separated subset of: {','.join(DIAGNOSTICS)} (default: every one that "
+        help=f"comma-separated subset of: {','.join(DIAGNOSTIC_NAMES)} (default: every one that "
         "applies; a named one that cannot run is an error)",
     )
     p.add_argument(

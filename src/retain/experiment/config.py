@@ -112,7 +112,9 @@ class TrainingSection(Section):
     ``grad_accum`` (micro-batches per step), ``precision`` (``fp32``, ``bf16``, ``fp16``),
     ``device`` (``auto``: CUDA when available, else CPU), ``divergence_factor`` (stop a task
     whose mean loss over the last 5 steps exceeds this many times its starting loss and 1 nat,
-    :mod:`retain.training.divergence`; None: only non-finite losses and gradients stop it).
+    :mod:`retain.training.divergence`; None: only non-finite losses and gradients stop it),
+    ``optimizer_impl`` (``auto``: fused where the device allows, else foreach; ``fused``,
+    ``foreach`` or ``for_loop``: :mod:`retain.training.optimizer_impl`).
     """
 
     lr: float = Field(default=_TRAIN.lr, gt=0)
@@ -128,6 +130,7 @@ class TrainingSection(Section):
     precision: Literal["fp32", "bf16", "fp16"] = _TRAIN.precision
     device: str = "auto"
     divergence_factor: float | None = Field(default=_TRAIN.divergence_factor, gt=1)
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = _TRAIN.optimizer_impl
 
     @field_validator("lr")
     @classmethod

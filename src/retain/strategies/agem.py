@@ -28,13 +28,13 @@ from retain.data.task import Batch, Example, Objective, Task, batch_loss
 from retain.data.task_heads import tag_with_head
 from retain.errors import RetainError
 from retain.strategies.base import StateDict, Strategy, register_strategy
+from retain.strategies.memory_batch import StackedMemory, draw_index, project
 from retain.strategies.replay_buffer import (
     ReplayBuffer,
     Selection,
     check_count,
     check_selection,
     derive_seed,
-    draw,
 )
 
 __all__ = ["AGEM"]
@@ -59,6 +59,7 @@ class AGEM(Strategy):
     """
 
     name = "agem"
+    unsharded_only = "its projection needs dot products of whole gradients"
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class AGEM(Strategy):
         self._generator = torch.Generator().manual_seed(derive_seed(self.seed, "agem-batch"))
         self._objective: Objective | None = None
         self._collate: Callable[[Sequence[Example]], Batch] | None = None
+        self._stacked = StackedMemory()  # memory batches without a per-step collate
         #: optimizer steps whose gradient was projected
         self.projections = 0
         #: optimizer steps that computed a reference gradient
@@ -107,6 +109,7 @@ class AGEM(Strategy):
                     f"{have}; A-GEM memory batches mix tasks, so every task needs the same keys"
                 )
         self.memory.add(examples)
+        self._stacked.forget()
         self._objective, self._collate = task.objective, task.collate
 
     def after_backward(self, model: nn.Module) -> None:
@@ -118,15 +121,13 @@ class AGEM(Strategy):
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
-        examples = draw(memory.examples, min(self.sample_size, len(memory)), self._generator)
-        refs = _reference_gradient(model, params, objective, _collate(collate, examples))
-        dot = torch.stack([_dot(g, r) for g, r in zip(grads, refs, strict=True)]).sum()
+        index = draw_index(len(memory), min(self.sample_size, len(memory)), self._generator)
+        batch = self._stacked.batch(memory.examples, collate, index)
+        if batch is None:
+            batch = _collate(collate, [memory.examples[i] for i in index.tolist()])
+        refs = _reference_gradient(model, params, objective, batch)
         self.steps += 1
-        if dot.item() < 0:
-            norm = torch.stack(torch._foreach_norm([r.float() for r in refs])).square().sum()
-            coef = (dot / norm).item()
-            refs = [r.to(g.dtype) for g, r in zip(grads, refs, strict=True)]
-            torch._foreach_add_(grads, refs, alpha=-coef)
+        if project(grads, refs):
             self.projections += 1
 
     def state_dict(self) -> StateDict:
@@ -141,6 +142,7 @@ class AGEM(Strategy):
         """Restore what :meth:`state_dict` returned."""
         if self.memory is not None:
             self.memory.load_state_dict(state)
+        self._stacked.forget()
         self._generator.set_state(state["sample_rng"])
         self.projections = int(state["projections"])
         self.steps = int(state["steps"])
@@ -179,9 +181,3 @@ def _reference_gradient(
         parts = torch.split(flat, [r.numel() for r in refs])
         refs = [part.view_as(r) for part, r in zip(parts, refs, strict=True)]
     return refs
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``a · b`` over all elements, accumulated in float32 (at least)."""
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    return torch.dot(a.reshape(-1).to(dtype), b.reshape(-1).to(dtype))

@@ -33,6 +33,7 @@ from retain.strategies.base import Strategy
 from retain.strategies.chain import Chain, as_chain, record_made
 from retain.training.divergence import DivergenceGuard, gradient_norm
 from retain.training.monitor import ForgettingMonitor
+from retain.training.optimizer_impl import OptimizerImpl, check_impl, impl_kwargs
 from retain.training.steps import (
     Precision,
     StepRunner,
@@ -67,6 +68,11 @@ class TrainConfig:
             exceeds this many times the loss at the task's start (and 1 nat per target); None
             turns that rule off. Non-finite gradients always stop it (except under fp16, where
             the loss scaler skips such steps). The rule: :mod:`retain.training.divergence`.
+        optimizer_impl: how the optimizer updates its tensors: ``"fused"`` (one kernel for all
+            parameters), ``"foreach"`` (multi-tensor ops), ``"for_loop"`` (one parameter at a
+            time, PyTorch's CPU default) or ``"auto"`` (fused where the parameters' device and
+            dtype support it, else foreach: :func:`retain.training.optimizer_impl.choose_impl`).
+            All give the same weights up to float rounding (~1e-6 relative).
     """
 
     lr: float = 1e-4
@@ -82,6 +88,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: Precision = "fp32"
     divergence_factor: float | None = 10.0
+    optimizer_impl: OptimizerImpl = "auto"
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -98,6 +105,7 @@ class TrainConfig:
             raise RetainError(f"unknown precision {self.precision!r}; use 'fp32', 'bf16' or 'fp16'")
         if self.optimizer not in ("adamw", "sgd"):
             raise RetainError(f"unknown optimizer {self.optimizer!r}; use 'adamw' or 'sgd'")
+        check_impl(self.optimizer_impl)
         factor = self.divergence_factor
         if factor is not None and not (isinstance(factor, (int, float)) and 1 < factor < math.inf):
             raise RetainError(
@@ -111,8 +119,9 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
 
     Without groups from a strategy, one group holds the trainable parameters (every parameter
     when a strategy unfreezes some later). Frozen parameters in a group are harmless: they get
-    no gradient and the optimizer skips them. Pass the result to a ``Trainer`` as
-    ``optimizers=(optimizer, None)``.
+    no gradient and the optimizer skips them. ``config.optimizer_impl`` picks the fused,
+    foreach or for-loop update (:func:`~retain.training.optimizer_impl.impl_kwargs`). Pass the
+    result to a ``Trainer`` as ``optimizers=(optimizer, None)``.
     """
     strategy = strategies if strategies is not None else Chain([])
     groups = strategy.param_groups(model, config.lr)
@@ -120,7 +129,10 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
         every = strategy.needs_all_parameters_in_optimizer
         params = [p for p in model.parameters() if every or p.requires_grad]
         groups = [{"params": params}]
+    # lists, so choosing the implementation does not use up a generator of parameters
+    groups = [{**g, "params": _as_list(g["params"])} for g in groups]
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    kwargs.update(impl_kwargs(config.optimizer_impl, groups))
     optimizer: Optimizer
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, momentum=config.momentum, **kwargs)
@@ -128,6 +140,10 @@ def make_optimizer(model: nn.Module, strategies: Strategy | None, config: TrainC
         optimizer = torch.optim.AdamW(groups, **kwargs)
     record_made(optimizer)  # the Trainer callback checks it was passed on
     return optimizer
+
+
+def _as_list(params: Any) -> list[Any]:
+    return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 @dataclass
