@@ -414,3 +414,19 @@ def test_progress_reports_the_samples_done_after_each_batch(engine: str) -> None
         mlp(), image_task(n=10), batch_size=4, engine=engine, progress=lambda *a: seen.append(a)
     )
     assert seen == [(4, 10), (8, 10), (10, 10)]
+
+
+@pytest.mark.parametrize("estimator", ["empirical", "true"])
+def test_micro_batches_within_a_memory_budget_equal_one_batch(estimator: FisherEstimator) -> None:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(60, tie_word_embeddings=True))
+    task = Task("lm", token_examples(9, 60, None), objective=CausalLM(), collate=pad_collate(0))
+    whole = estimate_fisher(model, task, estimator=estimator, batch_size=9, max_memory=2**40)
+    one_by_one = estimate_fisher(model, task, estimator=estimator, batch_size=9, max_memory=1)
+    for name, value in whole.items():  # 1e-6 of each tensor's largest entry: float32 rounding
+        atol = 1e-6 * float(value.abs().max())
+        torch.testing.assert_close(one_by_one[name], value, rtol=1e-6, atol=atol)
+    with pytest.raises(RetainError, match="memory budget"):
+        estimate_fisher(model, task, max_memory=0)

@@ -61,3 +61,39 @@ def test_kl_and_entropy_equal_a_direct_computation() -> None:
     assert shift.lost[0].token_id == int(change.argmin())
     assert shift.gained[0].change == pytest.approx(float(change.max()), rel=1e-5)
     assert len(shift.kl_sample) == kl.numel()
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_chunked_head_gives_the_full_logits_kl_per_position(chunk: int | None) -> None:
+    from retain.diagnostics.output_shift import _split_head
+
+    base, tuned = lm(0), lm(1)
+    data = batches()
+    with torch.no_grad():
+        assert _split_head(base, data[0]) is base.lm_head  # logits only ever [chunk, V]
+    shift = output_shift(base, tuned, data, chunk=chunk)
+    kls = []
+    with torch.no_grad():
+        for batch in data:
+            mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
+            lp = functional.log_softmax(base(**batch).logits[mask].float(), -1)
+            lq = functional.log_softmax(tuned(**batch).logits[mask].float(), -1)
+            kls.append((lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0))
+    torch.testing.assert_close(torch.tensor(shift.kl_sample), torch.cat(kls), rtol=1e-5, atol=1e-5)
+
+
+def test_soft_capped_logits_fall_back_to_the_full_forward() -> None:
+    from retain.diagnostics.output_shift import _split_head
+
+    class Capped(LlamaForCausalLM):  # type: ignore[misc]
+        def forward(self, *args: object, **kwargs: object) -> object:
+            out = super().forward(*args, **kwargs)
+            out.logits = 3.0 * torch.tanh(out.logits / 3.0)
+            return out
+
+    torch.manual_seed(0)
+    model = Capped(tiny_llama_config(60)).eval()
+    with torch.no_grad():
+        assert _split_head(model, batches()[0]) is None
+    shift = output_shift(model, model, batches())
+    assert shift.kl_max == pytest.approx(0.0, abs=1e-6)

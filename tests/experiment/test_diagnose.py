@@ -58,6 +58,25 @@ def test_the_same_model_shows_no_change(tiny_lm_dirs: tuple[Path, Path]) -> None
     assert results.interference is None
 
 
+def test_a_tiny_memory_budget_changes_only_the_passes(tiny_lm_dirs: tuple[Path, Path]) -> None:
+    base, tuned = tiny_lm_dirs
+    kwargs: dict[str, Any] = {
+        "base": str(base),
+        "tuned": str(tuned),
+        "data": "sms_spam",
+        "only": ("output", "importance"),
+        **TINY,
+    }
+    default = run_diagnose(DiagnoseConfig(**kwargs))
+    small = run_diagnose(DiagnoseConfig(**kwargs, max_memory_gb=1e-9))  # 1 byte: one at a time
+    assert small.output is not None
+    assert default.output is not None
+    assert small.output.kl_sample == pytest.approx(default.output.kl_sample, rel=1e-5, abs=1e-7)
+    assert small.importance is not None
+    assert default.importance is not None
+    assert small.importance.overlap == pytest.approx(default.importance.overlap, rel=1e-5)
+
+
 def test_an_encoder_gets_drift_and_cka_and_the_rest_is_skipped_with_reasons(
     tiny_bert_dir: Path,
 ) -> None:
@@ -80,6 +99,8 @@ def test_bad_settings_are_one_line_errors() -> None:
     with pytest.raises(RetainError, match="not a regular expression"):
         DiagnoseConfig(base="a", tuned="b", exclude="([")
     assert DiagnoseConfig(base="a", tuned="b", only="drift").only == ("drift",)
+    with pytest.raises(RetainError, match="max_memory_gb must be > 0"):
+        DiagnoseConfig(base="a", tuned="b", max_memory_gb=0)
 
 
 def test_what_cannot_run_is_refused_before_any_work(

@@ -30,13 +30,21 @@ Engines compute the same per-sample quantities:
 
 * ``"loop"``: one forward and backward per sample (``torch.autograd.grad`` of ``loss_n``);
   exact for any model, and slow.
-* ``"hooks"``: one batched forward with hooks on the modules that own the selected parameters,
-  gradients of ``Σ_n loss_n`` with respect to those modules' *outputs* only, and closed-form
-  per-sample parameter gradients from (input, output gradient) pairs
+* ``"hooks"``: one batched forward per micro-batch with hooks on the modules that own the
+  selected parameters, gradients of ``Σ_n loss_n`` with respect to those modules' *outputs*
+  only, and closed-form per-sample parameter gradients from (input, output gradient) pairs
   (:mod:`retain.diagnostics.per_sample_rules`). Parameters used several times (tied embeddings)
   get their usages' per-sample gradients summed before squaring.
 * ``"auto"``: ``"hooks"``, falling back to ``"loop"`` with a warning when a module cannot be
   handled (a call with several arguments, a parameter used outside its module's own call).
+
+Memory. The hooks engine splits each mini-batch into micro-batches so that the activations it
+keeps for the backward pass (the captured inputs, outputs and output gradients, counted twice for
+what autograd saves besides them) stay within ``max_memory`` bytes: the first micro-batch has one
+sample, and its measured bytes per sample size the next ones. Sums of per-sample squares do not
+depend on the split, so the result equals the unsplit one up to float32 rounding (and ``"true"``
+draws the same labels on CPU). Besides the model, the estimate then holds the float32 sums (one
+copy of the selected parameters) and about ``max_memory`` bytes of working set.
 
 The model runs in eval mode (dropout off); every module's mode, parameters' ``requires_grad``
 and ``.grad`` are restored. Under ``torch.distributed`` the sums and the sample (or batch) count
@@ -54,6 +62,7 @@ from torch import Tensor, nn
 
 from retain.data.task import IGNORE_INDEX, Batch, Task, per_sample_loss
 from retain.diagnostics import per_sample_rules as rules
+from retain.diagnostics.memory_budget import default_budget, rows_within
 from retain.distributed import rank_and_world
 from retain.errors import RetainError
 
@@ -78,6 +87,7 @@ def estimate_fisher(
     engine: FisherEngine = "auto",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, Tensor]:
     """Diagonal Fisher ``{name: F}`` of ``model`` on the first ``max_samples`` examples of ``task``.
 
@@ -87,8 +97,9 @@ def estimate_fisher(
     ``model.named_parameters()``); frozen parameters may be passed explicitly. ``engine`` picks
     how exact per-sample gradients are computed (``"batch"`` needs none and ignores it); ``seed``
     seeds the label sampling of ``"true"``; ``progress(done, total)`` is called with the samples
-    done after each mini-batch. Unknown parameter names, an empty task and a
-    non-finite loss raise :class:`RetainError`.
+    done after each mini-batch; ``max_memory`` bounds the hooks engine's working set in bytes
+    (default: :func:`~retain.diagnostics.memory_budget.default_budget`). Unknown parameter
+    names, an empty task and a non-finite loss raise :class:`RetainError`.
 
     >>> from torch import nn
     >>> examples = [{"input": torch.randn(3), "labels": torch.tensor(i % 2)} for i in range(4)]
@@ -117,6 +128,7 @@ def estimate_fisher(
     try:
         run = _Run(model, task, selected, estimator, n_total, batch_size, seed)
         run.progress = progress
+        run.budget = default_budget(model, max_memory)
         if estimator == "batch":
             sums, count = run.batch_estimate()
         elif engine == "loop":
@@ -204,6 +216,8 @@ class _Run:
         self.device = first.device if first is not None else torch.device("cpu")
         self.generator: torch.Generator | None = None
         self.progress: Callable[[int, int], None] | None = None
+        self.budget = default_budget(model)
+        self.micro = 1  # samples per hooks micro-batch, resized after each one
         self.sums = {
             n: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             for n, p in selected.items()
@@ -295,7 +309,12 @@ def _hooks_estimate(run: _Run) -> tuple[dict[str, Tensor], int]:
     handles = [m.register_forward_hook(capture.hook, with_kwargs=True) for m in owners]
     try:
         for start, batch in run.batches():
-            _hooks_batch(run, capture, owners, kinds, name_of, start, batch)
+            lo, n = 0, _batch_len(batch)
+            while lo < n:
+                part = {k: v[lo : lo + run.micro] for k, v in batch.items()}
+                per_sample = _hooks_batch(run, capture, owners, kinds, name_of, start + lo, part)
+                lo += _batch_len(part)
+                run.micro = rows_within(run.budget, 2 * per_sample)
     finally:
         for handle in handles:
             handle.remove()
@@ -311,7 +330,8 @@ def _hooks_batch(
     name_of: dict[int, str],
     start: int,
     batch: Batch,
-) -> None:
+) -> float:
+    """Add one micro-batch's per-sample squares; return its kept bytes per sample."""
     targets: Tensor | None = None
     while True:
         capture.records, capture.n, capture.active = [], _batch_len(batch), True
@@ -342,8 +362,13 @@ def _hooks_batch(
                 f"parameter {name!r}: the autograd graph uses it {edges.get(p_id, 0)} times but "
                 f"hooked modules account for {hooked} (it is used outside its own module)"
             )
+    kept = sum(r.x.nbytes + r.out.nbytes for r in records)
+    kept += sum(g.nbytes for g in grads if g is not None)
+    for record in records:  # the rules read inputs and output gradients only: free the outputs
+        record.out = record.out.new_empty(0)
     with torch.no_grad():  # torch.func's vjp still differentiates inside; nothing is recorded
         _accumulate(run, kinds, used)
+    return kept / max(_batch_len(batch), 1)
 
 
 def _accumulate(
@@ -359,16 +384,23 @@ def _accumulate(
             continue
         numel = run.selected[name].numel()
         step = max(1, _BUDGET // (numel * 4))
-        for lo in range(0, usages[0][0].x.shape[0], step):
-            dense: Tensor | None = None
-            for record, grad, attr in usages:
+        n = usages[0][0].x.shape[0]
+        buffer = torch.empty(min(step, n), *run.selected[name].shape, device=run.sums[name].device)
+        for lo in range(0, n, step):
+            dense = buffer[: min(step, n - lo)].zero_()
+            for record, grad, attr in usages:  # each usage adds in place: one dense buffer
                 m = record.module
-                part = rules.per_sample(
-                    m, kinds[m], [attr], record.x[lo : lo + step], grad[lo : lo + step], record.key
-                )[attr]
-                dense = part if dense is None else dense.add_(part)
-            if dense is not None:
-                run.sums[name].add_(dense.square_().sum(0))
+                rules.add_per_sample(
+                    m,
+                    kinds[m],
+                    attr,
+                    record.x[lo : lo + step],
+                    grad[lo : lo + step],
+                    dense,
+                    record.key,
+                )
+            for row in dense.square_():  # row by row: no second [step, *shape] tensor
+                run.sums[name].add_(row)
     for record, grad, attrs in single.values():
         m = record.module
         out = {attr: run.sums[name] for attr, name in attrs}

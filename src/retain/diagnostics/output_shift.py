@@ -11,6 +11,13 @@ At every real position ``t`` (attention-mask 1) of the same text, with next-toke
   largest ``Δ_v`` gained the most mass, the most negative lost the most. ``Σ_v Δ_v = 0``.
 
 Logits are compared in float32 (log-softmax), under ``no_grad``, ``chunk`` positions at a time.
+For a Hugging Face causal LM (``model.base_model`` gives the final hidden states and
+``model.get_output_embeddings()`` is a Linear head) the logits themselves are only ever built for
+``chunk`` positions: each batch runs the trunk once, and the head is applied to ``chunk`` hidden
+rows at a time, so memory holds ``[chunk, V]`` logits per model instead of ``[tokens, V]``. The
+split is checked once per model against the full forward on a short prefix, and a model where
+they differ (logit soft-capping or scaling in the forward) falls back to full logits. With 8
+``[chunk, V]`` float32 buffers live, ``chunk`` defaults to ``max_memory // (32 · V)`` positions.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from retain.data.task import Batch, model_logits
+from retain.diagnostics.memory_budget import default_budget, rows_within
 from retain.errors import RetainError
 from retain.evaluation.base import eval_mode, model_device
 
@@ -78,20 +86,57 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
         return str(token_id)
 
 
-def _positions(model: nn.Module, batch: Batch) -> Tensor:
-    """Log-probabilities ``[positions, V]`` (float32) at the batch's real positions."""
-    inputs = {k: v.to(model_device(model)) for k, v in batch.items() if k != "labels"}
-    logits = model_logits(model, inputs)
-    if logits.dim() != 3:
-        raise RetainError(
-            f"{type(model).__name__} gives logits of shape {tuple(logits.shape)}; output shift "
-            "compares next-token distributions of causal language models"
-        )
-    mask = batch.get("attention_mask")
-    flat = logits.reshape(-1, logits.shape[-1])
-    if mask is not None:
-        flat = flat[mask.reshape(-1).bool().to(flat.device)]
-    return flat
+class _Rows:
+    """A model's logits at one batch's real positions, built ``[rows, V]`` on demand."""
+
+    def __init__(self, model: nn.Module, batch: Batch, head: nn.Module | None) -> None:
+        inputs = {k: v.to(model_device(model)) for k, v in batch.items() if k != "labels"}
+        self.head = head
+        out = _trunk_states(model, inputs) if head is not None else model_logits(model, inputs)
+        if out.dim() != 3:
+            raise RetainError(
+                f"{type(model).__name__} gives logits of shape {tuple(out.shape)}; output shift "
+                "compares next-token distributions of causal language models"
+            )
+        mask = batch.get("attention_mask")
+        flat = out.reshape(-1, out.shape[-1])
+        self.states = flat if mask is None else flat[mask.reshape(-1).bool().to(flat.device)]
+        self.count = int(self.states.shape[0])
+        self.vocab = int(getattr(head, "out_features", flat.shape[-1]))
+
+    def logits(self, lo: int, hi: int) -> Tensor:
+        """Float32 logits ``[hi - lo, V]`` of real positions ``lo..hi``."""
+        part = self.states[lo:hi]
+        return (part if self.head is None else self.head(part)).float()
+
+
+def _trunk_states(model: nn.Module, inputs: Batch) -> Tensor:
+    trunk = model.base_model
+    assert isinstance(trunk, nn.Module)
+    out = trunk(**inputs)
+    states = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    assert isinstance(states, Tensor)
+    return states
+
+
+def _split_head(model: nn.Module, batch: Batch) -> nn.Module | None:
+    """The Linear head applied to ``model.base_model``'s states, if that reproduces the model's
+    logits on a short prefix of ``batch`` (1e-4 relative); else None (use full logits)."""
+    trunk = getattr(model, "base_model", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(trunk, nn.Module) or trunk is model or not isinstance(head, nn.Linear):
+        return None
+    inputs = {k: v[:1, :8].to(model_device(model)) for k, v in batch.items() if k != "labels"}
+    try:
+        full = model_logits(model, inputs).float()
+        split = head(_trunk_states(model, inputs)).float()
+    except (AssertionError, AttributeError, TypeError, IndexError):
+        return None
+    scale = float(full.abs().max().clamp_min(1.0))
+    if split.shape != full.shape or float((split - full).abs().max()) > 1e-4 * scale:
+        return None
+    return head
 
 
 def output_shift(
@@ -101,13 +146,22 @@ def output_shift(
     *,
     tokenizer: Any = None,
     top_k: int = 20,
-    chunk: int = 256,
+    chunk: int | None = None,
     keep: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int | None = None,
 ) -> OutputShift:
     """Next-token distribution shift from ``base`` to ``tuned`` on ``batches`` (token batches
     with ``input_ids`` and ``attention_mask``); ``tokenizer`` decodes the top tokens.
+
+    ``chunk`` positions are compared at a time (default: as many as ``max_memory`` bytes allow,
+    see the module docstring; ``max_memory`` defaults to
+    :func:`~retain.diagnostics.memory_budget.default_budget` of ``base``).
     """
+    if chunk is not None and chunk < 1:
+        raise RetainError(f"output shift chunk must be >= 1 position, got {chunk}")
+    budget = default_budget(base, max_memory)
+    heads: tuple[nn.Module | None, nn.Module | None] | None = None
     kls: list[Tensor] = []
     entropy_p = entropy_q = 0.0
     change: Tensor | None = None
@@ -115,15 +169,20 @@ def output_shift(
     mass_q: Tensor | None = None
     with eval_mode(base), eval_mode(tuned):  # no_grad; each model's mode restored after
         for k, batch in enumerate(batches):
-            b_all, t_all = _positions(base, batch), _positions(tuned, batch)
-            if b_all.shape != t_all.shape:
+            if heads is None:
+                heads = (_split_head(base, batch), _split_head(tuned, batch))
+            b_all, t_all = _Rows(base, batch, heads[0]), _Rows(tuned, batch, heads[1])
+            if (b_all.count, b_all.vocab) != (t_all.count, t_all.vocab):
                 raise RetainError(
-                    f"base gives logits {tuple(b_all.shape)} and tuned {tuple(t_all.shape)}; "
-                    "output shift needs two models with the same vocabulary"
+                    f"base gives logits {(b_all.count, b_all.vocab)} and tuned "
+                    f"{(t_all.count, t_all.vocab)}; output shift needs two models with the "
+                    "same vocabulary"
                 )
-            for lo in range(0, b_all.shape[0], chunk):
-                lp = torch.log_softmax(b_all[lo : lo + chunk].float(), dim=-1).cpu()
-                lq = torch.log_softmax(t_all[lo : lo + chunk].float(), dim=-1).cpu()
+            step = chunk or rows_within(budget, 32 * b_all.vocab)
+            for lo in range(0, b_all.count, step):
+                hi = lo + step
+                lp = torch.log_softmax(b_all.logits(lo, hi), dim=-1).cpu()
+                lq = torch.log_softmax(t_all.logits(lo, hi), dim=-1).cpu()
                 p, q = lp.exp(), lq.exp()
                 kls.append((p * (lp - lq)).sum(-1).clamp_min(0.0))
                 entropy_p += float(-(p * lp).sum())

@@ -19,8 +19,9 @@ al., 2020, "BackPACK: packing more into backprop", ICLR):
   ``g_n[None]`` (``torch.func``).
 
 :func:`add_sum_of_squares` adds ``Σ_n (∂loss_n/∂θ)²`` for parameters used once in the forward;
-:func:`per_sample` returns the dense ``[N, *θ.shape]`` gradients, for parameters used several
-times whose usages must be summed before squaring. All results are float32.
+:func:`per_sample` returns the dense ``[N, *θ.shape]`` gradients and :func:`add_per_sample` adds
+them into one buffer in place, for parameters used several times (tied embeddings) whose usages
+must be summed before squaring. All results are float32.
 
 The capture side: :func:`owners` finds the modules that own the selected parameters,
 :class:`CallCapture` records each call's input and output through forward hooks, and
@@ -44,6 +45,7 @@ __all__ = [
     "CallRecord",
     "HooksUnsupportedError",
     "RuleKind",
+    "add_per_sample",
     "add_sum_of_squares",
     "autograd_uses",
     "owners",
@@ -243,6 +245,28 @@ def per_sample(
     if kind == "layer_norm":
         return _layer_norm_per_sample(module, names, x, g)
     return _generic_per_sample(module, names, x, g, key)
+
+
+def add_per_sample(
+    module: nn.Module,
+    kind: RuleKind,
+    name: str,
+    x: Tensor,
+    g: Tensor,
+    dense: Tensor,
+    key: str | None = None,
+) -> None:
+    """Add this call's per-sample gradients of parameter ``name`` to ``dense [N, *shape]`` in
+    place (float32), without a second ``[N, *shape]`` tensor for a Linear or an Embedding."""
+    n = x.shape[0]
+    if kind == "linear" and name == "weight":
+        dense.baddbmm_(_flat(g, n).transpose(1, 2), _flat(x, n))
+        return
+    if kind == "embedding":
+        keys, rows = _embedding_keys(module, x, g)
+        dense.view(-1, dense.shape[-1]).index_put_((keys,), rows, accumulate=True)
+        return
+    dense.add_(per_sample(module, kind, [name], x, g, key)[name])
 
 
 def _param(module: nn.Module, name: str) -> Tensor:

@@ -19,12 +19,22 @@ times larger than the others' in the middle blocks ("massive activations", Sun e
 COLM), and linear CKA, a ratio of squared norms, would measure little else. Hidden-state index 0
 is the embedding output (``"embeddings"``); index ``k + 1`` is the output of transformer block
 ``k`` (``"block k"``), counted from 0 as in parameter names (``model.layers.k``).
+
+Memory: the rows kept are ``2 × max_tokens × Σ_layers d × 4`` bytes (float32), bounded by
+``max_tokens`` and independent of the vocabulary and of how many batches are read; the ``d × d``
+products are built one layer at a time. (Streaming centred ``d × d`` moments instead would hold
+``3 × d² × 8`` bytes per layer, more than the rows whenever ``d > max_tokens / 1.5``; at d =
+4096 and 33 layers that is 13 GB against 2.2 GB of rows.) Worked example, SmolLM2-135M (31
+hidden-state layers of 576 features, ``max_tokens = 2048``): ``2 × 2048 × 31 × 576 × 4`` =
+292 MB.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,10 +80,16 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 def hidden_states(model: nn.Module, batch: Batch) -> tuple[Tensor, ...]:
     """``(embeddings, block 0, ..., block L-1)``, each ``[batch, tokens, d]``, of one forward.
 
-    A model with task heads is read through its encoder (:func:`feature_model`).
+    A model with task heads is read through its encoder (:func:`feature_model`). A causal LM
+    whose forward takes ``logits_to_keep`` builds logits for the last position only: hidden
+    states do not need the ``[batch, tokens, V]`` logits.
     """
     inner = feature_model(model)
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    inputs: dict[str, Any] = {
+        k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")
+    }
+    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        inputs["logits_to_keep"] = 1
     output = inner(**inputs, output_hidden_states=True)
     states = getattr(output, "hidden_states", None)
     if states is None:

@@ -243,7 +243,12 @@ def _shape_diagnostics(
     if "output" in plan.wanted:
         say(f"output: next-token KL on {len(batches)} batches of {config.general}")
         shifted = output_shift(
-            base.model, tuned.model, batches, tokenizer=tokenizer, progress=_bar("KL")
+            base.model,
+            tuned.model,
+            batches,
+            tokenizer=tokenizer,
+            progress=_bar("KL"),
+            max_memory=config.max_memory,
         )
         results.output = OutputShift.model_validate(shifted.to_dict())
         laps.lap("output")
@@ -270,6 +275,7 @@ def _gradient_diagnostics(
         fisher_kw: dict[str, Any] = {
             "max_samples": config.fisher_samples,
             "batch_size": config.batch_size,
+            "max_memory": config.max_memory,
         }
         old = estimate_fisher(
             base.model, general_task, progress=_bar("Fisher (general)"), **fisher_kw

@@ -35,6 +35,11 @@ class DiagnoseConfig:
         batch_size: sequences per forward pass.
         max_length: tokens per sequence.
         max_tokens: token positions per layer for CKA.
+        max_memory_gb: working-set budget in GiB (10⁹·1.074 bytes) for the output shift's
+            ``[positions, V]`` logits and the Fisher's micro-batches, on top of the two models
+            (None: ``max(256 MiB, ½ × one model's float32 bytes)``, see
+            :mod:`retain.diagnostics.memory_budget`). Lower it to fit a small machine; the
+            results do not change, only the number of passes.
         top: fraction of parameters counted critical per capability (quadrants).
         exclude: regular expression of parameter names left out of the drift.
         out, overwrite: run directory to create (``None``: print only).
@@ -54,6 +59,7 @@ class DiagnoseConfig:
     batch_size: int = 8
     max_length: int = 128
     max_tokens: int = 2048
+    max_memory_gb: float | None = None
     top: float = 0.1
     exclude: str | None = None
     out: Path | None = None
@@ -62,6 +68,11 @@ class DiagnoseConfig:
     trust_remote_code: bool = False
     device: str = "auto"
     seed: int = 0
+
+    @property
+    def max_memory(self) -> int | None:
+        """``max_memory_gb`` in bytes (None: the default budget)."""
+        return None if self.max_memory_gb is None else int(self.max_memory_gb * 2**30)
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
@@ -86,6 +97,10 @@ class DiagnoseConfig:
                 raise RetainError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_length < 2:
             raise RetainError(f"max_length must be >= 2, got {self.max_length}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise RetainError(
+                f"max_memory_gb must be > 0 GiB (0.5 = 512 MiB), got {self.max_memory_gb}"
+            )
         if not 0 < self.top < 1:
             raise RetainError(f"top must be a fraction in (0, 1) (0.1 = 10 %), got {self.top}")
 
