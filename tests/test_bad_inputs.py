@@ -401,6 +401,7 @@ ROWS: list[tuple[str, tuple[str, ...], list[str], str]] = [
     ),
     ("diagnose-missing-data", (), [*DIAG, "--data", "no_such_data"], "no_such_data"),
     ("diagnose-only-needs-data", (), [*DIAG, "--only", "importance"], "--data"),
+    ("diagnose-max-memory-zero", (), [*DIAG, "--max-memory", "0"], "must be > 0 GiB"),
     (
         "diagnose-mixed-kinds",
         (),

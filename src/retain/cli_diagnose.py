@@ -65,6 +65,14 @@ def add_diagnose_command(sub: Any) -> None:
         "--max-tokens", type=int, default=2048, help="token positions per CKA layer (default 2048)"
     )
     p.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="GB",
+        help="working-set budget in GiB for the output shift's logits and the Fisher's "
+        "micro-batches, on top of the two models (default: max(0.25, half a model's float32 "
+        "size)); lower it to fit a small machine: the results do not change, only the passes",
+    )
+    p.add_argument(
         "--top", type=float, default=0.1, help="fraction of parameters counted critical (0.1)"
     )
     p.add_argument("--exclude", help="regex of parameter names left out of the drift")
@@ -101,6 +109,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         max_tokens=args.max_tokens,
+        max_memory_gb=args.max_memory,
         top=args.top,
         exclude=args.exclude,
         out=args.out,

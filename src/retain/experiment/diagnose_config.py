@@ -99,7 +99,8 @@ class DiagnoseConfig:
             raise RetainError(f"max_length must be >= 2, got {self.max_length}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise RetainError(
-                f"max_memory_gb must be > 0 GiB (0.5 = 512 MiB), got {self.max_memory_gb}"
+                f"max_memory_gb (--max-memory) must be > 0 GiB (0.5 = 512 MiB), got "
+                f"{self.max_memory_gb}"
             )
         if not 0 < self.top < 1:
             raise RetainError(f"top must be a fraction in (0, 1) (0.1 = 10 %), got {self.top}")
