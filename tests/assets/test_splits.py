@@ -73,10 +73,9 @@ def test_tiny_data_falls_back_to_an_unstratified_split() -> None:
 def test_split_errors_name_the_problem() -> None:
     with pytest.raises(RetainError, match="need at least 2"):
         split_indices(1, None, test_size=0.2, seed=0)
-    with pytest.raises(
-        RetainError, match=r"test_size must be between 0 and 1 \(exclusive\); got 0"
-    ):
-        split_indices(10, None, test_size=0, seed=0)
+    with pytest.raises(RetainError, match=r"test_size must be at least 0 and below 1 .*; got 1"):
+        split_indices(10, None, test_size=1, seed=0)
+    assert split_indices(10, None, test_size=0, seed=0) == (list(range(10)), [])  # all train
     with pytest.raises(RetainError, match="need at least 2"):
         unlabelled_text_dict(["same", "SAME ", "", None])
 

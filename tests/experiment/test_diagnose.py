@@ -99,7 +99,7 @@ def test_bad_settings_are_one_line_errors() -> None:
     with pytest.raises(RetainError, match="not a regular expression"):
         DiagnoseConfig(base="a", tuned="b", exclude="([")
     assert DiagnoseConfig(base="a", tuned="b", only="drift").only == ("drift",)
-    with pytest.raises(RetainError, match="max_memory_gb must be > 0"):
+    with pytest.raises(RetainError, match=r"max_memory_gb \(--max-memory\) must be > 0"):
         DiagnoseConfig(base="a", tuned="b", max_memory_gb=0)
 
 
