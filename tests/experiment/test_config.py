@@ -48,10 +48,14 @@ def test_defaults_fill_in_and_the_yaml_round_trips() -> None:
         ({"budget": {"max_degradation": 0.1}}, "budget needs a suite"),
         (
             {"strategies": [{"name": "ewc", "budget": True}]},
-            "marked `budget: true` but there is no budget section",
+            "strategies marks a strategy `budget: true` but there is no budget section",
         ),
         ({"name": "has space"}, "name: String should match pattern"),
         ({"training": {"lrr": 3e-4}}, "training.lrr: unknown setting; did you mean 'lr'?"),
+        (
+            {"sweep": {"variants": {"b": [{"name": "ewc", "budget": True}]}}},
+            "sweep.variants.b marks a strategy `budget: true` but there is no budget section",
+        ),
         ({"tasks": [{"dataset": "x", "tset": 3}]}, "tasks.0.tset: unknown setting; did you mean"),
         ({"modle": {}}, "modle: unknown setting; did you mean 'model'?"),
         ({"model": {"name": "m", "kind": "causal"}}, "did you mean 'causal-lm'?"),

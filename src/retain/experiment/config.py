@@ -286,7 +286,18 @@ class ExperimentConfig(Section):
                     "strength, such as ewc); mark one"
                 )
         elif marked:
-            raise ValueError("a strategy is marked `budget: true` but there is no budget section")
+            where = [
+                label
+                for label, entries in (
+                    ("strategies", self.strategies),
+                    *((f"sweep.variants.{v}", e) for v, e in self.sweep.variants.items()),
+                )
+                if any(entry.get("budget") for entry in entries)
+            ]
+            raise ValueError(
+                f"{where[0]} marks a strategy `budget: true` but there is no budget section; add "
+                "budget: {max_degradation: ...} or drop the mark"
+            )
         return self
 
     def output_dir(self) -> Path:
