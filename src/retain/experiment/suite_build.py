@@ -70,8 +70,11 @@ def _probes(probe: ProbeSection, where: str) -> list[Any]:
     from retain.assets.datasets import load_dataset
 
     assert probe.dataset is not None  # the section's validator requires it
-    data = load_dataset(
-        probe.dataset, text_column=probe.text_column, label_column=probe.label_column
+    data = load_dataset(  # a local file is split like a task's: 20 % held out as its test rows
+        probe.dataset,
+        text_column=probe.text_column,
+        label_column=probe.label_column,
+        test_size=0.2,
     )
     build = {
         "perplexity": _perplexity,
