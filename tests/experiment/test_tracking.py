@@ -4,6 +4,7 @@ stores, read back with the tracker's own reader, equals ``results.json``."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 import sys
 from collections.abc import Iterator
@@ -392,3 +393,20 @@ def test_an_unfinished_run_resumes_under_other_tracking_settings(tmp_path: Path)
     del old["tracking"]  # written before the tracking section existed
     (out / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     assert run_state(out, config_to_yaml(tracked_config(["mlflow"]))) == "resume"
+
+
+def test_finish_leaves_out_undefined_metrics(tmp_path: Path) -> None:
+    """One task: BWT, FWT and forgetting are undefined (NaN in memory, null on disk)."""
+    config = tracked_config(
+        ["tensorboard"], tasks=[{"dataset": "digits", "train": 60, "test": 30}], monitor=None
+    )
+    record = run_experiment(RunSpec(config, out=tmp_path / "run", report=False))
+    assert math.isnan(record.run.metrics.backward_transfer)
+    found = [
+        tensorboard_series(folder)
+        for folder in (tmp_path / "run" / "tracking").rglob("*")
+        if folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+    ]
+    tags = set().union(*found)
+    assert "metrics/average_accuracy" in tags
+    assert "metrics/backward_transfer" not in tags

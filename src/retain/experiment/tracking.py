@@ -126,9 +126,16 @@ class RunTracking:
 
     def finish(self, record: RunRecord) -> None:
         """Log the final metrics of ``record`` (the run's ``results.json``) at its last step."""
+        if not self.backends:
+            return
         step = sum(log.steps for log in record.run.logs)
-        every = record.run.metrics.model_dump().items()
-        metrics = {f"metrics/{k}": float(v) for k, v in every if not math.isnan(v)}
+        found = record.run.metrics
+        every = ((k, getattr(found, k)) for k in type(found).model_fields)
+        metrics = {
+            f"metrics/{k}": float(v)
+            for k, v in every
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
         for backend in self.backends:
             backend.finish(metrics, step)
 
