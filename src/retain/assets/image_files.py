@@ -40,7 +40,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from retain.assets.local_data import looks_like_path
+from retain.assets.local_data import exception_line, looks_like_path
 from retain.assets.splits import image_dict
 from retain.errors import RetainError
 
@@ -211,7 +211,7 @@ def _picture_folder(folder: Path, name: str) -> dict[str, tuple[Pixels, Pixels]]
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
     except Exception as exc:  # datasets raises many types for a folder it cannot read
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = exception_line(exc)
         raise RetainError(f"could not read the image folder {name!r}: {reason}") from exc
     splits = {}
     for split, table in dict(loaded).items():
@@ -237,7 +237,7 @@ def _read(name: str, load: Callable[[], object]) -> datasets.DatasetDict:
     try:
         loaded = load()
     except Exception as exc:  # datasets raises many types for a malformed source
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = exception_line(exc)
         raise RetainError(f"could not read {name}: {reason}") from exc
     if not isinstance(loaded, datasets.DatasetDict):
         raise RetainError(f"{name}: expected splits of images, got {type(loaded).__name__}")
@@ -260,7 +260,7 @@ def _hub(name: str) -> datasets.DatasetDict:
             "(registry datasets: retain ls)"
         ) from exc
     except Exception as exc:  # datasets raises many types
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = exception_line(exc)
         raise RetainError(f"could not load the image dataset {name!r}: {reason}") from exc
     if not isinstance(loaded, datasets.DatasetDict):
         raise RetainError(f"{name}: expected splits of images, got {type(loaded).__name__}")

@@ -29,6 +29,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "NotAvailableOffline",
     "encode_labels",
+    "exception_line",
     "load_datasets_name",
     "load_local_path",
     "looks_like_path",
@@ -219,6 +220,12 @@ def _warn_dropped(
         )
 
 
+def exception_line(exc: BaseException) -> str:
+    """The first line of a library's error (at most 200 characters), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _read_file(path: Path, shown: str) -> dict[str, datasets.Dataset]:
     suffix = path.suffix.lower()
     if suffix not in _READERS:
@@ -230,7 +237,7 @@ def _read_file(path: Path, shown: str) -> dict[str, datasets.Dataset]:
     try:
         loaded = datasets.load_dataset(builder, data_files=str(path), **options)
     except Exception as exc:  # datasets raises many types for a malformed file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = exception_line(exc)
         raise RetainError(f"could not read {shown} as {suffix[1:]}: {reason}") from exc
     return _as_tables(loaded)
 
