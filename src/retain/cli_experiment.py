@@ -15,8 +15,17 @@ if TYPE_CHECKING:
 __all__ = ["add_experiment_commands", "run_command"]
 
 
+def _main() -> bool:
+    """True in the process that speaks: the only one, or rank 0 under ``torchrun`` /
+    ``accelerate launch`` (every rank runs the command; one prints it)."""
+    from retain.distributed import is_main_process
+
+    return is_main_process()
+
+
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    if _main():
+        print(line, file=sys.stderr, flush=True)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +143,9 @@ def _sweep(args: argparse.Namespace, config_name: str) -> int:
         say=_say,
     )
     report = run_sweep(spec)
-    print(comparison_table(_rows(report.parent / "comparison.json")))
-    print(f"report: {report}")
+    if _main():
+        print(comparison_table(_rows(report.parent / "comparison.json")))
+        print(f"report: {report}")
     return 0
 
 
@@ -155,9 +165,10 @@ def _run(args: argparse.Namespace) -> int:
         say=_say,
     )
     results = run_experiment(spec)
-    print(run_table(results.run))
-    out = args.out or config.output_dir()
-    print(f"report: {out / 'report.html'}")
+    if _main():
+        print(run_table(results.run))
+        out = args.out or config.output_dir()
+        print(f"report: {out / 'report.html'}")
     return 0
 
 

@@ -12,8 +12,11 @@ on such a model touches only :func:`local_tensor` views and all-reduces what it 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -28,9 +31,13 @@ __all__ = [
     "is_main_process",
     "is_sharded",
     "local_tensor",
+    "per_rank_state",
+    "per_rank_state_active",
     "rank_and_world",
     "refuse_sharded",
     "resolve_device",
+    "shard_model",
+    "whole_tensor",
 ]
 
 
@@ -147,6 +154,16 @@ def local_tensor(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def whole_tensor(tensor: Tensor) -> Tensor:
+    """The whole value of a sharded ``DTensor`` (all-gathered: every process must call it); any
+    other tensor unchanged."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(tensor, dtensor):
+        whole: Tensor = cast(Any, tensor).full_tensor()
+        return whole
+    return tensor
+
+
 @functools.cache
 def _dtensor_type() -> type | None:
     """``torch.distributed.tensor.DTensor``, or None where torch has no distributed support."""
@@ -163,3 +180,57 @@ def all_reduce_sum(value: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(value)
     return value
+
+
+_PER_RANK = contextvars.ContextVar("retain_per_rank_state", default=False)
+
+
+@contextlib.contextmanager
+def per_rank_state() -> Iterator[None]:
+    """Within it, strategies holding local shards of a sharded model save and load them as they
+    are: each rank's file of a sharded checkpoint, which only the same sharding can read back."""
+    token = _PER_RANK.set(True)
+    try:
+        yield
+    finally:
+        _PER_RANK.reset(token)
+
+
+def per_rank_state_active() -> bool:
+    """True inside :func:`per_rank_state`."""
+    return _PER_RANK.get()
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """Shard ``model`` over the process group with FSDP2 (``fully_shard``) and return it.
+
+    The units, each all-gathered for its forward and backward and freed after: every
+    transformer block of a Hugging Face model (the classes its ``_no_split_modules`` names: the
+    decoder or encoder layers), else every ``nn.Linear`` and ``nn.Embedding``; then the root,
+    which holds what is left (embeddings, final norm, head). Call it after
+    ``strategies.prepare(model)`` (PEFT wraps the model first, so the adapters are sharded with
+    their blocks) and before the optimizer is built. Alone (no process group), the model is
+    returned unchanged.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(_no_split_modules(model))
+    units = [m for m in model.modules() if type(m).__name__ in names]
+    if not units:
+        units = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Embedding)]
+    for unit in units:
+        fully_shard(unit)
+    fully_shard(model)
+    return model
+
+
+def _no_split_modules(model: nn.Module) -> list[str]:
+    """The block class names of a Hugging Face model (also under a PEFT wrapper)."""
+    for module in model.modules():
+        found = getattr(module, "_no_split_modules", None)
+        if found:
+            return [str(name) for name in found]
+    return []

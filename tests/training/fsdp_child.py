@@ -1,10 +1,11 @@
-"""Two tasks with an anchored penalty on an FSDP2-sharded model, run by ``test_fsdp.py``.
+"""Two tasks with a strategy on an FSDP2-sharded model, run by ``test_fsdp.py``.
 
 ``python fsdp_child.py OUT VARIANT...`` trains the plain model in one process;
 ``torchrun --nproc-per-node 2 fsdp_child.py OUT VARIANT...`` shards it with ``fully_shard``
 (gloo, CPU): every ``Linear`` of an MLP, or every decoder block of a tiny Llama (``llama_*``
 variants, causal-LM tasks), then the root. Each ``VARIANT`` names strategies (:data:`VARIANTS`)
-and gets a fresh model. The main process writes the whole weights to
+and gets a fresh model, prepared by the strategies (LoRA wraps it in PEFT) before it is
+sharded. The main process writes the whole weights to
 ``OUT/VARIANT/weights.safetensors`` and the final penalty value and per-step losses to
 ``OUT/VARIANT/result.json``.
 
@@ -37,10 +38,16 @@ from retain.assets.mlp import MLP
 from retain.data.permuted import permuted_image_tasks
 from retain.data.task import CausalLM, Task, pad_collate, summed_loss, target_count
 from retain.distributed import init_distributed, rank_and_world
+from retain.strategies.agem import AGEM
 from retain.strategies.base import Strategy
 from retain.strategies.chain import chain
 from retain.strategies.ewc import EWC
+from retain.strategies.freeze import Freeze
 from retain.strategies.l2sp import L2SP
+from retain.strategies.layerwise_lr import LayerwiseLR
+from retain.strategies.peft_adapters import LoRA
+from retain.strategies.replay import Replay
+from retain.strategies.warmup import Warmup
 from retain.training.loop import TrainConfig
 
 #: Strategies by variant name (built fresh for each run); ``none`` is plain fine-tuning.
@@ -66,6 +73,17 @@ VARIANTS: dict[str, Callable[[], list[Strategy]]] = {
     "loop_none": lambda: [],
     "loop_l2sp": lambda: [L2SP(alpha=0.5)],
     "loop_ewc": lambda: [EWC(strength=100.0, fisher_samples=64, fisher_batch_size=16)],
+    "agem": lambda: [AGEM(memory_size=64, sample_size=21, seed=1)],
+    "agem_every_3": lambda: [AGEM(memory_size=64, sample_size=16, seed=1, reference_every=3)],
+    "replay": lambda: [Replay(ratio=0.3, buffer_size=50, seed=1)],
+    "loop_agem": lambda: [AGEM(memory_size=64, sample_size=21, seed=1)],
+    "loop_replay": lambda: [Replay(ratio=0.3, buffer_size=50, seed=1)],
+    "llama_agem": lambda: [AGEM(memory_size=32, sample_size=9, seed=1)],
+    "llama_lora": lambda: [LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])],
+    "loop_llama_lora": lambda: [LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj"])],
+    "freeze": lambda: [Freeze("body.0")],
+    "loop_llama_none": lambda: [],
+    "loop_llama_layerwise_warmup": lambda: [LayerwiseLR(decay=0.5), Warmup(warmup_steps=3)],
     "ewc_batch_mean": lambda: [
         EWC(
             strength=0.002, fisher="batch", normalize="mean", fisher_samples=40, fisher_batch_size=8
@@ -100,7 +118,11 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train two tasks with ``VARIANTS[variant]``: the whole weights, the final penalty and the
     per-step losses."""
     rank, world = rank_and_world()
-    model, tasks = _llama() if variant.startswith("llama") else _mlp()
+    model, tasks = _llama() if "llama" in variant else _mlp()
+    if "agem" in variant:
+        tasks = [tasks[0], _one_label(tasks[0])]
+    strategies = chain(*VARIANTS[variant]())
+    model = strategies.prepare(model)
     if world > 1:
         from torch.distributed.fsdp import fully_shard
 
@@ -108,7 +130,6 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
         for module in blocks or [m for m in model.modules() if isinstance(m, torch.nn.Linear)]:
             fully_shard(module)  # each decoder block (Llama) or each Linear (MLP), then the root
         fully_shard(model)
-    strategies = chain(*VARIANTS[variant]())
     config = TrainConfig(lr=0.1, batch_size=32, optimizer="sgd", momentum=0.9, seed=3)
     if variant.startswith("loop_"):  # retain's own train_task (StepRunner) on the FSDP2 model
         return _with_train_task(model, tasks, strategies)
@@ -146,7 +167,8 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     penalty = strategies.penalty(model)  # a collective on a sharded model: every rank calls it
     weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
     value = None if penalty is None else float(penalty.detach())
-    return weights, {"penalty": value, "losses": losses}
+    projections = sum(int(getattr(s, "projections", 0)) for s in strategies)
+    return weights, {"penalty": value, "losses": losses, "projections": projections}
 
 
 def _with_train_task(
@@ -154,11 +176,17 @@ def _with_train_task(
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The same two tasks through :func:`retain.training.loop.train_task`, whose step runner
     scales each rank's loss by the world size under FSDP2 and leaves the reduce-scatter to it;
-    AdamW (fused, which ``DTensor`` implements) with 3 gradient-accumulation micro-batches of a
-    global batch of 20, so some ranks' micro-batches are empty stand-ins on the last batch."""
+    AdamW (foreach on ``DTensor``s) on the MLP, SGD with momentum on the Llama (AdamW divides
+    near-zero gradients by their own tiny scale, which turns float32 reduction-order noise into
+    5e-5 weight differences there), with 3 gradient-accumulation micro-batches of a global batch
+    of 20, so some ranks' micro-batches are empty stand-ins on the last batch."""
     from retain.training.loop import train_task
 
     config = TrainConfig(lr=1e-2, batch_size=20, grad_accum=3, seed=3)
+    if any(type(m).__name__.endswith("DecoderLayer") for m in model.modules()):
+        config = TrainConfig(
+            lr=0.1, batch_size=20, grad_accum=3, seed=3, optimizer="sgd", momentum=0.9
+        )
     losses: list[float] = []
     for task in tasks:
         log = train_task(model, task.with_examples(task.examples[:90]), strategies, config)
@@ -166,7 +194,18 @@ def _with_train_task(
     penalty = strategies.penalty(model)
     weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
     value = None if penalty is None else float(penalty.detach())
-    return weights, {"penalty": value, "losses": losses}
+    projections = sum(int(getattr(s, "projections", 0)) for s in strategies)
+    return weights, {"penalty": value, "losses": losses, "projections": projections}
+
+
+def _one_label(task: Task) -> Task:
+    """``task``'s inputs with every label set to one class (one token): a task whose gradient
+    conflicts with the first one's, so A-GEM projects."""
+    if "input_ids" in task.examples[0]:
+        ids = [{**e, "labels": torch.full_like(e["labels"], 3)} for e in task.examples]
+        return task.with_examples(ids)
+    moved = [{**e, "labels": torch.zeros_like(e["labels"])} for e in task.examples]
+    return task.with_examples(moved)
 
 
 def _mlp() -> tuple[torch.nn.Module, list[Task]]:

@@ -3,8 +3,11 @@
 * ``torchrun`` with 2 processes (an MLP with every ``Linear`` sharded, uneven rows; a tiny Llama
   sharded per decoder block) reaches the weights, the per-step losses and the final penalty
   value of one unsharded process on the same global batches, to 1e-5 (``fsdp_child.py``), for
-  L2-SP (both anchors) and EWC (separate, online, empirical / true / batch Fisher, no / max /
-  mean normalisation); each penalty moves the weights by more than 1e-3 from plain training;
+  L2-SP (both anchors), EWC (separate, online, empirical / true / batch Fisher, no / max /
+  mean normalisation), A-GEM (a fresh reference every step, uneven memory shares, and one
+  reused for 3 steps), replay, LoRA (PEFT-wrapped before sharding), freezing, layer-wise
+  learning rates and warmup, in a hand loop and in ``train_task``; each strategy moves the
+  weights by more than 1e-3 from plain training;
 * on a one-process sharded model: the sharded gradient transform equals the autograd gradient of
   the loss-space penalty, and what cannot work sharded yet is refused with one line.
 """
@@ -33,6 +36,17 @@ from retain.strategies.mas import MAS
 CHILD = Path(__file__).with_name("fsdp_child.py")
 VARIANTS = [
     "none",
+    "agem",
+    "agem_every_3",
+    "replay",
+    "loop_agem",
+    "loop_replay",
+    "llama_agem",
+    "llama_lora",
+    "loop_llama_lora",
+    "freeze",
+    "loop_llama_none",
+    "loop_llama_layerwise_warmup",
     "l2sp",
     "l2sp_task_start",
     "ewc",
@@ -61,23 +75,31 @@ def test_fsdp_two_processes_equal_one(tmp_path: Path) -> None:
     for variant in VARIANTS:
         one = load_file(str(tmp_path / "one" / variant / "weights.safetensors"))
         two = load_file(str(tmp_path / "two" / variant / "weights.safetensors"))
-        baseline = next(
-            (f"{kind}_none" for kind in ("llama", "loop") if variant.startswith(kind)), "none"
-        )
+        kinds = ("loop_llama", "llama", "loop")
+        baseline = next((f"{k}_none" for k in kinds if variant.startswith(k)), "none")
         plain = load_file(str(tmp_path / "one" / baseline / "weights.safetensors"))
-        assert one.keys() == two.keys() == plain.keys()
+        assert one.keys() == two.keys()
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
-        if variant != baseline:  # the penalty acted (far beyond the tolerance)
-            moved = max(float((one[k] - plain[k]).abs().max()) for k in one)
+        if variant != baseline:  # the strategy acted (far beyond the tolerance)
+            base = {_plain_name(k): v for k, v in one.items() if "lora_" not in k}
+            assert base.keys() == plain.keys(), variant
+            moved = max(float((base[k] - plain[k]).abs().max()) for k in base)
             assert moved > 1e-3, variant
         a = json.loads((tmp_path / "one" / variant / "result.json").read_text())
         b = json.loads((tmp_path / "two" / variant / "result.json").read_text())
         torch.testing.assert_close(
             torch.tensor(b["losses"]), torch.tensor(a["losses"]), rtol=0, atol=1e-5
         )
+        assert a["projections"] == b["projections"], variant
+        assert ("agem" in variant) == (a["projections"] > 0), variant
         if a["penalty"] is not None:
             assert b["penalty"] == pytest.approx(a["penalty"], rel=1e-5, abs=1e-9), variant
+
+
+def _plain_name(name: str) -> str:
+    """A PEFT-wrapped parameter's name in the unwrapped model."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
 @pytest.fixture
@@ -163,8 +185,9 @@ def test_a_chain_refuses_members_that_do_not_declare_sharded_support() -> None:
     from retain.strategies.chain import chain
 
     model, task = sharded_mlp(), toy_task()
-    with pytest.raises(RetainError, match="replay cannot train an FSDP-sharded model yet: it is"):
-        chain("replay").begin_task(model, task)
-    with pytest.raises(RetainError, match=r"agem cannot .*: its projection needs dot products"):
-        chain("agem").begin_task(model, task)
-    chain(L2SP(alpha=0.1), EWC(fisher_samples=4)).begin_task(model, task)  # declared: they work
+    with pytest.raises(RetainError, match="mas cannot train an FSDP-sharded model yet: it is"):
+        chain("mas").begin_task(model, task)
+    with pytest.raises(RetainError, match=r"progressive cannot .*: it adds columns"):
+        chain("progressive").begin_task(model, task)
+    declared = chain(L2SP(alpha=0.1), EWC(fisher_samples=4), "replay", "agem")
+    declared.begin_task(model, task)  # declared: they work

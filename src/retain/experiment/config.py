@@ -114,7 +114,10 @@ class TrainingSection(Section):
     whose mean loss over the last 5 steps exceeds this many times its starting loss and 1 nat,
     :mod:`retain.training.divergence`; None: only non-finite losses and gradients stop it),
     ``optimizer_impl`` (``auto``: fused where the device allows, else foreach; ``fused``,
-    ``foreach`` or ``for_loop``: :mod:`retain.training.optimizer_impl`).
+    ``foreach`` or ``for_loop``: :mod:`retain.training.optimizer_impl`), ``fsdp`` (under
+    ``torchrun`` / ``accelerate launch``: shard the model over the processes with FSDP2,
+    :func:`retain.distributed.shard_model`; false: every process holds the whole model and
+    gradients are all-reduced, like DDP).
     """
 
     lr: float = Field(default=_TRAIN.lr, gt=0)
@@ -131,6 +134,7 @@ class TrainingSection(Section):
     device: str = "auto"
     divergence_factor: float | None = Field(default=_TRAIN.divergence_factor, gt=1)
     optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = _TRAIN.optimizer_impl
+    fsdp: bool = False
 
     @field_validator("lr")
     @classmethod

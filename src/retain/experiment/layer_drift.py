@@ -5,7 +5,8 @@ together (None when ``||θ0_l|| = 0``), with layers named by
 :func:`retain.diagnostics.drift.layer_of`. Weights are the *effective* ones
 (:func:`retain.diagnostics.drift.effective_parameters`): a LoRA run's adapters are folded into
 their base weights (``W + B A · scaling``), so its update shows where it lands. Parameters added
-after the start (a later task's head) are not in the starting weights and are left out.
+after the start (a later task's head) are not in the starting weights and are left out. A
+sharded (FSDP2) weight is gathered one parameter at a time, so every process must measure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from retain.diagnostics.drift import effective_parameters, layer_of
+from retain.distributed import whole_tensor
 
 __all__ = ["LayerDrift", "layer_of"]
 
@@ -25,7 +27,8 @@ class LayerDrift:
 
     def __init__(self, model: nn.Module) -> None:
         self.start: dict[str, torch.Tensor] = {
-            n: p.to("cpu", torch.float32, copy=True) for n, p in effective_parameters(model).items()
+            n: whole_tensor(p).to("cpu", torch.float32, copy=True)
+            for n, p in effective_parameters(model).items()
         }
         self.layers: list[str] = list(dict.fromkeys(layer_of(n) for n in self.start))
 
@@ -37,7 +40,7 @@ class LayerDrift:
             before = self.start.get(name)
             if before is None or before.shape != value.shape:
                 continue
-            now = value.to("cpu", torch.float32)
+            now = whole_tensor(value).to("cpu", torch.float32)
             layer = layer_of(name)
             moved[layer] += float((now - before).pow(2).sum())
             norm[layer] += float(before.pow(2).sum())

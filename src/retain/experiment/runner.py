@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from retain.atomic_files import to_jsonable, write_text
-from retain.distributed import is_main_process
+from retain.distributed import is_main_process, shard_model
 from retain.errors import RetainError
 from retain.experiment.build import (
     Experiment,
@@ -354,6 +354,7 @@ def _train(
             after_task=after_task,
             observer=tracking,
             say=say,
+            shard=shard_model if config.training.fsdp else None,
         )
         record = _results_record(config, built, result, progress)
         record.interference = interference_results(tracker, config)

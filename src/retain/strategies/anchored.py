@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from retain.distributed import all_reduce_sum, local_tensor
+from retain.distributed import all_reduce_sum, local_tensor, per_rank_state_active
 from retain.errors import RetainError
 
 __all__ = [
@@ -163,7 +163,7 @@ class AnchorStore:
     def check_whole(self, action: str) -> None:
         """Refuse ``action`` (``"checkpoint the l2sp anchor"``) when the terms hold local
         shards (a file or checkpoint of them would be one rank's rows only)."""
-        if self.sharded and self.terms:
+        if self.sharded and self.terms and not per_rank_state_active():
             raise RetainError(
                 f"cannot {action}: {self.owner} holds this process's shards of them (FSDP2); "
                 "saving sharded anchors is not supported yet"
@@ -221,7 +221,9 @@ class AnchorStore:
         parts: list[Tensor] = []
         for term in self.terms:
             for name, anchor in term.anchor.items():
-                param = local_tensor(self._param(named, name, anchor, model))
+                owner = self._param(named, name, anchor, model)
+                param = local_tensor(owner)
+                self.sharded = self.sharded or param is not owner  # also after a load
                 diff = param.float() - anchor.to(param.device, torch.float32)
                 square = diff * diff
                 if term.weight is not None:
@@ -290,6 +292,7 @@ class AnchorStore:
             bound.owners = owners
             bound.sharded = any(p is not o for p, o in zip(params, owners, strict=True))
             bounds.append(bound)
+        self.sharded = self.sharded or any(bound.sharded for bound in bounds)  # after a load
         self._cache = (weakref.ref(model), self._version, bounds)
         return bounds
 

@@ -39,6 +39,7 @@ class Freeze(Strategy):
     """
 
     name = "freeze"
+    unsharded_only = None  # requires_grad set in prepare(), before sharding: test_fsdp.py
 
     def __init__(self, params: str, mode: FreezeMode = "freeze") -> None:
         if not isinstance(params, str) or not params:

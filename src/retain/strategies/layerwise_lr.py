@@ -98,6 +98,7 @@ class LayerwiseLR(Strategy):
     """
 
     name = "layerwise_lr"
+    unsharded_only = None  # lr groups by parameter name: tests/training/test_fsdp.py
 
     def __init__(self, decay: float = 0.9, pattern: str | None = None) -> None:
         self.decay = _check_decay(decay)

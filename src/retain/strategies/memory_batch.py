@@ -74,9 +74,18 @@ class StackedMemory:
         self._source, self._size, self._stacked = None, -1, None
 
 
-def project(grads: list[Tensor], refs: list[Tensor]) -> bool:
+def project(
+    grads: list[Tensor],
+    refs: list[Tensor],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> bool:
     """Project ``grads`` in place off ``refs`` when ``grads · refs < 0`` (module docstring);
-    returns whether it did. One host sync."""
+    returns whether it did. One host sync.
+
+    ``reduce`` sums the pair ``(g · g_ref, g_ref · g_ref)`` over processes when ``grads`` and
+    ``refs`` are this process's shards of sharded parameters
+    (:func:`retain.distributed.all_reduce_sum`): one collective of two numbers.
+    """
     wide = [torch.promote_types(g.dtype, torch.float32) for g in grads]
     g32 = [g if g.dtype == w else g.to(w) for g, w in zip(grads, wide, strict=True)]
     r32 = [r if r.dtype == w else r.to(w) for r, w in zip(refs, wide, strict=True)]
@@ -84,7 +93,10 @@ def project(grads: list[Tensor], refs: list[Tensor]) -> bool:
         [torch.dot(g.reshape(-1), r.reshape(-1)) for g, r in zip(g32, r32, strict=True)]
     ).sum()
     norm = torch.stack(torch._foreach_norm([r.float() for r in refs])).square().sum()
-    dot_value, coef = torch.stack([dot, dot / norm]).tolist()
+    pair = torch.stack([dot, norm.to(dot.dtype)])
+    if reduce is not None:
+        pair = reduce(pair)
+    dot_value, coef = torch.stack([pair[0], pair[0] / pair[1]]).tolist()
     if not dot_value < 0:
         return False
     same = [r if r.dtype == g.dtype else r.to(g.dtype) for g, r in zip(grads, refs, strict=True)]

@@ -88,6 +88,7 @@ class Replay(Strategy):
     """
 
     name = "replay"
+    unsharded_only = None  # every rank mixes the same seeded buffer: tests/training/test_fsdp.py
 
     def __init__(
         self,

@@ -83,6 +83,7 @@ class Warmup(Strategy):
     """
 
     name = "warmup"
+    unsharded_only = None  # an lr schedule only: tests/training/test_fsdp.py
 
     def __init__(
         self,

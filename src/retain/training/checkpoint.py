@@ -16,6 +16,21 @@
     rng.safetensors         torch CPU/CUDA, Python ``random`` and NumPy RNG states (one process);
                             ``rng.<rank>.safetensors`` per rank under torch.distributed
 
+A model sharded with FSDP2 (``fully_shard``) is saved by every rank, and differently:
+
+    shards/                 the weights and the optimizer's tensor state, each rank's rows in
+                            its own safetensors file (``torch.distributed.checkpoint``;
+                            :mod:`retain.training.sharded_checkpoint`)
+    optimizer.json          the optimizer's param_groups and non-tensor state
+    strategies.<rank>.safetensors, tensors.<rank>.safetensors
+                            each rank's strategy state and extra tensors, holding its local shards
+                            (anchors, Fisher) as they are
+
+and the manifest names the world size it was sharded over. Such a checkpoint resumes only on a
+model sharded the same way over as many processes (the per-rank strategy state and RNG are
+those ranks'); anything else is refused with one line before anything changes. Exported weights
+stay whole safetensors (:func:`retain.training.sharded_checkpoint` is only for resuming).
+
 ``n`` is ``position["global_step"]`` when given, else the save's sequence number. Everything is
 written into a hidden staging sibling ``.staging-step-<n>`` and renamed into place with
 ``os.replace`` (atomic on one filesystem), so a kill at any moment leaves the previous complete
@@ -47,7 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from retain.distributed import rank_and_world
+from retain.distributed import is_sharded, local_tensor, per_rank_state, rank_and_world
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
@@ -107,8 +122,9 @@ def _model_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if not torch.is_tensor(t):
             raise RetainError(f"model state {name!r} is a {type(t).__name__}, not a tensor")
         entries.append([name, list(t.shape), str(t.dtype).removeprefix("torch.")])
-        storage = t.untyped_storage().data_ptr()
-        ident = (t.device, storage, t.storage_offset(), t.shape, t.stride(), t.dtype)
+        here = local_tensor(t)  # a sharded weight's own rows: its storage tells ties apart
+        storage = here.untyped_storage().data_ptr()
+        ident = (here.device, storage, here.storage_offset(), t.shape, here.stride(), t.dtype)
         if t.numel() and ident in seen:
             aliases[name] = seen[ident]
         else:
@@ -144,6 +160,28 @@ def _file_info(path: Path, sync: bool = False) -> dict[str, Any]:
         if sync:
             os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _write_sharded(
+    staging: Path,
+    rank: int,
+    model: nn.Module,
+    optimizer: Optimizer | None,
+    chain: Strategy | None,
+    tensors: dict[str, Tensor] | None,
+) -> None:
+    """Every rank's part of a sharded model's checkpoint (module docstring); collective."""
+    from retain.training.sharded_checkpoint import save_sharded
+
+    rest = save_sharded(staging / "shards", model, optimizer)
+    if rank == 0 and optimizer is not None:
+        write_tree(staging / "optimizer.json", rest, "optimizer")
+    if chain is not None:
+        with per_rank_state():
+            save_strategy_state(chain, staging / f"strategies.{rank}.safetensors")
+    if tensors:
+        mine = {k: local_tensor(v).detach().contiguous() for k, v in tensors.items()}
+        write_tree(staging / f"tensors.{rank}.safetensors", mine, "tensors")
 
 
 def _phase(world: int, cleanup: Path | None, work: Callable[[], None]) -> None:
@@ -200,6 +238,7 @@ def save_checkpoint(
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise RetainError(f"position['global_step'] must be a whole number >= 0, got {step!r}")
     rank, world = rank_and_world()
+    sharded = is_sharded(model)
     found = _checkpoints(directory)
     sequence = found[-1][0][0] + 1 if found else 1
     name = f"step-{sequence if step is None else step}"
@@ -216,19 +255,23 @@ def save_checkpoint(
 
     def write() -> None:
         write_tree(staging / _rng_file(rank, world), capture_rng(), "RNG state")
+        if sharded:
+            _write_sharded(staging, rank, model, optimizer, chain, tensors)
         if rank != 0:
             return
-        unique, manifest["model"] = _model_state(model)
-        write_safetensors(staging / "model.safetensors", unique, {"format": "pt"})
+        manifest["model"] = _model_state(model)[1]
+        if not sharded:
+            unique = _model_state(model)[0]
+            write_safetensors(staging / "model.safetensors", unique, {"format": "pt"})
         for what, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
             manifest[what] = None if obj is None else {"class": type(obj).__name__}
-            if obj is not None:
+            if obj is not None and not (sharded and what == "optimizer"):
                 suffix = "safetensors" if what == "optimizer" else "json"
                 write_tree(staging / f"{what}.{suffix}", obj.state_dict(), what)
         manifest["strategies"] = None if chain is None else [s.name for s in chain]
-        if chain is not None:
+        if chain is not None and not sharded:
             save_strategy_state(chain, staging / "strategies.safetensors")
-        if tensors:
+        if tensors and not sharded:
             write_tree(staging / "tensors.safetensors", dict(tensors), "tensors")
         write_tree(staging / "position.json", position, "position")
 
@@ -237,8 +280,10 @@ def save_checkpoint(
             return
         from retain.version import __version__
 
-        files = {p.name: _file_info(p, sync=True) for p in sorted(staging.iterdir())}
+        found = sorted(f for f in staging.rglob("*") if f.is_file())
+        files = {f.relative_to(staging).as_posix(): _file_info(f, sync=True) for f in found}
         manifest.update(sequence=sequence, world_size=world, files=files)
+        manifest["sharded"] = sharded
         manifest.update(retain_version=__version__, torch_version=torch.__version__)
         write_tree(staging / MANIFEST, manifest, "manifest")
         _file_info(staging / MANIFEST, sync=True)
@@ -289,6 +334,8 @@ def load_checkpoint(
         version = manifest.get("format_version")
         raise RetainError(f"checkpoint {str(path)!r} has format {version}, not {FORMAT_VERSION}")
     rank, world = rank_and_world()
+    sharded = bool(manifest.get("sharded", False))
+    _check_sharding(path, manifest, sharded, model, world)
     if model is not None:
         saved, (_, mine) = manifest["model"], _model_state(model)
         diff = _model_difference(saved, mine)
@@ -317,8 +364,9 @@ def load_checkpoint(
             f"run has {world}; resume with as many processes (or pass rng=False)"
         )
     given = {"model": model, "optimizer": optimizer, "strategies": chain, "scheduler": scheduler}
-    reads = {f for f in manifest["files"] if given.get(f.split(".")[0]) is not None}
-    reads |= {"position.json", "tensors.safetensors"} | ({_rng_file(rank, world)} if rng else set())
+    reads = {f for f in manifest["files"] if given.get(_restores(f)) is not None}
+    extra_file = f"tensors.{rank}.safetensors" if sharded else "tensors.safetensors"
+    reads |= {"position.json", extra_file} | ({_rng_file(rank, world)} if rng else set())
     for name in reads:
         info = manifest["files"].get(name)
         if info is not None and (not (path / name).is_file() or _file_info(path / name) != info):
@@ -328,8 +376,11 @@ def load_checkpoint(
             )
     position = read_tree(path / "position.json", "checkpoint position")
     extra: dict[str, Tensor] = {}
-    if (path / "tensors.safetensors").is_file():
-        extra = read_tree(path / "tensors.safetensors", "checkpoint tensors")
+    if (path / extra_file).is_file():
+        extra = read_tree(path / extra_file, "checkpoint tensors")
+    if sharded:
+        _load_sharded(path, rank, model, optimizer, chain, manifest)
+        model = optimizer = chain = None  # restored above
     opt_state: Any = (
         None if optimizer is None else read_tree(path / "optimizer.safetensors", "optimizer")
     )
@@ -354,3 +405,51 @@ def load_checkpoint(
     if rng_state is not None:
         restore_rng(rng_state)
     return position, extra
+
+
+def _restores(name: str) -> str:
+    """What a checkpoint file restores: ``model`` for DCP's shards (weights and optimizer
+    tensors), else its name up to the first dot (``strategies.1.safetensors``: strategies)."""
+    return "model" if name.startswith("shards/") else name.split(".")[0]
+
+
+def _check_sharding(
+    path: Path, manifest: dict[str, Any], sharded: bool, model: nn.Module | None, world: int
+) -> None:
+    """Refuse, with one line, a sharded checkpoint for an unsharded model or another world size,
+    and a whole one for a sharded model."""
+    if model is None:
+        return
+    if sharded and (not is_sharded(model) or manifest["world_size"] != world):
+        raise RetainError(
+            f"checkpoint {str(path)!r} holds FSDP2 shards of {manifest['world_size']} process(es); "
+            f"this run has {world} process(es) and the model is "
+            f"{'sharded' if is_sharded(model) else 'not sharded'}; resume it with as many "
+            "processes and the model sharded as when it was saved"
+        )
+    if not sharded and is_sharded(model):
+        raise RetainError(
+            f"checkpoint {str(path)!r} holds a whole (unsharded) model; resume it without FSDP2, "
+            "or start the sharded run afresh"
+        )
+
+
+def _load_sharded(
+    path: Path,
+    rank: int,
+    model: nn.Module | None,
+    optimizer: Optimizer | None,
+    chain: Strategy | None,
+    manifest: dict[str, Any],
+) -> None:
+    """Every rank's part of restoring a sharded checkpoint (strategies, then model and optimizer;
+    collective when a model is given)."""
+    from retain.training.sharded_checkpoint import load_sharded
+
+    if chain is not None and manifest["strategies"] is not None:
+        with per_rank_state():
+            load_strategy_state(chain, path / f"strategies.{rank}.safetensors")
+    if model is None:
+        return
+    rest = None if optimizer is None else read_tree(path / "optimizer.json", "optimizer")
+    load_sharded(path / "shards", model, optimizer, rest)

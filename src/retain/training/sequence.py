@@ -133,6 +133,7 @@ def fit_sequence(
     after_task: Callable[[int, nn.Module], None] | None = None,
     observer: SequenceObserver | None = None,
     say: Callable[[str], None] | None = None,
+    shard: Callable[[nn.Module], nn.Module] | None = None,
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
 
@@ -158,6 +159,9 @@ def fit_sequence(
     checkpoint (tasks finished before a resume are not called again). ``observer``: told of
     every optimizer step and every task's end, with the global step
     (:mod:`retain.training.observer`). ``say``: receives the one-line resume decision.
+    ``shard``: applied to the prepared model before anything else touches it, e.g.
+    :func:`retain.distributed.shard_model` (FSDP2 under ``torchrun``; every strategy of the chain
+    must support sharding, and a sharded run's checkpoints resume at the same world size).
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
@@ -170,6 +174,8 @@ def fit_sequence(
     model.to(auto_device() if device is None else torch.device(device))
     strat = as_chain(strategies)
     model = strat.prepare(model)
+    if shard is not None:
+        model = shard(model)
     run, start_task, start = RunState(names), 0, plan.boundary
     if plan.boundary is not None:
         run, start_task = load_start(plan, model, strat)
