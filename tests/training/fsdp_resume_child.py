@@ -3,7 +3,9 @@
 
 ``torchrun --nproc-per-node 2 fsdp_resume_child.py RUN_DIR [--resume]`` trains 2 permuted-digits
 tasks on an MLP sharded by :func:`retain.distributed.shard_model` (every ``Linear``, uneven rows),
-with EWC, replay and A-GEM, AdamW, and a checkpoint every 3 optimizer steps, through
+with EWC, replay and A-GEM, AdamW, a forgetting monitor on task 0's accuracy (evaluated every 4
+steps, restoring the best weights within a 5 % budget), and a checkpoint every 3 optimizer
+steps, through
 :func:`retain.training.sequence.fit_sequence`; the main process writes ``RUN_DIR/result.json`` and
 the whole weights to ``RUN_DIR/weights.safetensors``. ``RETAIN_TEST_EXIT_AT=N`` ends every
 process abruptly (``os._exit``, no cleanup, as a kill would) after the ``N``-th optimizer step.
@@ -23,12 +25,15 @@ from retain.assets.mlp import MLP
 from retain.data.permuted import TaskSplit, permuted_image_tasks
 from retain.distributed import init_distributed, is_main_process, shard_model
 from retain.errors import RetainError
+from retain.evaluation.suite import EvalSuite
+from retain.evaluation.task_probe import TaskAccuracyProbe
 from retain.strategies.agem import AGEM
 from retain.strategies.base import Strategy
 from retain.strategies.chain import chain
 from retain.strategies.ewc import EWC
 from retain.strategies.replay import Replay
 from retain.training.loop import TrainConfig
+from retain.training.monitor import MonitorConfig
 from retain.training.sequence import fit_sequence
 
 
@@ -69,6 +74,8 @@ def main() -> None:
             splits,
             strategies,
             TrainConfig(lr=3e-3, batch_size=24, seed=7),
+            suite=EvalSuite("watch", [TaskAccuracyProbe("task0", splits[0].test)]),
+            monitor=MonitorConfig(max_degradation=0.05, eval_every=4),
             checkpoint_dir=args.out / "checkpoints",
             checkpoint_every=3,
             resume=args.resume,

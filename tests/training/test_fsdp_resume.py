@@ -2,10 +2,11 @@
 weights and results, bit for bit; its checkpoints hold no pickle and refuse another world size.
 
 The run (``fsdp_resume_child.py``) trains 2 tasks through ``fit_sequence(shard=shard_model)`` with
-EWC, replay and A-GEM and a checkpoint every 3 steps; the killed copy ends every process abruptly
-after its 17th optimizer step (the 3rd of task 1's 14), so the resume starts from the step-16
-checkpoint (DCP shards of the weights and AdamW state, per-rank strategy state and RNG) and
-replays a step.
+EWC, replay, A-GEM and a forgetting monitor, and a checkpoint every 3 steps; the killed copy ends
+every process abruptly after its 17th optimizer step (the 7th of task 1, which the monitor stops
+at its 8th, restoring its best within-budget weights), so the resume starts from the step-16
+checkpoint (DCP shards of the weights and AdamW state, per-rank strategy state, monitor
+snapshot and RNG) and replays a step.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def test_a_killed_sharded_run_resumes_bit_identically(tmp_path: Path) -> None:
     assert run(killed, 2, "--resume").returncode == 0
     resumed = json.loads((killed / "result.json").read_text())["resumed"]
     assert resumed[-1].endswith("steps/step-16")
+    logs = json.loads((reference / "result.json").read_text())["logs"]
+    assert logs[1]["stopped"]
+    assert logs[1]["monitor"]["restored"]
     assert comparable(killed) == comparable(reference)
     a = load_file(str(reference / "weights.safetensors"))
     b = load_file(str(killed / "weights.safetensors"))

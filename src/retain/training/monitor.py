@@ -25,7 +25,10 @@ Distributed runs: every rank evaluates (the suite sees the same weights everywhe
 evaluation's record is broadcast from rank 0, so the stop decision and the chosen best checkpoint
 are identical on all ranks.
 
-The best checkpoint is a full ``state_dict`` copy in CPU memory (one model's size).
+The best checkpoint is a full ``state_dict`` copy in CPU memory (one model's size); on a sharded
+(FSDP2) model, each rank's copy of its own shards (the model's size over the world size), and
+whether the weights changed since is decided over every rank (one all-reduce), so every rank
+restores or none does.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from retain.distributed import all_reduce_sum, is_sharded, local_tensor
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
@@ -166,7 +170,7 @@ class ForgettingMonitor:
         restored = False
         best = self._best
         if self.config.restore_best and best is not None and not _same_weights(model, best):
-            model.load_state_dict(best)
+            _restore(model, best)
             restored = True
         final = self._best_entry if restored else self.history[-1]
         baseline = self.suite.baseline
@@ -262,7 +266,10 @@ class ForgettingMonitor:
         else:
             better = entry["task_score"] >= best["task_score"]
         if better:
-            self._best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self._best = {
+                k: local_tensor(v).detach().to("cpu", copy=True)
+                for k, v in model.state_dict().items()
+            }
             self._best_entry = entry
         return entry
 
@@ -293,10 +300,26 @@ def _pct(value: float | None, budget: float | None = None) -> str:
 
 
 def _same_weights(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model`` still holds ``snapshot`` (this rank's shards of it when sharded; then
+    the answer is every rank's, all-reduced)."""
     state = model.state_dict()
-    return state.keys() == snapshot.keys() and all(
-        torch.equal(state[k].detach().cpu(), v) for k, v in snapshot.items()
+    same = state.keys() == snapshot.keys() and all(
+        torch.equal(local_tensor(state[k]).detach().cpu(), v) for k, v in snapshot.items()
     )
+    if not is_sharded(model):
+        return same
+    differs = all_reduce_sum(torch.tensor([0.0 if same else 1.0]))
+    return float(differs.item()) == 0.0
+
+
+def _restore(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Load ``snapshot`` into ``model``: ``load_state_dict``, or each rank's shards in place."""
+    if not is_sharded(model):
+        model.load_state_dict(snapshot)
+        return
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            local_tensor(value).copy_(snapshot[name])
 
 
 def _from_rank0(obj: Any) -> Any:
