@@ -150,6 +150,39 @@ def test_state_round_trip_continues_identically(tmp_path: Path) -> None:
     assert first.projections == second.projections > 3
 
 
+def test_reference_every_k_steps_reuses_one_reference_and_survives_a_round_trip(
+    tmp_path: Path,
+) -> None:
+    memory = examples(6, seed=1)
+    model, every = with_memory(memory)
+    every.reference_every = 3
+    ref_w, _ = closed_form_gradient(model, memory)  # the reference at the first step's weights
+    g = torch.Generator().manual_seed(5)
+    grads = [-ref_w + 0.1 * torch.randn(3, 4, generator=g) for _ in range(5)]
+    for step, grad in enumerate(grads):
+        if step == 2:  # a checkpoint in the middle of a cycle: the reference travels with it
+            path = save_strategy_state(every, tmp_path / "agem.safetensors")
+            resumed = AGEM(memory_size=16, sample_size=64, reference_every=3)
+            load_strategy_state(resumed, path)
+            resumed.on_task_start(model, Task("next", memory))
+        model.fc.weight.grad = grad.clone()
+        every.after_backward(model)
+        if step < 3:  # steps 0, 1, 2 project off the reference of step 0's weights
+            expected = grad - (grad * ref_w).sum() / (ref_w * ref_w).sum() * ref_w
+            assert torch.allclose(model.fc.weight.grad, expected, atol=1e-6, rtol=0), step
+        if step == 2:
+            model.fc.weight.grad = grad.clone()
+            resumed.after_backward(model)
+            assert torch.allclose(model.fc.weight.grad, expected, atol=1e-6, rtol=0)
+        with torch.no_grad():
+            model.fc.weight[0].add_(0.3)  # the weights move: a fresh reference would differ
+    fresh, _ = closed_form_gradient(model, memory)
+    assert not torch.allclose(fresh, ref_w, atol=1e-3)  # step 3 drew a new one
+    assert every.steps == 5
+    with pytest.raises(RetainError, match="reference_every"):
+        AGEM(reference_every=0)
+
+
 def test_tasks_that_cannot_share_a_memory_batch_are_refused() -> None:
     _, strategy = with_memory(examples(4, seed=1))
     with pytest.raises(RetainError, match="keys"):
