@@ -27,6 +27,7 @@ from retain.errors import RetainError
 __all__ = [
     "all_reduce_sum",
     "auto_device",
+    "from_main_process",
     "init_distributed",
     "is_main_process",
     "is_sharded",
@@ -234,3 +235,15 @@ def _no_split_modules(model: nn.Module) -> list[str]:
         if found:
             return [str(name) for name in found]
     return []
+
+
+def from_main_process(obj: Any) -> Any:
+    """``obj`` as rank 0 has it (a broadcast of a picklable object every rank must join, between
+    processes of one trusted job) when ``torch.distributed`` is initialised, else ``obj``: a
+    decision taken once and the same on every rank."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 CONFIG: dict[str, Any] = {
@@ -74,3 +75,19 @@ def test_retain_run_sharded_equals_one_process(tmp_path: Path) -> None:
     )
     assert manifest["sharded"] is True
     assert manifest["world_size"] == 2
+
+
+def test_a_strategy_that_cannot_train_sharded_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retain.cli import main
+
+    config = tmp_path / "mas.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "strategies": [{"name": "mas", "samples": 8}]}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        "retain: error: strategies.0 (mas) cannot train an FSDP-sharded model: it is not tested "
+        "under FSDP2 yet; set training.fsdp: false or drop it"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -3,7 +3,8 @@
 
 ``torchrun --nproc-per-node 2 fsdp_resume_child.py RUN_DIR [--resume]`` trains 2 permuted-digits
 tasks on an MLP sharded by :func:`retain.distributed.shard_model` (every ``Linear``, uneven rows),
-with EWC, replay and A-GEM, AdamW, a forgetting monitor on task 0's accuracy (evaluated every 4
+with EWC (its strength tuned by a forgetting budget on task 0's accuracy, every 2 steps),
+replay and A-GEM, AdamW, a forgetting monitor on task 0's accuracy (evaluated every 4
 steps, restoring the best weights within a 5 % budget), and a checkpoint every 3 optimizer
 steps, through
 :func:`retain.training.sequence.fit_sequence`; the main process writes ``RUN_DIR/result.json`` and
@@ -32,6 +33,7 @@ from retain.strategies.base import Strategy
 from retain.strategies.chain import chain
 from retain.strategies.ewc import EWC
 from retain.strategies.replay import Replay
+from retain.training.budget import ForgettingBudget
 from retain.training.loop import TrainConfig
 from retain.training.monitor import MonitorConfig
 from retain.training.sequence import fit_sequence
@@ -62,8 +64,10 @@ def main() -> None:
     splits = permuted_image_tasks("digits", 2, seed=0)
     splits = [TaskSplit(s.train.with_examples(s.train.examples[:240]), s.test) for s in splits]
     torch.manual_seed(0)
+    watched = EvalSuite("budget", [TaskAccuracyProbe("task0", splits[0].test)])
+    ewc = EWC(strength=50.0, fisher_samples=64, fisher_batch_size=16)
     strategies = chain(
-        EWC(strength=50.0, fisher_samples=64, fisher_batch_size=16),
+        ForgettingBudget(ewc, watched, max_degradation=0.02, every=2),
         Replay(ratio=0.25, buffer_size=64),
         AGEM(memory_size=48, sample_size=16),
         ExitAt(),

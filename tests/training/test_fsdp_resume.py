@@ -2,7 +2,8 @@
 weights and results, bit for bit; its checkpoints hold no pickle and refuse another world size.
 
 The run (``fsdp_resume_child.py``) trains 2 tasks through ``fit_sequence(shard=shard_model)`` with
-EWC, replay, A-GEM and a forgetting monitor, and a checkpoint every 3 steps; the killed copy ends
+EWC (under a forgetting budget that tunes its strength), replay, A-GEM and a forgetting monitor,
+and a checkpoint every 3 steps; the killed copy ends
 every process abruptly after its 17th optimizer step (the 7th of task 1, which the monitor stops
 at its 8th, restoring its best within-budget weights), so the resume starts from the step-16
 checkpoint (DCP shards of the weights and AdamW state, per-rank strategy state, monitor

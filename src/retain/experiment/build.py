@@ -259,6 +259,11 @@ def build_strategies(
             raise RetainError(
                 f"strategies.{k} ({entry['name']}): {error}; fix that parameter's value"
             ) from None
+        if config.training.fsdp and strategy.unsharded_only is not None:
+            raise RetainError(
+                f"strategies.{k} ({strategy.name}) cannot train an FSDP-sharded model: "
+                f"{strategy.unsharded_only}; set training.fsdp: false or drop it"
+            )
         budget = config.budget
         if entry.get("budget") and budget is not None and suite is not None:
             from retain.training.budget import ForgettingBudget

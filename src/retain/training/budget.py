@@ -61,6 +61,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from retain.data.task import Task
+from retain.distributed import from_main_process, refuse_sharded
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityScore, EvalSuite, SuiteResult
@@ -170,6 +171,9 @@ class ForgettingBudget(Strategy):
     """
 
     name = "forgetting_budget"
+    #: its evaluations are broadcast from rank 0; the target's own declaration is checked at
+    #: each task's start
+    unsharded_only = None
 
     def __init__(
         self,
@@ -273,7 +277,10 @@ class ForgettingBudget(Strategy):
         return worst
 
     def on_task_start(self, model: nn.Module, task: Task) -> None:
-        """Store the suite's baseline (if it has none), then the target's ``on_task_start``."""
+        """Store the suite's baseline (if it has none), then the target's ``on_task_start``
+        (a target that cannot train a sharded model is refused on one)."""
+        if self.target.unsharded_only is not None:
+            refuse_sharded(model, self.target.name, self.target.unsharded_only)
         if self.suite.baseline is None:
             self.suite.set_baseline(self._evaluate(model))
         self.target.on_task_start(model, task)
@@ -387,5 +394,7 @@ class ForgettingBudget(Strategy):
         )
 
     def _evaluate(self, model: nn.Module) -> SuiteResult:
+        """The suite's scores, as rank 0 measured them (so every rank tunes alike)."""
         with undisturbed(model):
-            return self.suite.evaluate(model, self.tokenizer)
+            result: SuiteResult = from_main_process(self.suite.evaluate(model, self.tokenizer))
+            return result

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retain.distributed import all_reduce_sum, is_sharded, local_tensor
+from retain.distributed import all_reduce_sum, from_main_process, is_sharded, local_tensor
 from retain.errors import RetainError
 from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import CapabilityChange, EvalSuite, SuiteResult
@@ -139,7 +139,7 @@ class ForgettingMonitor:
         if self._finished or self.started:
             raise RetainError("this ForgettingMonitor was already started; create one per task")
         result, score = self._evaluate(model)
-        result = _from_rank0(result)
+        result = from_main_process(result)
         if self.suite.baseline is None:
             self.suite.set_baseline(result)
         self._record(model, 0, result, score)
@@ -254,7 +254,7 @@ class ForgettingMonitor:
             "task_score": score,
             "within_budget": not over,
         }
-        entry = _from_rank0(entry)  # identical records, hence decisions, on every rank
+        entry = from_main_process(entry)  # identical records, hence decisions, on every rank
         self.history.append(entry)
         if not entry["within_budget"]:
             self._streak += 1
@@ -320,13 +320,3 @@ def _restore(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, value in model.state_dict().items():
             local_tensor(value).copy_(snapshot[name])
-
-
-def _from_rank0(obj: Any) -> Any:
-    """``obj`` as rank 0 has it when ``torch.distributed`` is initialised, else ``obj``."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
