@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from retain.distributed import is_sharded, local_tensor, per_rank_state, rank_and_world
+from retain.distributed import is_sharded, local_tensor, rank_and_world
 from retain.errors import RetainError
 from retain.strategies.base import Strategy
 from retain.strategies.chain import as_chain
@@ -83,6 +83,11 @@ from retain.training.checkpoint_scan import (
     latest_checkpoint,
     older_checkpoint,
     scan_checkpoints,
+)
+from retain.training.sharded_checkpoint import (
+    check_sharding,
+    load_sharded_checkpoint,
+    write_sharded,
 )
 
 __all__ = [
@@ -162,28 +167,6 @@ def _file_info(path: Path, sync: bool = False) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _write_sharded(
-    staging: Path,
-    rank: int,
-    model: nn.Module,
-    optimizer: Optimizer | None,
-    chain: Strategy | None,
-    tensors: dict[str, Tensor] | None,
-) -> None:
-    """Every rank's part of a sharded model's checkpoint (module docstring); collective."""
-    from retain.training.sharded_checkpoint import save_sharded
-
-    rest = save_sharded(staging / "shards", model, optimizer)
-    if rank == 0 and optimizer is not None:
-        write_tree(staging / "optimizer.json", rest, "optimizer")
-    if chain is not None:
-        with per_rank_state():
-            save_strategy_state(chain, staging / f"strategies.{rank}.safetensors")
-    if tensors:
-        mine = {k: local_tensor(v).detach().contiguous() for k, v in tensors.items()}
-        write_tree(staging / f"tensors.{rank}.safetensors", mine, "tensors")
-
-
 def _phase(world: int, cleanup: Path | None, work: Callable[[], None]) -> None:
     """Run ``work``; when it failed on any rank (one flag all-reduce under torch.distributed),
     delete ``cleanup`` and raise on every rank, so no rank waits for a failed one."""
@@ -256,7 +239,7 @@ def save_checkpoint(
     def write() -> None:
         write_tree(staging / _rng_file(rank, world), capture_rng(), "RNG state")
         if sharded:
-            _write_sharded(staging, rank, model, optimizer, chain, tensors)
+            write_sharded(staging, rank, model, optimizer, chain, tensors)
         if rank != 0:
             return
         manifest["model"] = _model_state(model)[1]
@@ -335,7 +318,7 @@ def load_checkpoint(
         raise RetainError(f"checkpoint {str(path)!r} has format {version}, not {FORMAT_VERSION}")
     rank, world = rank_and_world()
     sharded = bool(manifest.get("sharded", False))
-    _check_sharding(path, manifest, sharded, model, world)
+    check_sharding(path, manifest, sharded, model, world)
     if model is not None:
         saved, (_, mine) = manifest["model"], _model_state(model)
         diff = _model_difference(saved, mine)
@@ -379,7 +362,7 @@ def load_checkpoint(
     if (path / extra_file).is_file():
         extra = read_tree(path / extra_file, "checkpoint tensors")
     if sharded:
-        _load_sharded(path, rank, model, optimizer, chain, manifest)
+        load_sharded_checkpoint(path, rank, model, optimizer, chain, manifest)
         model = optimizer = chain = None  # restored above
     opt_state: Any = (
         None if optimizer is None else read_tree(path / "optimizer.safetensors", "optimizer")
@@ -411,45 +394,3 @@ def _restores(name: str) -> str:
     """What a checkpoint file restores: ``model`` for DCP's shards (weights and optimizer
     tensors), else its name up to the first dot (``strategies.1.safetensors``: strategies)."""
     return "model" if name.startswith("shards/") else name.split(".")[0]
-
-
-def _check_sharding(
-    path: Path, manifest: dict[str, Any], sharded: bool, model: nn.Module | None, world: int
-) -> None:
-    """Refuse, with one line, a sharded checkpoint for an unsharded model or another world size,
-    and a whole one for a sharded model."""
-    if model is None:
-        return
-    if sharded and (not is_sharded(model) or manifest["world_size"] != world):
-        raise RetainError(
-            f"checkpoint {str(path)!r} holds FSDP2 shards of {manifest['world_size']} process(es); "
-            f"this run has {world} process(es) and the model is "
-            f"{'sharded' if is_sharded(model) else 'not sharded'}; resume it with as many "
-            "processes and the model sharded as when it was saved"
-        )
-    if not sharded and is_sharded(model):
-        raise RetainError(
-            f"checkpoint {str(path)!r} holds a whole (unsharded) model; resume it without FSDP2, "
-            "or start the sharded run afresh"
-        )
-
-
-def _load_sharded(
-    path: Path,
-    rank: int,
-    model: nn.Module | None,
-    optimizer: Optimizer | None,
-    chain: Strategy | None,
-    manifest: dict[str, Any],
-) -> None:
-    """Every rank's part of restoring a sharded checkpoint (strategies, then model and optimizer;
-    collective when a model is given)."""
-    from retain.training.sharded_checkpoint import load_sharded
-
-    if chain is not None and manifest["strategies"] is not None:
-        with per_rank_state():
-            load_strategy_state(chain, path / f"strategies.{rank}.safetensors")
-    if model is None:
-        return
-    rest = None if optimizer is None else read_tree(path / "optimizer.json", "optimizer")
-    load_sharded(path / "shards", model, optimizer, rest)

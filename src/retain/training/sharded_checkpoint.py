@@ -1,5 +1,7 @@
 """The model and optimizer of an FSDP2-sharded run in a checkpoint, through
-``torch.distributed.checkpoint`` (DCP) with its safetensors storage, never pickle.
+``torch.distributed.checkpoint`` (DCP) with its safetensors storage, never pickle; and each
+rank's part of such a checkpoint (:func:`write_sharded`, :func:`load_sharded_checkpoint`) for
+:mod:`retain.training.checkpoint`, whose docstring describes the folder.
 
 :func:`save_sharded` writes, collectively (every rank calls it), into ``folder``::
 
@@ -30,7 +32,19 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["load_sharded", "save_sharded"]
+from retain.distributed import is_sharded, local_tensor, per_rank_state
+from retain.errors import RetainError
+from retain.strategies.base import Strategy
+from retain.strategies.state import load_strategy_state, save_strategy_state
+from retain.training.checkpoint_files import read_tree, write_tree
+
+__all__ = [
+    "check_sharding",
+    "load_sharded",
+    "load_sharded_checkpoint",
+    "save_sharded",
+    "write_sharded",
+]
 
 
 def _state(
@@ -103,3 +117,63 @@ def load_sharded(
         model_state_dict=model_state,
         optim_state_dict=optimizer_state,
     )
+
+
+def write_sharded(
+    staging: Path,
+    rank: int,
+    model: nn.Module,
+    optimizer: Optimizer | None,
+    chain: Strategy | None,
+    tensors: dict[str, Tensor] | None,
+) -> None:
+    """Every rank's part of a sharded model's checkpoint (module docstring); collective."""
+    rest = save_sharded(staging / "shards", model, optimizer)
+    if rank == 0 and optimizer is not None:
+        write_tree(staging / "optimizer.json", rest, "optimizer")
+    if chain is not None:
+        with per_rank_state():
+            save_strategy_state(chain, staging / f"strategies.{rank}.safetensors")
+    if tensors:
+        mine = {k: local_tensor(v).detach().contiguous() for k, v in tensors.items()}
+        write_tree(staging / f"tensors.{rank}.safetensors", mine, "tensors")
+
+
+def check_sharding(
+    path: Path, manifest: dict[str, Any], sharded: bool, model: nn.Module | None, world: int
+) -> None:
+    """Refuse, with one line, a sharded checkpoint for an unsharded model or another world size,
+    and a whole one for a sharded model."""
+    if model is None:
+        return
+    if sharded and (not is_sharded(model) or manifest["world_size"] != world):
+        raise RetainError(
+            f"checkpoint {str(path)!r} holds FSDP2 shards of {manifest['world_size']} process(es); "
+            f"this run has {world} process(es) and the model is "
+            f"{'sharded' if is_sharded(model) else 'not sharded'}; resume it with as many "
+            "processes and the model sharded as when it was saved"
+        )
+    if not sharded and is_sharded(model):
+        raise RetainError(
+            f"checkpoint {str(path)!r} holds a whole (unsharded) model; resume it without FSDP2, "
+            "or start the sharded run afresh"
+        )
+
+
+def load_sharded_checkpoint(
+    path: Path,
+    rank: int,
+    model: nn.Module | None,
+    optimizer: Optimizer | None,
+    chain: Strategy | None,
+    manifest: dict[str, Any],
+) -> None:
+    """Every rank's part of restoring a sharded checkpoint (strategies, then model and optimizer;
+    collective when a model is given)."""
+    if chain is not None and manifest["strategies"] is not None:
+        with per_rank_state():
+            load_strategy_state(chain, path / f"strategies.{rank}.safetensors")
+    if model is None:
+        return
+    rest = None if optimizer is None else read_tree(path / "optimizer.json", "optimizer")
+    load_sharded(path / "shards", model, optimizer, rest)
