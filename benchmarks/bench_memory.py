@@ -12,10 +12,17 @@ tokenizer; no download. The tuned model is a copy with every weight perturbed by
   ``--only output,representation,importance``, general text as both texts); ratio = peak RSS /
   (2 × model bytes), target <= 3.
 * ``fisher``: :func:`retain.diagnostics.fisher.estimate_fisher` as EWC calls it (empirical,
-  ``batch_size=32``); ratio = (peak RSS - RSS after loading) / model bytes, target <= 2.
+  ``batch_size=32``); ratio = (peak RSS - RSS after loading) / model bytes, target <= 2. Every
+  weight is read once before "after loading" is taken: ``from_pretrained`` maps safetensors
+  files lazily, so without it the first forward pages the model itself in and the model's own
+  bytes (0.9x of SmolLM2-135M) were counted as Fisher memory. (EWC estimates the Fisher of a
+  model it has just trained, whose weights are resident.)
 
 Run: ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python benchmarks/bench_memory.py
---sizes 135m,360m``. Prints one table and the extrapolation to 7B and 70B parameters.
+--sizes 135m,360m,1b``. Prints one table and the extrapolation to 7B and 70B parameters
+(``peak = model bytes × (1 + ratio)`` for the Fisher, ``2 × model bytes × ratio`` for diagnose,
+with the largest measured ratio). ``--save-dtype bfloat16`` halves the disk the built models take
+(they load as float32 either way).
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ def prepare(size: str, root: Path) -> tuple[Path, Path]:
     return base, tuned
 
 
-def _prepare(size: str, root: Path) -> None:
+def _prepare(size: str, root: Path, dtype: torch.dtype) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from retain.assets.models import model_folder
@@ -87,7 +94,7 @@ def _prepare(size: str, root: Path) -> None:
         config.head_dim = config.hidden_size // config.num_attention_heads
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-    model.save_pretrained(root / f"{size}-base")
+    model.to(dtype).save_pretrained(root / f"{size}-base")
     tokenizer.save_pretrained(root / f"{size}-base")
     with torch.no_grad():
         for p in model.parameters():
@@ -124,6 +131,9 @@ def _fisher(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(str(base))
     task = causal_lm_task("general", loaded.tokenizer, texts, block_size=args.max_length)
     params = sum(p.numel() for p in loaded.model.parameters())
+    with torch.no_grad():  # page every weight in: "above the loaded model" means resident
+        for p in loaded.model.parameters():
+            p.sum()
     after_load = rss_now()
     budget = None if args.max_memory_gb is None else int(args.max_memory_gb * GIB)
     estimate_fisher(
@@ -158,12 +168,18 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--max-memory-gb", type=float, default=None, help="working-set budget")
     parser.add_argument("--root", default=None, help="folder for the built models (kept)")
+    parser.add_argument(
+        "--save-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="dtype of the built models' files (they load as float32)",
+    )
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if args.child:
         kind, *rest = args.child
         if kind == "prepare":
-            _prepare(rest[0], Path(rest[1]))
+            _prepare(rest[0], Path(rest[1]), getattr(torch, args.save_dtype))
             return
         base, tuned = Path(rest[0]), Path(rest[1])
         result = _fisher(base, args) if kind == "fisher" else _diagnose(base, tuned, args)
@@ -196,13 +212,28 @@ def main() -> None:
     for case, values in ratios.items():
         worst = max(values)
         for billions in (7, 70):
-            model_gb = 4 * billions
-            extra = worst * model_gb * (2 if case == "diagnose" else 1)
-            what = "peak" if case == "diagnose" else "above the model"
-            print(
-                f"extrapolated {case} at {billions}B: <= {worst:.2f} x {model_gb} GB"
-                f"{' x 2' if case == 'diagnose' else ''} = {extra:.0f} GB {what}"
-            )
+            print(extrapolate(case, worst, billions))
+
+
+def extrapolate(case: str, ratio: float, billions: float) -> str:
+    """One line: the peak of ``case`` on a ``billions``-parameter float32 model at ``ratio``.
+
+    Fisher: ``peak = M + ratio × M`` with ``M = 4 bytes × parameters`` (the loaded model plus
+    the estimate's memory above it); diagnose: ``peak = ratio × 2M`` (two models loaded).
+
+    >>> extrapolate("fisher", 1.5, 7)
+    'fisher at 7B: 28 GB model + 1.50 x 28 GB = 70 GB peak'
+    """
+    model_gb = 4 * billions
+    if case == "fisher":
+        return (
+            f"{case} at {billions:g}B: {model_gb:g} GB model + {ratio:.2f} x {model_gb:g} GB = "
+            f"{model_gb * (1 + ratio):.0f} GB peak"
+        )
+    return (
+        f"{case} at {billions:g}B: {ratio:.2f} x 2 x {model_gb:g} GB = "
+        f"{2 * model_gb * ratio:.0f} GB peak"
+    )
 
 
 if __name__ == "__main__":

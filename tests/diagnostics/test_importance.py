@@ -56,3 +56,30 @@ def test_mismatched_fishers_and_bad_top_are_errors() -> None:
         fisher_overlap({"a": torch.ones(2)}, {"b": torch.ones(2)})
     with pytest.raises(RetainError, match="top must be"):
         fisher_overlap({"a": torch.ones(2)}, {"a": torch.ones(2)}, top=10)
+
+
+def test_thresholds_are_the_exact_quantiles_of_the_concatenated_fishers() -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"layers.0.w": (7, 5), "layers.0.b": (5,), "layers.1.w": (300,), "head.w": (1,)}
+    old = {n: torch.rand(s, generator=gen).pow(6) for n, s in shapes.items()}
+    new = {n: torch.randint(0, 4, s, generator=gen).float() for n, s in shapes.items()}  # ties
+    new["layers.1.w"][:100] = 0.0
+    for top in (0.001, 0.1, 0.5, 0.97):
+        report = fisher_overlap(old, new, top=top)
+        for which, fisher in (("old", old), ("new", new)):
+            flat = torch.cat([v.flatten() for v in fisher.values()])
+            k = min(flat.numel(), max(1, math.ceil((1 - top) * flat.numel())))
+            assert report.thresholds[which] == float(flat.kthvalue(k).values), (top, which)
+
+
+def test_quantile_orders_negative_zero_tiny_and_infinite_values_as_kthvalue() -> None:
+    from retain.diagnostics.importance import _quantile
+
+    values = [
+        torch.tensor([-0.0, 0.0, 1e-45, -1e-45, float("inf"), -float("inf"), -2.5]),
+        torch.tensor([3.0, 1e-38, -1e-38]),
+    ]
+    flat = torch.cat(values)
+    for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        k = min(flat.numel(), max(1, math.ceil(q * flat.numel())))
+        assert _quantile(values, q) == float(flat.kthvalue(k).values), q

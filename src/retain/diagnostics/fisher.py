@@ -33,8 +33,9 @@ Engines compute the same per-sample quantities:
 * ``"hooks"``: one batched forward per micro-batch with hooks on the modules that own the
   selected parameters, gradients of ``Σ_n loss_n`` with respect to those modules' *outputs*
   only, and closed-form per-sample parameter gradients from (input, output gradient) pairs
-  (:mod:`retain.diagnostics.per_sample_rules`). Parameters used several times (tied embeddings)
-  get their usages' per-sample gradients summed before squaring.
+  (:mod:`retain.diagnostics.per_sample_rules`), squared and summed layer by layer as the
+  backward reaches each layer (:mod:`retain.diagnostics.fisher_hooks`). Parameters used several
+  times (tied embeddings) get their usages' per-sample gradients summed before squaring.
 * ``"auto"``: ``"hooks"``, falling back to ``"loop"`` with a warning when a module cannot be
   handled (a call with several arguments, a parameter used outside its module's own call).
 
@@ -43,8 +44,13 @@ keeps for the backward pass (the captured inputs, outputs and output gradients, 
 what autograd saves besides them) stay within ``max_memory`` bytes: the first micro-batch has one
 sample, and its measured bytes per sample size the next ones. Sums of per-sample squares do not
 depend on the split, so the result equals the unsplit one up to float32 rounding (and ``"true"``
-draws the same labels on CPU). Besides the model, the estimate then holds the float32 sums (one
-copy of the selected parameters) and about ``max_memory`` bytes of working set.
+draws the same labels on CPU). Output gradients are used and dropped layer by layer, never held
+for the whole model, and per-sample gradients of a large weight are built a block of rows at a
+time (at most ``min(32 MiB, max_memory / 4)`` bytes: :mod:`retain.diagnostics.blocked_squares`),
+so a per-sample gradient of the whole model never exists. Besides the model, the estimate holds
+the float32 sums (one copy of the selected parameters) and a working set of about
+``max_memory`` bytes, or one sample's activations if that is more (``benchmarks/bench_memory.py``
+measures it: BENCHMARKS.md, "Memory").
 
 The model runs in eval mode (dropout off); every module's mode, parameters' ``requires_grad``
 and ``.grad`` are restored. Under ``torch.distributed`` the sums and the sample (or batch) count
@@ -62,7 +68,8 @@ from torch import Tensor, nn
 
 from retain.data.task import IGNORE_INDEX, Batch, Task, per_sample_loss
 from retain.diagnostics import per_sample_rules as rules
-from retain.diagnostics.memory_budget import default_budget, rows_within
+from retain.diagnostics.fisher_hooks import batch_len, hooks_estimate
+from retain.diagnostics.memory_budget import default_budget
 from retain.distributed import rank_and_world
 from retain.errors import RetainError
 
@@ -73,7 +80,7 @@ FisherEngine = Literal["auto", "hooks", "loop"]
 
 _ESTIMATORS = ("empirical", "true", "batch")
 _ENGINES = ("auto", "hooks", "loop")
-_BUDGET = 256 * 2**20  # bytes of dense per-sample gradients built at once
+_BLOCK = 32 * 2**20  # bytes of per-sample gradient blocks built at once (at most)
 
 
 def estimate_fisher(
@@ -135,7 +142,7 @@ def estimate_fisher(
             sums, count = run.loop_estimate()
         else:
             try:
-                sums, count = _hooks_estimate(run)
+                sums, count = hooks_estimate(run)
             except rules.HooksUnsupportedError as exc:
                 if engine == "hooks":
                     raise RetainError(
@@ -223,6 +230,11 @@ class _Run:
             for n, p in selected.items()
         }
 
+    @property
+    def block(self) -> int:
+        """Bytes of per-sample gradient blocks built at once: ``min(32 MiB, budget / 4)``."""
+        return min(_BLOCK, max(1, self.budget // 4))
+
     def batches(self) -> Iterator[tuple[int, Batch]]:
         """``(index of the first sample, batch on the model's device)`` in order."""
         for start in range(0, self.n_total, self.batch_size):
@@ -273,7 +285,7 @@ class _Run:
         """Reference engine: one forward and ``autograd.grad`` per sample."""
         params = list(self.selected.values())
         for start, batch in self.batches():
-            n = _batch_len(batch)
+            n = batch_len(batch)
             sampled = None
             if self.estimator == "true":
                 with torch.no_grad():
@@ -293,115 +305,3 @@ class _Run:
             loss = self.losses(batch, start)[0].mean()
             self.add_squares(torch.autograd.grad(loss, params, allow_unused=True))
         return self.sums, -(-self.n_total // self.batch_size)
-
-
-def _batch_len(batch: Batch) -> int:
-    return int(next(iter(batch.values())).shape[0])
-
-
-def _hooks_estimate(run: _Run) -> tuple[dict[str, Tensor], int]:
-    """Hooks engine: one batched forward, output gradients, closed-form per-sample rules."""
-    owners = rules.owners(run.model, run.selected.values())
-    module_names = {m: n for n, m in run.model.named_modules(remove_duplicate=False)}
-    name_of = {id(p): n for n, p in run.selected.items()}
-    kinds = {m: rules.rule_kind(m) for m in owners}
-    capture = rules.CallCapture({m: module_names.get(m, type(m).__name__) for m in owners})
-    handles = [m.register_forward_hook(capture.hook, with_kwargs=True) for m in owners]
-    try:
-        for start, batch in run.batches():
-            lo, n = 0, _batch_len(batch)
-            while lo < n:
-                part = {k: v[lo : lo + run.micro] for k, v in batch.items()}
-                per_sample = _hooks_batch(run, capture, owners, kinds, name_of, start + lo, part)
-                lo += _batch_len(part)
-                run.micro = rows_within(run.budget, 2 * per_sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-        capture.records = []
-    return run.sums, run.n_total
-
-
-def _hooks_batch(
-    run: _Run,
-    capture: rules.CallCapture,
-    owners: dict[nn.Module, list[str]],
-    kinds: dict[nn.Module, rules.RuleKind],
-    name_of: dict[int, str],
-    start: int,
-    batch: Batch,
-) -> float:
-    """Add one micro-batch's per-sample squares; return its kept bytes per sample."""
-    targets: Tensor | None = None
-    while True:
-        capture.records, capture.n, capture.active = [], _batch_len(batch), True
-        try:
-            losses, targets = run.losses(batch, start, targets)
-        finally:
-            capture.active = False
-        changed = {r.module for r in capture.records if r.modified()}
-        if not changed:
-            break
-        capture.clone |= changed  # outputs or inputs modified in place: record copies instead
-    records = [r for r in capture.records if r.out.requires_grad]
-    capture.records = []
-    total = losses.sum()
-    edges = rules.autograd_uses(total.grad_fn, set(name_of)) if total.grad_fn is not None else {}
-    grads = torch.autograd.grad(total, [r.out for r in records], allow_unused=True)
-    used: dict[str, list[tuple[rules.CallRecord, Tensor, str]]] = {}
-    for record, grad in zip(records, grads, strict=True):
-        if grad is None:
-            continue
-        for attr in owners[record.module]:
-            name = name_of[id(getattr(record.module, attr))]
-            used.setdefault(name, []).append((record, grad, attr))
-    for p_id, name in name_of.items():
-        hooked = len(used.get(name, []))
-        if edges.get(p_id, 0) != hooked:
-            raise rules.HooksUnsupportedError(
-                f"parameter {name!r}: the autograd graph uses it {edges.get(p_id, 0)} times but "
-                f"hooked modules account for {hooked} (it is used outside its own module)"
-            )
-    kept = sum(r.x.nbytes + r.out.nbytes for r in records)
-    kept += sum(g.nbytes for g in grads if g is not None)
-    for record in records:  # the rules read inputs and output gradients only: free the outputs
-        record.out = record.out.new_empty(0)
-    with torch.no_grad():  # torch.func's vjp still differentiates inside; nothing is recorded
-        _accumulate(run, kinds, used)
-    return kept / max(_batch_len(batch), 1)
-
-
-def _accumulate(
-    run: _Run,
-    kinds: dict[nn.Module, rules.RuleKind],
-    used: dict[str, list[tuple[rules.CallRecord, Tensor, str]]],
-) -> None:
-    single: dict[int, tuple[rules.CallRecord, Tensor, list[tuple[str, str]]]] = {}
-    for name, usages in used.items():
-        if len(usages) == 1:
-            record, grad, attr = usages[0]
-            single.setdefault(id(record), (record, grad, []))[2].append((attr, name))
-            continue
-        numel = run.selected[name].numel()
-        step = max(1, _BUDGET // (numel * 4))
-        n = usages[0][0].x.shape[0]
-        buffer = torch.empty(min(step, n), *run.selected[name].shape, device=run.sums[name].device)
-        for lo in range(0, n, step):
-            dense = buffer[: min(step, n - lo)].zero_()
-            for record, grad, attr in usages:  # each usage adds in place: one dense buffer
-                m = record.module
-                rules.add_per_sample(
-                    m,
-                    kinds[m],
-                    attr,
-                    record.x[lo : lo + step],
-                    grad[lo : lo + step],
-                    dense,
-                    record.key,
-                )
-            for row in dense.square_():  # row by row: no second [step, *shape] tensor
-                run.sums[name].add_(row)
-    for record, grad, attrs in single.values():
-        m = record.module
-        out = {attr: run.sums[name] for attr, name in attrs}
-        rules.add_sum_of_squares(m, kinds[m], out, record.x, grad, _BUDGET, record.key)

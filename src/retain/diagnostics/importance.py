@@ -20,7 +20,7 @@ A seeded random sample (with replacement) of ``(F_old, F_new)`` pairs backs the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -111,10 +111,64 @@ class ImportanceReport:
         return asdict(self)
 
 
-def _quantile(values: Tensor, q: float) -> float:
-    """The ``q`` quantile (lower) of a flat tensor of any size."""
-    k = min(values.numel(), max(1, math.ceil(q * values.numel())))
-    return float(values.kthvalue(k).values)
+_RADIX = 1 << 16  # bins per radix pass: 16 bits of a 32-bit key
+_CHUNK = 1 << 22  # entries keyed at once (int32 keys: 16 MiB)
+
+
+def _quantile(values: Sequence[Tensor], q: float) -> float:
+    """The ``q`` quantile (lower) of all entries of ``values`` together: the ``k``-th smallest
+    with ``k = min(n, max(1, ⌈q·n⌉))`` over their ``n`` entries, as
+    ``torch.cat([v.flatten() for v in values]).kthvalue(k)`` gives, without that copy.
+
+    Radix select on order-preserving 32-bit keys of the float32 values (:func:`_keys`): one pass
+    counts each key's high 16 bits, a second the low 16 bits of the keys whose high bits hold
+    the ``k``-th entry. Memory: ``_CHUNK`` int32 keys and two histograms of ``2**16`` counts,
+    whatever the model's size (``kthvalue`` on a concatenated copy took the values' float32
+    bytes three times over, plus int64 indices).
+
+    >>> _quantile([torch.tensor([3.0, -1.0]), torch.tensor([2.0, 0.5, 7.0])], 0.5)
+    2.0
+    """
+    n = sum(v.numel() for v in values)
+    k = min(n, max(1, math.ceil(q * n)))
+    high = _histogram(values, None)
+    bucket, k = _bucket_of(high, k)
+    low = _histogram(values, bucket)
+    key = (bucket << 16) | _bucket_of(low, k)[0]
+    bits = key - (1 << 31) if key >= 1 << 31 else -1 - key  # invert _keys
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def _keys(chunk: Tensor) -> Tensor:
+    """int32 bit patterns of unsigned 32-bit keys that order like the float32 values: a
+    non-negative float's bits with the sign bit set, a negative float's bits all flipped (so
+    ``-0.0`` sorts just below ``+0.0`` and larger magnitudes lower)."""
+    bits = chunk.detach().float().contiguous().view(torch.int32)
+    flip = (bits >> 31).bitwise_or_(-(1 << 31))  # -1 for a negative float, else the sign bit
+    return flip.bitwise_xor_(bits)
+
+
+def _histogram(values: Sequence[Tensor], bucket: int | None) -> Tensor:
+    """Counts of the high 16 bits of every key (``bucket`` None), or of the low 16 bits of the
+    keys whose high 16 bits equal ``bucket``, as an int64 ``[2**16]`` CPU tensor."""
+    counts = torch.zeros(_RADIX, dtype=torch.int64)
+    for value in values:
+        flat = value.detach().reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            keys = _keys(flat[start : start + _CHUNK])
+            high = (keys >> 16).bitwise_and_(_RADIX - 1)
+            digits = high if bucket is None else keys[high == bucket].bitwise_and_(_RADIX - 1)
+            counts += torch.bincount(digits, minlength=_RADIX).cpu()
+    return counts
+
+
+def _bucket_of(counts: Tensor, k: int) -> tuple[int, int]:
+    """``(b, k')``: the bucket ``b`` that holds the ``k``-th smallest entry (1-based) and its
+    rank ``k'`` among the entries of that bucket."""
+    cumulative = counts.cumsum(0)
+    bucket = int(torch.searchsorted(cumulative, torch.tensor([k]), right=False)[0])
+    before = int(cumulative[bucket - 1]) if bucket > 0 else 0
+    return bucket, k - before
 
 
 def _quadrants(old: Tensor, new: Tensor, t_old: float, t_new: float) -> dict[str, int]:
@@ -160,8 +214,8 @@ def fisher_overlap(
                 f"Fisher of {name!r} has shape {tuple(old[name].shape)} for the old capability "
                 f"and {tuple(new[name].shape)} for the new task"
             )
-    t_old = _quantile(torch.cat([old[n].detach().float().flatten().cpu() for n in old]), 1 - top)
-    t_new = _quantile(torch.cat([new[n].detach().float().flatten().cpu() for n in old]), 1 - top)
+    t_old = _quantile([old[n] for n in old], 1 - top)
+    t_new = _quantile([new[n] for n in old], 1 - top)
     groups: dict[str, list[str]] = {}
     for name in old:
         groups.setdefault(layer_of(name), []).append(name)

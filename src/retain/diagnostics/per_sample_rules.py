@@ -18,10 +18,12 @@ al., 2020, "BackPACK: packing more into backprop", ICLR):
   vector-Jacobian product of ``functional_call(module, θ, (x_n[None],))`` with cotangent
   ``g_n[None]`` (``torch.func``).
 
-:func:`add_sum_of_squares` adds ``Σ_n (∂loss_n/∂θ)²`` for parameters used once in the forward;
-:func:`per_sample` returns the dense ``[N, *θ.shape]`` gradients and :func:`add_per_sample` adds
-them into one buffer in place, for parameters used several times (tied embeddings) whose usages
-must be summed before squaring. All results are float32.
+:func:`add_sum_of_squares` adds ``Σ_n (∂loss_n/∂θ)²`` for parameters used once in the forward
+(a Linear weight with middle dims a block of rows at a time, so no ``[N, out, in]`` tensor of a
+large weight is built: :mod:`retain.diagnostics.blocked_squares`); :func:`per_sample` returns the
+dense ``[N, *θ.shape]`` gradients and :func:`add_per_sample` adds them (or a block of their rows)
+into one buffer in place, for parameters used several times (tied embeddings) whose usages must
+be summed before squaring. All results are float32.
 
 The capture side: :func:`owners` finds the modules that own the selected parameters,
 :class:`CallCapture` records each call's input and output through forward hooks, and
@@ -40,6 +42,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.nn import functional
 
+from retain.diagnostics.blocked_squares import (
+    add_embedding_rows,
+    add_linear_rows,
+    add_linear_weight_squares,
+)
+
 __all__ = [
     "CallCapture",
     "CallRecord",
@@ -50,6 +58,7 @@ __all__ = [
     "autograd_uses",
     "owners",
     "per_sample",
+    "row_blocks",
     "rule_kind",
 ]
 
@@ -255,18 +264,27 @@ def add_per_sample(
     g: Tensor,
     dense: Tensor,
     key: str | None = None,
+    rows: slice | None = None,
 ) -> None:
-    """Add this call's per-sample gradients of parameter ``name`` to ``dense [N, *shape]`` in
-    place (float32), without a second ``[N, *shape]`` tensor for a Linear or an Embedding."""
+    """Add this call's per-sample gradients of parameter ``name``, rows ``rows`` (None: all),
+    to ``dense [N, rows, numel of a row]`` in place (float32). A Linear weight or an Embedding
+    builds only those rows (:mod:`retain.diagnostics.blocked_squares`); any other rule needs
+    every row (:func:`row_blocks`)."""
     n = x.shape[0]
+    whole = slice(0, dense.shape[1]) if rows is None else rows
     if kind == "linear" and name == "weight":
-        dense.baddbmm_(_flat(g, n).transpose(1, 2), _flat(x, n))
+        add_linear_rows(dense, _flat(x, n), _flat(g, n), whole)
         return
     if kind == "embedding":
-        keys, rows = _embedding_keys(module, x, g)
-        dense.view(-1, dense.shape[-1]).index_put_((keys,), rows, accumulate=True)
+        keys, values = _embedding_keys(module, x, g)
+        add_embedding_rows(dense, keys, values, int(_param(module, "weight").shape[0]), whole)
         return
-    dense.add_(per_sample(module, kind, [name], x, g, key)[name])
+    dense.add_(per_sample(module, kind, [name], x, g, key)[name].reshape(dense.shape))
+
+
+def row_blocks(kind: RuleKind, name: str) -> bool:
+    """Whether :func:`add_per_sample` can build a block of rows of parameter ``name`` alone."""
+    return (kind == "linear" and name == "weight") or kind == "embedding"
 
 
 def _param(module: nn.Module, name: str) -> Tensor:
@@ -297,17 +315,7 @@ def _linear_add(out: dict[str, Tensor], x: Tensor, g: Tensor, budget: int) -> No
             out["bias"].add_(g2.sum(0))
         return
     if "weight" in out:
-        acc = out["weight"]
-        step = max(1, budget // (acc.numel() * 4))
-        if acc.device.type == "cpu":
-            step = min(step, 8)  # keeps the products in cache; bigger chunks are slower on CPU
-        step = min(step, n)
-        buf, total = torch.empty(step, *acc.shape, device=acc.device), torch.empty_like(acc)
-        for lo in range(0, n, step):
-            grads = buf[: min(step, n - lo)]
-            torch.bmm(gg[lo : lo + step].transpose(1, 2), a[lo : lo + step], out=grads)
-            torch.sum(grads.square_(), 0, out=total)
-            acc.add_(total)
+        add_linear_weight_squares(out["weight"], a, gg, budget)
     if "bias" in out:
         out["bias"].add_(gg.sum(1).square_().sum(0))
 

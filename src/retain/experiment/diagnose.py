@@ -24,6 +24,7 @@ everything finished, written by the main process.
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -147,13 +148,18 @@ def _diagnose(config: DiagnoseConfig, progress: Callable[[str], None] | None) ->
     plan = _plan(config)
     device = resolve_device(config.device)
     base, tuned = _load_pair(config, plan, device, say)
+    models = (ModelInfo.model_validate(base.describe()), ModelInfo.model_validate(tuned.describe()))
     laps = _Laps(start)
     laps.lap("loading")
     results = _Sections()
     general_task = _shape_diagnostics(config, plan, base, tuned, results, laps, say)
+    del tuned  # the gradient diagnostics read the base model only: free the tuned weights first
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if general_task is not None and plan.new_texts:
         _gradient_diagnostics(config, plan, base, general_task, results, laps, say)
-    record = _record(config, plan, base, tuned, str(device), results, laps.timings, start)
+    record = _record(config, plan, models, str(device), results, laps.timings, start)
     if config.out is not None and is_main_process():
         from retain.report.diagnose_report import write_diagnose_report
 
@@ -309,21 +315,21 @@ def _settings(config: DiagnoseConfig, kind: str, device: str) -> DiagnoseSetting
 def _record(
     config: DiagnoseConfig,
     plan: _Plan,
-    base: LoadedModel,
-    tuned: LoadedModel,
+    models: tuple[ModelInfo, ModelInfo],
     device: str,
     results: _Sections,
     timings: dict[str, float],
     start: float,
 ) -> DiagnoseRecord:
-    """``results.json`` of a diagnosis (format ``retain.diagnose/1``)."""
+    """``results.json`` of a diagnosis (format ``retain.diagnose/1``); ``models`` describes the
+    base and the tuned model."""
     from retain.version import __version__
 
     return DiagnoseRecord(
         retain_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        base=ModelInfo.model_validate(base.describe()),
-        tuned=ModelInfo.model_validate(tuned.describe()),
+        base=models[0],
+        tuned=models[1],
         settings=_settings(config, plan.kind, device),
         drift=results.drift,
         importance=results.importance,
