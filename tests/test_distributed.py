@@ -42,3 +42,19 @@ def test_non_main_rank_evaluates_but_writes_nothing(
     results = run_audit(AuditConfig(str(base), str(tuned), out=tmp_path / "o", size="quick"))
     assert results.capabilities
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rank_share_counts_every_item_once_with_equal_rounds_on_every_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import retain.distributed as dist_module
+
+    for n in (0, 1, 2, 5, 6, 7):
+        items = list(range(n))
+        shares = []
+        for rank in range(3):
+            monkeypatch.setattr(dist_module, "rank_and_world", lambda r=rank: (r, 3))
+            shares.append(dist_module.rank_share(items))
+        assert {len(s) for s in shares} == {-(-n // 3)}, n  # the same forwards on every rank
+        counted = sorted(item for share in shares for item, keep in share if keep)
+        assert counted == items, n

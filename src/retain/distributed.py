@@ -16,8 +16,8 @@ import contextlib
 import contextvars
 import functools
 import os
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,7 @@ __all__ = [
     "per_rank_state",
     "per_rank_state_active",
     "rank_and_world",
+    "rank_share",
     "refuse_sharded",
     "resolve_device",
     "shard_model",
@@ -181,6 +182,27 @@ def all_reduce_sum(value: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(value)
     return value
+
+
+T = TypeVar("T")
+
+
+def rank_share(items: Sequence[T]) -> list[tuple[T, bool]]:
+    """This process's share of ``items`` for data-parallel evaluation: ``(item, counted)`` pairs,
+    items ``rank, rank + W, rank + 2W, ...`` counted, then the first item again, not counted, until
+    every rank has ``⌈len(items) / W⌉`` pairs. Every rank thus runs the same number of forwards,
+    which a sharded (FSDP2) model needs: each forward all-gathers its weights with every rank.
+    The counted pairs of all ranks are each item exactly once. One process: every item, counted.
+
+    >>> rank_share(["a", "b", "c"])
+    [('a', True), ('b', True), ('c', True)]
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return [(item, True) for item in items]
+    mine = [(item, True) for item in items[rank::world]]
+    rounds = -(-len(items) // world)
+    return mine + [(items[0], False) for _ in range(rounds - len(mine))]
 
 
 _PER_RANK = contextvars.ContextVar("retain_per_rank_state", default=False)

@@ -168,7 +168,32 @@ def train(variant: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     weights = {name: _whole(p).detach().contiguous() for name, p in model.named_parameters()}
     value = None if penalty is None else float(penalty.detach())
     projections = sum(int(getattr(s, "projections", 0)) for s in strategies)
-    return weights, {"penalty": value, "losses": losses, "projections": projections}
+    result: dict[str, Any] = {"penalty": value, "losses": losses, "projections": projections}
+    if variant in ("none", "llama_none"):
+        result["scores"] = _scores(model, tasks)
+    return weights, result
+
+
+def _scores(model: torch.nn.Module, tasks: list[Task]) -> dict[str, list[float]]:
+    """Accuracy and mean loss of every task, data-parallel (``task_accuracy``, ``task_loss``:
+    each rank every ``W``-th batch of 7, uneven shares) and by every rank over all batches."""
+    from retain.evaluation.task_accuracy import task_accuracy, task_loss
+
+    parallel, reference = [], []
+    for task in tasks:
+        parallel += [task_accuracy(model, task, batch_size=7), task_loss(model, task, 7)]
+        correct = scored = 0
+        loss = 0.0
+        model.eval()
+        with torch.no_grad():
+            for batch in task.batches(7):
+                logits, targets = task.objective.logits_and_targets(model, batch)
+                valid = targets != -100
+                correct += int(((logits.argmax(-1) == targets) & valid).sum())
+                scored += int(valid.sum())
+                loss += float(summed_loss(logits, targets))
+        reference += [correct / scored, loss / scored]
+    return {"parallel": parallel, "reference": reference}
 
 
 def _with_train_task(

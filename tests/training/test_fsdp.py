@@ -7,7 +7,8 @@
   mean normalisation), A-GEM (a fresh reference every step, uneven memory shares, and one
   reused for 3 steps), replay, LoRA (PEFT-wrapped before sharding), freezing, layer-wise
   learning rates and warmup, in a hand loop and in ``train_task``; each strategy moves the
-  weights by more than 1e-3 from plain training;
+  weights by more than 1e-3 from plain training; ``task_accuracy`` and ``task_loss``, scoring
+  every other batch on each rank, equal every rank scoring all batches;
 * on a one-process sharded model: the sharded gradient transform equals the autograd gradient of
   the loss-space penalty, and what cannot work sharded yet is refused with one line.
 """
@@ -95,6 +96,11 @@ def test_fsdp_two_processes_equal_one(tmp_path: Path) -> None:
         assert ("agem" in variant) == (a["projections"] > 0), variant
         if a["penalty"] is not None:
             assert b["penalty"] == pytest.approx(a["penalty"], rel=1e-5, abs=1e-9), variant
+        if "scores" in b:  # data-parallel evaluation: each rank scores every other batch
+            parallel, reference = b["scores"]["parallel"], b["scores"]["reference"]
+            assert parallel[0::2] == reference[0::2], variant  # accuracy: exact
+            assert parallel[1::2] == pytest.approx(reference[1::2], rel=1e-9), variant
+            assert parallel == pytest.approx(a["scores"]["parallel"], rel=1e-4), variant
 
 
 def _plain_name(name: str) -> str:

@@ -1,5 +1,12 @@
 """Scores of a model on a :class:`~retain.data.task.Task` through the task's objective: accuracy,
-mean loss, minus the loss (a higher-is-better score for causal-LM sequences)."""
+mean loss, minus the loss (a higher-is-better score for causal-LM sequences).
+
+Under ``torch.distributed`` (every rank calling), :func:`task_accuracy` and :func:`task_loss` are
+data-parallel: each rank scores every ``W``-th batch (:func:`retain.distributed.rank_share`) and
+the sums (correct and scored positions; summed loss and target count) are all-reduced once, so
+every rank returns the same score as one process would (accuracy exactly; the loss up to float64
+rounding of a different summation order).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import torch
 from torch import nn
 
 from retain.data.task import IGNORE_INDEX, Task, summed_loss
+from retain.distributed import all_reduce_sum, rank_and_world, rank_share
 from retain.evaluation.base import eval_mode
 from retain.paired_statistics import ExampleScores
 
@@ -19,13 +27,16 @@ def task_accuracy(model: nn.Module, task: Task, batch_size: int = 256) -> float:
 
     Runs in eval mode under ``no_grad``; the model's previous mode is restored.
     """
-    correct = total = 0
+    sums = torch.zeros(2, dtype=torch.float64)  # correct, scored
     with eval_mode(model), torch.no_grad():
-        for batch in task.batches(batch_size):
+        for batch, counted in rank_share(task.batches(batch_size)):
             logits, targets = task.objective.logits_and_targets(model, batch)
+            if not counted:
+                continue
             valid = targets != IGNORE_INDEX
-            correct += int(((logits.argmax(-1) == targets) & valid).sum())
-            total += int(valid.sum())
+            sums[0] += int(((logits.argmax(-1) == targets) & valid).sum())
+            sums[1] += int(valid.sum())
+    correct, total = _all_ranks(sums, model)
     return correct / total if total else float("nan")
 
 
@@ -55,13 +66,25 @@ def task_loss(model: nn.Module, task: Task, batch_size: int = 256) -> float:
 
     ``exp(task_loss)`` is the perplexity of a causal-LM task. Eval mode, ``no_grad``, mode restored.
     """
-    total = count = 0.0
+    sums = torch.zeros(2, dtype=torch.float64)  # summed loss (nats), targets
     with eval_mode(model), torch.no_grad():
-        for batch in task.batches(batch_size):
+        for batch, counted in rank_share(task.batches(batch_size)):
             logits, targets = task.objective.logits_and_targets(model, batch)
-            total += float(summed_loss(logits, targets))
-            count += int((targets != IGNORE_INDEX).sum())
+            if not counted:
+                continue
+            sums[0] += float(summed_loss(logits, targets))
+            sums[1] += int((targets != IGNORE_INDEX).sum())
+    total, count = _all_ranks(sums, model)
     return total / count if count else float("nan")
+
+
+def _all_ranks(sums: torch.Tensor, model: nn.Module) -> tuple[float, float]:
+    """``sums`` added over every process (on the model's device, which NCCL needs)."""
+    if rank_and_world()[1] > 1:
+        device = next((p.device for p in model.parameters()), sums.device)
+        sums = all_reduce_sum(sums.to(device)).cpu()
+    total = sums
+    return float(total[0]), float(total[1])
 
 
 def negative_loss(model: nn.Module, task: Task) -> float:
