@@ -151,3 +151,20 @@ def test_report_never_averages_different_runs_as_seeds(
     assert code == 0
     rows = json.loads((root / "aa" / "comparison.json").read_text())["rows"]
     assert [(r["variant"], r["n"]) for r in rows] == [("l2sp", 1)]
+
+
+def test_validate_warns_when_l2sp_anchors_at_the_random_start_of_a_model_built_from_scratch(
+    capsys: pytest.CaptureFixture[str], config_file: Path
+) -> None:
+    code, out, err = run(capsys, "validate", str(config_file))
+    assert code == 0
+    assert out.rstrip().endswith("valid")
+    warning = "warning: strategies.0: l2sp anchors at the pretrained weights, but model 'mlp'"
+    assert warning in err
+    assert "use anchor: task_start" in err
+    code, _, err = run(capsys, "validate", str(config_file), "strategies.0.anchor=task_start")
+    assert code == 0
+    assert "warning" not in err
+    code, _, err = run(capsys, "validate", "permuted_mnist")  # the shipped config: no mistake
+    assert code == 0
+    assert "warning" not in err

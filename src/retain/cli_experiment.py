@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from retain.experiment.config import ExperimentConfig
     from retain.records.comparison import ComparisonRow
 
 __all__ = ["add_experiment_commands", "run_command"]
@@ -117,6 +118,15 @@ def add_experiment_commands(sub: Any) -> None:
     demo.add_argument("--overwrite", action="store_true", help="run every variant afresh")
 
 
+def _warn(config: ExperimentConfig) -> None:
+    """Print the config's likely mistakes (:mod:`retain.experiment.config_warnings`), once."""
+    from retain.experiment.config_warnings import config_warnings
+
+    if _main():
+        for line in config_warnings(config):
+            print(f"warning: {line}", file=sys.stderr)
+
+
 def _rows(comparison: Path) -> list[ComparisonRow]:
     """The rows of ``comparison.json`` (variants in the sweep's order)."""
     from retain.records.comparison import ComparisonRecord
@@ -130,6 +140,7 @@ def _sweep(args: argparse.Namespace, config_name: str) -> int:
     from retain.report.terminal import comparison_table
 
     config = load_config(config_name, args.overrides)
+    _warn(config)
     names = None
     if getattr(args, "strategies", None):
         names = [n.strip() for n in args.strategies.split(",") if n.strip()]
@@ -157,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.seed is not None:
         config = config.model_copy(update={"seeds": [args.seed]})
+    _warn(config)
     spec = RunSpec(
         config,
         out=args.out,
@@ -179,6 +191,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     for line in validate_experiment(config):
         print(f"ok: {line}")
+    _warn(config)
     print(f"{args.config}: valid")
     return 0
 

@@ -100,7 +100,8 @@ def test_a_task_log_grows_while_training_and_keeps_its_step_count() -> None:
 
 def test_a_comparison_record_round_trips() -> None:
     figure = {"mean": 0.5, "sd": None, "low": None, "high": None}
-    row = {"variant": "naive", "strategies": "[]", "seeds": [0], "n": 1, "pareto": True}
+    row: dict[str, object] = {"variant": "naive", "strategies": "[]", "seeds": [0], "n": 1}
+    row.update(pareto=True, reference=None, of_joint=None)  # a variant; no joint reference
     keys = ("new_task_score", "average_accuracy", "backward_transfer", "forgetting")
     row.update(dict.fromkeys((*keys, "capability_degradation", "seconds"), figure))
     summary = dict.fromkeys((*keys, "capability_degradation", "seconds"), 0.25)

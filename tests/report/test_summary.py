@@ -183,3 +183,37 @@ def test_aggregate_refuses_mixed_scores_and_nothing() -> None:
         aggregate([_results([[0.5]]), _results([[3.0]], higher_is_better=False)])
     with pytest.raises(RetainError, match="at least one"):
         aggregate([])
+
+
+def test_references_are_bounds_off_the_front_and_every_row_is_a_fraction_of_joint() -> None:
+    nan = float("nan")
+    joint = [_results([[nan, nan], [0.9, 0.7]], variant="joint", seed=s) for s in (0, 1)]
+    joint[1].run.matrix[1] = [0.9, 0.9]
+    single = _results([[0.95, 0.2], [0.3, 0.85]], variant="single")
+    for record, mode in ((joint[0], "joint"), (joint[1], "joint"), (single, "single")):
+        record.run.mode = mode
+    naive = _results([[0.8, 0.0], [0.5, 0.8]], variant="naive")
+    rows = {r["variant"]: r for r in aggregate([naive, *joint, single])}
+    # joint: mean of the last row per seed, (0.8 + 0.9) / 2; single: the diagonal's mean
+    assert rows["joint"]["average_accuracy"]["mean"] == pytest.approx(0.85)
+    assert rows["joint"]["new_task_score"]["mean"] == pytest.approx(0.85)
+    assert rows["single"]["average_accuracy"]["mean"] == pytest.approx(0.9)
+    for name in ("joint", "single"):
+        assert rows[name]["reference"] == name
+        assert rows[name]["pareto"] is False
+        assert rows[name]["backward_transfer"]["mean"] is None  # nothing came after
+    assert rows["naive"]["reference"] is None
+    assert rows["naive"]["pareto"] is True  # alone on the front: references do not compete
+    assert rows["naive"]["of_joint"] == pytest.approx(0.65 / 0.85)
+    assert rows["joint"]["of_joint"] == pytest.approx(1.0)
+    assert rows["single"]["of_joint"] == pytest.approx(0.9 / 0.85)
+    from retain.report.summary import aggregate as typed
+    from retain.report.terminal import comparison_table
+
+    table = comparison_table(typed([naive, *joint, single]))
+    lines = table.splitlines()
+    assert "of joint" in lines[0]
+    assert lines[2].startswith("naive *")
+    assert "76.5%" in lines[2]
+    assert lines[3].startswith("joint (reference)")
+    assert lines[4].startswith("single (reference)")

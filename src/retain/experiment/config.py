@@ -211,11 +211,30 @@ class SweepSection(Section):
     variant only (``lora: ["training.lr=3e-3"]``: adapters usually want a larger learning rate);
     they also apply to the variants a ``--grid`` derives from it.
     ``seeds``: the seeds every variant runs with (default: the experiment's ``seeds``).
+    ``references``: the reference baselines run beside the variants, ``joint`` (all tasks' data
+    mixed, trained once: the upper bound of each task's score) and ``single`` (each task from
+    the starting model alone: the new-task score without interference); the comparison shows
+    every variant's average accuracy as a fraction of ``joint``'s
+    (:mod:`retain.training.references`). The names ``joint`` and ``single`` are kept for them.
     """
 
     variants: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     settings: dict[str, list[str]] = Field(default_factory=dict)
     seeds: list[Seed] | None = None
+    references: list[Literal["joint", "single"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> SweepSection:
+        taken = sorted({"joint", "single"} & set(self.variants))
+        if taken:
+            raise ValueError(
+                f"variant name {taken[0]!r} is kept for the reference baseline; rename the "
+                f"variant, or ask for the reference with references: [{taken[0]}]"
+            )
+        twice = sorted({r for r in self.references if self.references.count(r) > 1})
+        if twice:
+            raise ValueError(f"references lists {twice[0]!r} twice; list it once")
+        return self
 
 
 class ExperimentConfig(Section):
@@ -229,6 +248,9 @@ class ExperimentConfig(Section):
             sections above; ``strategies`` is a list of ``{name: ..., <parameter>: ...}`` entries
             (``retain ls`` lists names and parameters), composed in order.
         seeds: one run per seed (``retain run`` runs the first unless ``--seed``).
+        reference: ``joint`` or ``single`` to train a reference baseline instead of the
+            sequence (no strategies, budget or monitor; ``retain sweep`` sets it for
+            ``sweep.references``; :mod:`retain.training.references`).
         out: output folder (default ``runs/<name>``; ``--out`` overrides it).
         variant: this run's label in comparisons (default: the strategies' names).
     """
@@ -247,13 +269,16 @@ class ExperimentConfig(Section):
     sweep: SweepSection = Field(default_factory=SweepSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    reference: Literal["joint", "single"] | None = None
     out: str | None = None
     variant: str | None = None
 
     @property
     def variant_label(self) -> str:
-        """``variant``, or the strategies' names joined by ``+`` (``naive`` without any)."""
-        return self.variant or "+".join(e["name"] for e in self.strategies) or "naive"
+        """``variant``, or the reference (``joint``, ``single``), or the strategies' names
+        joined by ``+`` (``naive`` without any)."""
+        names = "+".join(e["name"] for e in self.strategies)
+        return self.variant or self.reference or names or "naive"
 
     @field_validator("strategies")
     @classmethod
@@ -271,6 +296,13 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"task name {twice[0]!r} appears twice; give each task its own `name:`"
             )
+        if self.reference is not None:
+            extra = [k for k in ("strategies", "budget", "monitor") if getattr(self, k)]
+            if extra:
+                raise ValueError(
+                    f"reference: {self.reference} trains plainly, without {extra[0]}; drop "
+                    f"{extra[0]} (the reference is what the strategies are measured against)"
+                )
         lists = [self.strategies, *self.sweep.variants.values()]
         marked = [e for entries in lists for e in entries if e.get("budget")]
         if marked:

@@ -330,11 +330,14 @@ def _train(
     budget = budgets[0] if budgets else None
     progress = RunProgress.start(out / "progress.json", built.model, budget, resume)
 
+    stages = 1 if config.reference == "joint" else len(built.splits)
+
     def after_task(t: int, model: nn.Module) -> None:
         if reference[0] is None:
             reference[0] = reference_copy(config, model, t + 1)
         progress.task_done(t, model)
-        say(f"  task {t + 1}/{len(built.splits)} ({built.splits[t].train.name}) done")
+        label = "joint" if config.reference == "joint" else built.splits[t].train.name
+        say(f"  task {t + 1}/{stages} ({label}) done")
 
     with run_tracking(config, spec.tracking_dir or out / "tracking", budget, say) as tracking:
         model, result = fit_sequence(
@@ -355,6 +358,7 @@ def _train(
             observer=tracking,
             say=say,
             shard=shard_model if config.training.fsdp else None,
+            mode=config.reference or "sequential",
         )
         record = _results_record(config, built, result, progress)
         record.interference = interference_results(tracker, config)

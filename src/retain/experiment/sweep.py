@@ -1,15 +1,17 @@
 """``retain sweep``: run strategy variants over seeds and compare them.
 
-Variants come from ``--strategies a,b,c`` (each a variant named in the config's
-``sweep.variants``, ``naive`` for none, or a strategy name: the config's entry of that name with
-its parameters, else the strategy with its defaults), or, without it, from ``sweep.variants`` (or
-the config's own ``strategies`` as one variant). ``--grid ewc.strength=1e2,1e3`` replaces every
-variant that uses ``ewc`` by one variant per value (``ewc strength=100``, ...); several grids
-multiply. Each (variant, seed) is a run directory ``<out>/<variant>/seed-<seed>``; seeds run in
-the outer loop, so every finished seed compares all variants. A finished run is reused when the
-sweep is run again (``overwrite`` runs everything afresh); the comparison (``comparison.json``,
-``report.html``, ``plots/``) is written at the end. Experiment trackers (``tracking``) get one
-run per (variant, seed), all in ``<out>/tracking`` unless ``tracking.dir`` says otherwise.
+Variants come from ``--strategies a,b,c`` (each a variant named in the config's ``sweep.variants``,
+``naive`` for none, or a strategy name: the config's entry of that name with its parameters, else
+the strategy with its defaults), or, without it, from ``sweep.variants`` (or the config's own
+``strategies`` as one variant). ``--grid ewc.strength=1e2,1e3`` replaces every variant that uses
+``ewc`` by one variant per value (``ewc strength=100``, ...); several grids multiply. The reference
+baselines ``joint`` and ``single`` (``sweep.references``, or named in ``--strategies``) run beside
+the variants with no strategies, budget or monitor (:mod:`retain.training.references`). Each
+(variant, seed) is a run directory ``<out>/<variant>/seed-<seed>``; seeds run in the outer loop, so
+every finished seed compares all variants. A finished run is reused when the sweep is run again
+(``overwrite`` runs everything afresh); the comparison (``comparison.json``, ``report.html``,
+``plots/``) is written at the end. Experiment trackers (``tracking``) get one run per (variant,
+seed), all in ``<out>/tracking`` unless ``tracking.dir`` says otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from retain.experiment.overrides import apply_overrides, parse_value
 from retain.experiment.runner import RunSpec, has_trained, run_experiment, run_state
 from retain.experiment.training_settings import check_training
 from retain.output_dirs import MARKER, check_output_parent, output_kind, output_lock, write_marker
+from retain.training.references import REFERENCES
 
 __all__ = ["SweepSpec", "parse_seeds", "run_sweep", "sweep_variants", "variant_folder"]
 
@@ -94,7 +97,7 @@ def _named(config: ExperimentConfig, name: str) -> Entries:
 
     if name in config.sweep.variants:
         return copy.deepcopy(config.sweep.variants[name])
-    if name == "naive":
+    if name == "naive" or name in REFERENCES:
         return []
     if name not in STRATEGIES:
         raise RetainError(
@@ -123,10 +126,12 @@ def sweep_variants(
     """The variants to run, by name (see the module docstring)."""
     if names:
         variants = {name: _named(config, name) for name in names}
-    elif config.sweep.variants:
-        variants = copy.deepcopy(config.sweep.variants)
     else:
-        variants = {config.variant_label: copy.deepcopy(config.strategies)}
+        if config.sweep.variants:
+            variants = copy.deepcopy(config.sweep.variants)
+        else:
+            variants = {config.variant_label: copy.deepcopy(config.strategies)}
+        variants.update({name: [] for name in config.sweep.references})
     seen: dict[tuple[str, str], str] = {}
     for item in grid:
         strategy, parameter, values = _grid(item)
@@ -161,9 +166,12 @@ def sweep_variants(
 
 def variant_config(config: ExperimentConfig, name: str, entries: Entries, seed: int) -> Any:
     """The config of one (variant, seed) run: the variant's strategies, its ``sweep.settings``
-    overrides (looked up by the name before any ``--grid`` suffix), one seed."""
+    overrides (looked up by the name before any ``--grid`` suffix), one seed. A reference
+    (``joint``, ``single``) trains without strategies, budget or monitor."""
     data = config.model_dump(mode="json")
     data.update({"strategies": entries, "seeds": [seed], "variant": name, "out": None})
+    if name in REFERENCES:
+        data.update({"reference": name, "budget": None, "monitor": None})
     overrides = config.sweep.settings.get(name.split(" ")[0], [])
     if overrides:
         data = apply_overrides(data, overrides)

@@ -77,7 +77,12 @@ class ComparisonRow(Part):
     seconds: MeanSd
     """See :class:`RunSummary`."""
     pareto: bool = False
-    """On the Pareto front of (new-task score, forgetting cost)."""
+    """On the Pareto front of (new-task score, forgetting cost); never a reference."""
+    reference: Literal["joint", "single"] | None = None
+    """A reference baseline (:mod:`retain.training.references`), or None for a variant."""
+    of_joint: Num = float("nan")
+    """Its mean average accuracy over the ``joint`` reference's (1.0 = the joint bound;
+    ``NaN`` without a joint row); a fraction of scores, so only for higher-is-better scores."""
 
     def figure(self, key: str) -> MeanSd:
         """The aggregated figure named ``key`` (one of :data:`SUMMARY_KEYS`)."""

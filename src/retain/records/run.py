@@ -166,7 +166,9 @@ class RunResult(Part):
     tasks: list[str] = Field(min_length=1)
     """Task names, in training order."""
     matrix: list[list[Num]] = Field(min_length=1)
-    """``R[t][i]``: the score on task ``i``'s test data after training task ``t`` (``T x T``)."""
+    """``R[t][i]``: the score on task ``i``'s test data after training task ``t`` (``T x T``;
+    ``joint``: only the last row is measured, the others are ``null``; ``single``: row ``t`` is
+    the model trained on task ``t`` alone)."""
     baseline: list[Num]
     """``b[i]``: the score on task ``i`` before any training."""
     metrics: SequenceMetrics
@@ -191,6 +193,10 @@ class RunResult(Part):
     """Per resume, one line naming the checkpoint chosen and each incomplete one skipped."""
     score: Score | None = None
     """What ``matrix`` measures (None in files written before it was kept here)."""
+    mode: Literal["sequential", "joint", "single"] = "sequential"
+    """``sequential``: the tasks in order; ``joint`` / ``single``: a reference of a comparison,
+    all tasks' data mixed and trained once / each task from the starting weights alone
+    (:mod:`retain.training.references`)."""
 
     @field_validator("suite", mode="before")
     @classmethod

@@ -41,7 +41,12 @@ def pareto_figure(
     The cost is :func:`~retain.report.summary.forgetting_cost_key`'s (capability degradation
     when every variant has it, else average forgetting). Pareto-optimal variants (``row.pareto``)
     are red stars joined by the front line; the others grey circles. Every variant is labelled.
+    The reference baselines (no forgetting cost: nothing came after them) are vertical lines at
+    their new-task score: ``joint`` (every task after training on all at once, the upper bound)
+    and ``single`` (each task trained alone).
     """
+    references = [r for r in rows if r.reference is not None]
+    rows = [r for r in rows if r.reference is None]
     cost = forgetting_cost_key(rows)
     x = np.array([_stat(r, "new_task_score", "mean") for r in rows])
     y = np.array([_stat(r, cost, "mean") for r in rows])
@@ -73,6 +78,21 @@ def pareto_figure(
     if len(front) > 1:
         order = sorted(front, key=lambda k: x[k])
         ax.plot(x[order], y[order], color="tab:red", linewidth=1.2, linestyle="-", zorder=0)
+    styles = {"joint": ("tab:green", "--"), "single": ("tab:blue", ":")}
+    for row in references:
+        where = row.new_task_score.mean
+        if np.isfinite(where):
+            color, style = styles[row.reference or "joint"]
+            ax.axvline(where, color=color, linestyle=style, linewidth=1.2, zorder=0)
+            ax.annotate(
+                f"{row.variant} (reference)",
+                (where, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color=color,
+            )
     better = "higher" if higher_is_better else "lower"
     ax.set_xlabel(f"new-task score ({score_name}, mean of R[t][t]; {better} is better)")
     ax.set_ylabel(f"{_COST_LABEL[cost]} (lower is better)")

@@ -364,9 +364,11 @@ def run_report_html(record: RunRecord, images: dict[str, bytes]) -> str:
     return page(title, "\n".join(b for b in body if b))
 
 
-def _row_cells(row: ComparisonRow) -> list[str]:
+def _row_cells(row: ComparisonRow, of_joint: bool) -> list[str]:
     cells = [
-        escape(row.variant) + (" ★" if row.pareto else ""),
+        escape(row.variant)
+        + (" ★" if row.pareto else "")
+        + (" (reference)" if row.reference else ""),
         f'<td class="l">{escape(row.strategies)}</td>',
         escape(f"{row.n} ({', '.join(str(s) for s in row.seeds)})"),
     ]
@@ -378,6 +380,8 @@ def _row_cells(row: ComparisonRow) -> list[str]:
         low, high = (number(v, _figure_spec(key)) for v in (stat.low, stat.high))
         interval = f'<br><span class="ci">[{low}, {high}]</span>' if math.isfinite(stat.low) else ""
         cells.append(mean if single else f"{mean} ± {sd}{interval}")
+        if key == "average_accuracy" and of_joint:
+            cells.append(number(row.of_joint, ".1%"))
     return cells
 
 
@@ -394,19 +398,24 @@ def comparison_html(
     the (relative) path to the report of ``records[k]``.
     """
     names = sorted({r.name for r in records})
-    cost = forgetting_cost_key(rows)
-    header = [
-        "variant",
-        '<th class="l">strategies</th>',
-        "runs (seeds)",
-        *(escape(_LABELS[k]) for k in SUMMARY_KEYS),
-    ]
+    rows = [r for r in rows if r.reference is None] + [r for r in rows if r.reference]
+    cost = forgetting_cost_key([r for r in rows if r.reference is None] or rows)
+    of_joint = any(math.isfinite(row.of_joint) for row in rows)
+    labels = []
+    for key in SUMMARY_KEYS:
+        labels.append(escape(_LABELS[key]))
+        if key == "average_accuracy" and of_joint:
+            labels.append("ACC as a fraction of joint")
+    header = ["variant", '<th class="l">strategies</th>', "runs (seeds)", *labels]
     marks = ["pareto" if row.pareto else "" for row in rows]
-    html_rows = html_table(header, [_row_cells(row) for row in rows], marks)
+    html_rows = html_table(header, [_row_cells(row, of_joint) for row in rows], marks)
     explain = (
         "<p>Mean ± sample sd over seeds; below it, the mean's 95% Student-t interval over seeds "
         f"(mean ± t·sd/√n). ★ = Pareto-optimal in (new-task score, "
         f"{escape(_LABELS[cost])}): no other variant is at least as good on both and better on one."
+        " References: <b>joint</b> trains all tasks' data at once (the upper bound of each "
+        "task's score), <b>single</b> trains each task alone from the starting model (the "
+        "new-task score without interference); they forget nothing, so they have no BWT."
         "</p>"
     )
     items = []

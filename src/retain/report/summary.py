@@ -53,6 +53,8 @@ def run_summary(record: RunRecord) -> RunSummary:
         raise RetainError("results have an empty score matrix run.matrix; re-run the experiment")
     hib = record.score.higher_is_better
     diagonal = [row[t] for t, row in enumerate(matrix) if t < len(row) and not math.isnan(row[t])]
+    if record.run.mode != "sequential":
+        return _reference_summary(record, matrix[-1] if record.run.mode == "joint" else diagonal)
     worst = math.nan
     suite = record.run.suite
     if suite is not None and suite.relative_degradation:
@@ -64,6 +66,23 @@ def run_summary(record: RunRecord) -> RunSummary:
         backward_transfer=_finite(backward_transfer(matrix, higher_is_better=hib)),
         forgetting=_finite(average_forgetting(matrix, higher_is_better=hib)),
         capability_degradation=worst,
+        seconds=_finite(record.seconds),
+    )
+
+
+def _reference_summary(record: RunRecord, scores: Sequence[float]) -> RunSummary:
+    """A reference's figures: its scores' mean as both the new-task score and the average
+    accuracy (``joint``: every task after the joint training; ``single``: each task trained
+    alone), and nothing forgotten, since nothing came after (``NaN``)."""
+    kept = [v for v in scores if math.isfinite(v)]
+    mean = sum(kept) / len(kept) if kept else math.nan
+    nan = math.nan
+    return RunSummary(
+        new_task_score=mean,
+        average_accuracy=mean,
+        backward_transfer=nan,
+        forgetting=nan,
+        capability_degradation=nan,
         seconds=_finite(record.seconds),
     )
 
@@ -101,8 +120,10 @@ def aggregate(records: Sequence[RunRecord]) -> list[ComparisonRow]:
     every run has mean and sd ``NaN``. ``strategies`` is the first run's. ``pareto`` marks the
     variants on the Pareto front of (``new_task_score`` mean, forgetting cost mean)
     (:func:`pareto_optimal`, :func:`forgetting_cost_key`); for a lower-is-better score the
-    new-task score is negated first. Runs scored with different metrics cannot be compared:
-    :class:`RetainError`.
+    new-task score is negated first. Reference baselines (runs of mode ``joint`` or ``single``)
+    get ``reference`` set and stay off the front; with a ``joint`` row and a higher-is-better
+    score every row's ``of_joint`` is its mean average accuracy over joint's. Runs scored with
+    different metrics cannot be compared: :class:`RetainError`.
     """
     if not records:
         raise RetainError("nothing to aggregate: pass at least one run's results")
@@ -120,14 +141,21 @@ def aggregate(records: Sequence[RunRecord]) -> list[ComparisonRow]:
         summaries = [run_summary(r) for r in runs]
         figures = {key: _mean_sd([getattr(s, key) for s in summaries]) for key in SUMMARY_KEYS}
         same = {"variant": variant, "strategies": runs[0].run.strategies, "n": len(runs)}
+        mode = runs[0].run.mode
+        same["reference"] = None if mode == "sequential" else mode
         rows.append(
             ComparisonRow.model_validate({**same, "seeds": [r.seed for r in runs], **figures})
         )
-    cost = forgetting_cost_key(rows)
+    variants = [r for r in rows if r.reference is None]
+    cost = forgetting_cost_key(variants)
     sign = 1.0 if hib else -1.0
-    points = [(sign * r.new_task_score.mean, r.figure(cost).mean) for r in rows]
-    for row, optimal in zip(rows, pareto_optimal(points), strict=True):
+    points = [(sign * r.new_task_score.mean, r.figure(cost).mean) for r in variants]
+    for row, optimal in zip(variants, pareto_optimal(points), strict=True):
         row.pareto = optimal
+    joint = next((r.average_accuracy.mean for r in rows if r.reference == "joint"), math.nan)
+    if hib and math.isfinite(joint) and joint > 0:
+        for row in rows:
+            row.of_joint = row.average_accuracy.mean / joint
     return rows
 
 

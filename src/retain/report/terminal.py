@@ -11,6 +11,7 @@ from retain.records.run import RunResult
 __all__ = ["comparison_table", "run_table"]
 
 _COLUMNS = (
+    ("ACC", "average_accuracy", "{:.3f}"),
     ("new-task", "new_task_score", "{:.3f}"),
     ("BWT", "backward_transfer", "{:+.3f}"),
     ("forgetting", "forgetting", "{:.3f}"),
@@ -41,18 +42,31 @@ def _layout(rows: list[list[str]]) -> str:
 
 
 def comparison_table(rows: Sequence[ComparisonRow]) -> str:
-    """One line per variant: new-task score, BWT, forgetting, capability degradation, seconds
-    (mean ± sd over seeds), ``*`` marking the Pareto-optimal variants."""
-    table = [["variant", "seeds", *(title for title, _, _ in _COLUMNS)]]
-    for row in rows:
-        name = row.variant + (" *" if row.pareto else "")
+    """One line per variant: average accuracy, new-task score, BWT, forgetting, capability
+    degradation, seconds (mean ± sd over seeds), ``*`` marking the Pareto-optimal variants;
+    with a ``joint`` reference, each row's average accuracy as a fraction of joint's. The
+    references (``joint``, ``single``) come last, marked ``(reference)``."""
+    of_joint = any(math.isfinite(row.of_joint) for row in rows)
+    head = ["variant", "seeds", *(title for title, _, _ in _COLUMNS)]
+    table = [head[:3] + (["of joint"] if of_joint else []) + head[3:]]
+    ordered = [r for r in rows if r.reference is None] + [r for r in rows if r.reference]
+    for row in ordered:
+        name = (
+            row.variant + (" *" if row.pareto else "") + (" (reference)" if row.reference else "")
+        )
         figures = [_cell(row.figure(key), row.n, spec) for _, key, spec in _COLUMNS]
-        table.append([name, str(row.n), *figures])
+        share = [_num(row.of_joint, ".1%")] if of_joint else []
+        table.append([name, str(row.n), figures[0], *share, *figures[1:]])
     legend = (
-        "new-task: mean score on each task right after training it; BWT: backward transfer "
-        "(negative = forgotten); capability: worst relative degradation of the suite "
-        "(positive = worse); * Pareto-optimal"
+        "ACC: mean final score over the tasks; new-task: mean score on each task right after "
+        "training it; BWT: backward transfer (negative = forgotten); capability: worst relative "
+        "degradation of the suite (positive = worse); * Pareto-optimal"
     )
+    if of_joint:
+        legend += (
+            "; of joint: ACC over the joint reference's (all tasks' data trained at once, the "
+            "upper bound); single: each task trained alone"
+        )
     return _layout(table) + "\n" + legend
 
 

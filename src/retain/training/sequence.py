@@ -31,6 +31,7 @@ skipped and why, is said through ``say`` and kept in :attr:`RunResult.resume_not
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -52,12 +53,6 @@ from retain.evaluation.base import undisturbed
 from retain.evaluation.suite import EvalSuite, SuiteResult
 from retain.evaluation.task_accuracy import negative_loss, task_accuracy
 from retain.evaluation.task_probe import TaskAccuracyProbe
-from retain.metrics import (
-    average_accuracy,
-    average_forgetting,
-    backward_transfer,
-    forward_transfer,
-)
 from retain.records.parts import Interval
 from retain.records.parts import Score as ScoreRecord
 from retain.records.run import RunResult, SequenceMetrics, SuiteScores, TaskLog
@@ -66,6 +61,13 @@ from retain.strategies.chain import Chain, as_chain
 from retain.training.loop import TrainConfig, train_task
 from retain.training.monitor import ForgettingMonitor, MonitorConfig
 from retain.training.observer import SequenceObserver, TaskEndEvent, observed
+from retain.training.references import (
+    SequenceMode,
+    StartWeights,
+    check_mode,
+    sequence_metrics,
+    training_stages,
+)
 from retain.training.sequence_state import (
     RunState,
     TaskCheckpoints,
@@ -134,6 +136,7 @@ def fit_sequence(
     observer: SequenceObserver | None = None,
     say: Callable[[str], None] | None = None,
     shard: Callable[[nn.Module], nn.Module] | None = None,
+    mode: SequenceMode = "sequential",
 ) -> tuple[nn.Module, RunResult]:
     """Train ``splits`` in order; returns the (possibly wrapped) model and a :class:`RunResult`.
 
@@ -162,6 +165,10 @@ def fit_sequence(
     ``shard``: applied to the prepared model before anything else touches it, e.g.
     :func:`retain.distributed.shard_model` (FSDP2 under ``torchrun``; every strategy of the chain
     must support sharding, and a sharded run's checkpoints resume at the same world size).
+    ``mode``: ``"sequential"`` (the tasks in order), or a reference of a comparison,
+    ``"joint"`` (all tasks' training data mixed, trained once) or ``"single"`` (each task from
+    the starting weights alone), trained without strategies or monitor
+    (:mod:`retain.training.references`: their matrices and metrics).
     """
     names = _check_splits(splits)
     config = config or TrainConfig()
@@ -173,9 +180,12 @@ def fit_sequence(
     set_seed(config.seed)
     model.to(auto_device() if device is None else torch.device(device))
     strat = as_chain(strategies)
+    check_mode(mode, strat, monitor, task_router(model) is not None)
+    stages = training_stages(splits, mode, config.seed)
     model = strat.prepare(model)
     if shard is not None:
         model = shard(model)
+    start_weights = StartWeights(model, mode)  # before a resume loads anything
     run, start_task, start = RunState(names), 0, plan.boundary
     if plan.boundary is not None:
         run, start_task = load_start(plan, model, strat)
@@ -187,12 +197,13 @@ def fit_sequence(
         _score_baseline(model, strat, splits, run, suite, tokenizer, score)
         start = save_checkpoint_of(folder, "tasks", model, strat, run.position(0, 0, None))
     disable = None if progress is None else not progress
-    bar = tqdm(total=len(splits), initial=start_task, desc="tasks", unit="task", disable=disable)
-    for t in range(start_task, len(splits)):
-        split = splits[t]
+    bar = tqdm(total=len(stages), initial=start_task, desc="tasks", unit="task", disable=disable)
+    for t in range(start_task, len(stages)):
+        stage = stages[t]
         route(model, strat, names[t])
         watch = _monitor(monitor, suite, tokenizer, score, splits, t, model)
         resume_mid = plan.mid if t == start_task else None
+        start_weights.reset(model, t, resume_mid is not None)
         checkpoints = TaskCheckpoints(
             folder, checkpoint_every, model, strat, run, t, monitor=watch, start=start
         )
@@ -202,18 +213,20 @@ def fit_sequence(
         begin = time.perf_counter()
         log = train_task(
             model,
-            split.train,
+            stage,
             strat,
             replace(config, seed=config.seed * 1000 + t),
             watch,
             progress=progress,
             hooks=hooks,
         )
-        run.seconds[f"train/{names[t]}"] = run.seconds.get(f"train/{names[t]}", 0.0) + (
+        run.seconds[f"train/{stage.name}"] = run.seconds.get(f"train/{stage.name}", 0.0) + (
             time.perf_counter() - begin
         )
         run.logs.append(log_dict(log))
-        run.matrix.append(_score_all(model, strat, splits, names, t, score, run, names[t]))
+        if mode == "joint":  # rows 0 .. T-2 were never trained to: not measured
+            run.matrix.extend([[math.nan] * len(names) for _ in names[1:]])
+        run.matrix.append(_score_all(model, strat, splits, names, t, score, run, stage.name))
         if suite is not None:
             run.suite_after.append(_evaluate_suite(model, suite, tokenizer))
         if observer is not None:
@@ -225,7 +238,7 @@ def fit_sequence(
         start = save_checkpoint_of(folder, "tasks", model, strat, run.position(t + 1, 0, None))
         bar.update(1)
     bar.close()
-    return model, _result(run, strat, config, suite, score)
+    return model, _result(run, strat, config, suite, score, mode)
 
 
 def _score_baseline(
@@ -312,16 +325,17 @@ def _score_record(score: Score) -> ScoreRecord:
 
 
 def _result(
-    run: RunState, strat: Chain, config: TrainConfig, suite: EvalSuite | None, score: Score
+    run: RunState,
+    strat: Chain,
+    config: TrainConfig,
+    suite: EvalSuite | None,
+    score: Score,
+    mode: SequenceMode,
 ) -> RunResult:
     matrix = run.matrix
-    metrics = {
-        "average_accuracy": average_accuracy(matrix),
-        "backward_transfer": backward_transfer(matrix),
-        "forward_transfer": forward_transfer(matrix, run.baseline),
-        "average_forgetting": average_forgetting(matrix),
-    }
+    metrics = sequence_metrics(matrix, run.baseline, mode)
     return RunResult(
+        mode=mode,
         tasks=run.names,
         matrix=matrix,
         baseline=run.baseline,
