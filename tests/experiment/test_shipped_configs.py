@@ -30,3 +30,10 @@ def test_shipped_config_validates(path: Path) -> None:
     lines = validate_experiment(config)
     assert any(line.startswith(f"model {config.model.name}") for line in lines)
     assert sum(line.startswith("task ") for line in lines) == len(config.tasks)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_shipped_config_has_no_likely_mistake(path: Path) -> None:
+    from retain.experiment.config_warnings import config_warnings
+
+    assert config_warnings(load_config(path)) == []

@@ -133,3 +133,11 @@ def test_a_local_file_probe_reads_its_own_columns(tmp_path: Path) -> None:
     (probe,) = suite.probes
     assert probe.label_words == [" bad", " good"]
     assert len(probe.chosen) == 2
+
+
+def test_a_dumped_probe_with_every_default_spelled_out_reads_back() -> None:
+    from retain.experiment.suite_config import ProbeSection
+
+    probe = ProbeSection.model_validate({"kind": "perplexity", "dataset": "general_text", "n": 16})
+    again = ProbeSection.model_validate(probe.model_dump(mode="json"))  # k, include, ... as default
+    assert again == probe

@@ -251,6 +251,15 @@ def build_strategies(
     built: list[Strategy] = []
     for k, entry in enumerate(entries):
         params = {key: value for key, value in entry.items() if key not in ("name", "budget")}
+        if isinstance(params.get("source"), dict):  # replay of text given in YAML
+            from retain.experiment.replay_source import build_replay_source
+
+            where = f"strategies.{k}"
+            params["source"] = build_replay_source(
+                params["source"], config, suite, tokenizer, where
+            )
+            if params["source"] is not None:
+                params.setdefault("exclude_texts", _suite_texts(suite))
         try:
             strategy = build_strategy(entry["name"], **params)
         except RetainError as error:
@@ -278,6 +287,14 @@ def build_strategies(
             )
         built.append(strategy)
     return built
+
+
+def _suite_texts(suite: EvalSuite | None) -> list[str] | None:
+    """The texts the suite's probes score (None when none keep texts)."""
+    from retain.experiment.replay_source import evaluation_texts
+
+    texts = evaluation_texts(suite)
+    return texts or None
 
 
 def build_experiment(config: ExperimentConfig, seed: int | None = None) -> Experiment:

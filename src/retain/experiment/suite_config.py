@@ -81,7 +81,9 @@ class ProbeSection(Section):
     def _settings_fit_kind(self) -> ProbeSection:
         for key in sorted(self.model_fields_set):
             owner = _KIND_ONLY.get(key)
-            if owner is not None and owner != self.kind:
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            # a dumped config (sweep.settings, a run's config.yaml) spells every default out
+            if owner is not None and owner != self.kind and getattr(self, key) != default:
                 raise ValueError(f"{key} is for kind: {owner}, not {self.kind}; drop it")
         if self.kind == "lm_eval":
             if not self.tasks:
