@@ -145,3 +145,11 @@ def test_causal_lm_objective_on_a_classifier_is_refused() -> None:
     model = BertForSequenceClassification(tiny_bert_config(100, num_labels=2)).eval()
     with pytest.raises(RetainError, match="needs a causal LM"):
         CausalLM().logits_and_targets(model, {"input_ids": torch.randint(5, 100, (2, 4))})
+
+
+def test_pad_collates_of_one_pad_id_are_equal_so_tasks_can_share_a_batch() -> None:
+    import pickle
+
+    assert pad_collate(0) == pad_collate(0)
+    assert pad_collate(0) != pad_collate(2)
+    assert pickle.loads(pickle.dumps(pad_collate(3))) == pad_collate(3)  # DataLoader workers

@@ -64,6 +64,12 @@ def test_joint_trains_once_on_every_task_mixed(splits: list[TaskSplit]) -> None:
     # nothing is forgotten: the first task scores far above where the sequence left it
     assert last[0] > sequential.matrix[2][0] + 0.1
     assert min(last) > 0.5
+    from retain.report.terminal import run_table
+
+    lines = run_table(result).splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["(start)", "all"]  # one trained row
+    assert lines[4].startswith("ACC")
+    assert "BWT n/a" in lines[4]
 
 
 def test_references_refuse_strategies_monitors_and_unmixable_tasks(

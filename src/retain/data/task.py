@@ -34,6 +34,7 @@ __all__ = [
     "Classification",
     "Example",
     "Objective",
+    "PadCollate",
     "Task",
     "pad_collate",
     "per_sample_loss",
@@ -233,9 +234,18 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
     """Right-pad token sequences to the longest in the batch: ``input_ids`` with
     ``pad_token_id``, ``labels`` with -100, every other per-token key (``attention_mask``,
     ``token_type_ids``, ...) with 0. Keys with one value per example (a class label) are stacked;
-    lists become tensors; a missing ``attention_mask`` is built from the lengths."""
+    lists become tensors; a missing ``attention_mask`` is built from the lengths. Two collates of
+    the same pad id are equal (tasks that can share a batch compare equal)."""
+    return PadCollate(pad_token_id)
 
-    def collate(examples: Sequence[Example]) -> Batch:
+
+@dataclass(frozen=True)
+class PadCollate:
+    """The collate :func:`pad_collate` returns (a value, so equal pad ids compare equal)."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: Sequence[Example]) -> Batch:
         if not examples:
             raise RetainError("cannot collate an empty list of examples")
         if "input_ids" not in examples[0]:
@@ -250,7 +260,7 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
                 v.dim() == 1 and v.shape[0] == n for v, n in zip(values, lengths, strict=True)
             )
             if per_token:
-                fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+                fill = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
                 batch[key] = torch.stack(
                     [functional.pad(v, (0, width - v.shape[0]), value=fill) for v in values]
                 )
@@ -261,8 +271,6 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[Example]], Batch]:
                 [(torch.arange(width) < n).long() for n in lengths]
             )
         return batch
-
-    return collate
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,16 @@ def comparison_table(rows: Sequence[ComparisonRow]) -> str:
 
 
 def run_table(run: RunResult) -> str:
-    """The score matrix ``R[t][i]`` of one run with its metrics, for the terminal."""
+    """The score matrix ``R[t][i]`` of one run with its metrics, for the terminal (a joint
+    reference: its one trained row; a single reference: each task trained alone)."""
     tasks = run.tasks
     table = [["after \\ on", *tasks]]
     table.append(["(start)", *(_num(b) for b in run.baseline)])
     for t, row in enumerate(run.matrix):
-        table.append([tasks[t], *(_num(x) for x in row)])
+        if run.mode == "joint" and t < len(run.matrix) - 1:
+            continue  # never trained to: the joint reference trains once, on every task
+        label = {"joint": "all (joint)", "single": f"{tasks[t]} alone"}.get(run.mode, tasks[t])
+        table.append([label, *(_num(x) for x in row)])
     m = run.metrics
     tail = (
         f"ACC {_num(m.average_accuracy)}  BWT {_num(m.backward_transfer, '+.3f')}"

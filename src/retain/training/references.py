@@ -88,7 +88,7 @@ def training_stages(splits: Sequence[TaskSplit], mode: SequenceMode, seed: int) 
     first = splits[0].train
     for split in splits[1:]:
         task = split.train
-        if task.objective != first.objective or task.collate is not first.collate:
+        if task.objective != first.objective or task.collate != first.collate:
             raise RetainError(
                 f"joint training mixes every task's training data into one task, and task "
                 f"{task.name!r} has another objective or batch format than {first.name!r} (a "
