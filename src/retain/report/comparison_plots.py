@@ -79,7 +79,7 @@ def pareto_figure(
         order = sorted(front, key=lambda k: x[k])
         ax.plot(x[order], y[order], color="tab:red", linewidth=1.2, linestyle="-", zorder=0)
     styles = {"joint": ("tab:green", "--"), "single": ("tab:blue", ":")}
-    for row in references:
+    for k, row in enumerate(references):
         where = row.new_task_score.mean
         if np.isfinite(where):
             color, style = styles[row.reference or "joint"]
@@ -88,7 +88,7 @@ def pareto_figure(
                 f"{row.variant} (reference)",
                 (where, 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
+                xytext=(3, -12 - 12 * k),  # one line each: close references stay readable
                 textcoords="offset points",
                 fontsize=8,
                 color=color,

@@ -364,6 +364,13 @@ def run_report_html(record: RunRecord, images: dict[str, bytes]) -> str:
     return page(title, "\n".join(b for b in body if b))
 
 
+_REFERENCES_NOTE = (
+    " References: <b>joint</b> trains all tasks' data at once (the upper bound of each task's "
+    "score), <b>single</b> trains each task alone from the starting model (the new-task score "
+    "without interference); nothing comes after them, so they have no BWT or forgetting."
+)
+
+
 def _row_cells(row: ComparisonRow, of_joint: bool) -> list[str]:
     cells = [
         escape(row.variant)
@@ -413,10 +420,8 @@ def comparison_html(
         "<p>Mean ± sample sd over seeds; below it, the mean's 95% Student-t interval over seeds "
         f"(mean ± t·sd/√n). ★ = Pareto-optimal in (new-task score, "
         f"{escape(_LABELS[cost])}): no other variant is at least as good on both and better on one."
-        " References: <b>joint</b> trains all tasks' data at once (the upper bound of each "
-        "task's score), <b>single</b> trains each task alone from the starting model (the "
-        "new-task score without interference); they forget nothing, so they have no BWT."
-        "</p>"
+        + (_REFERENCES_NOTE if any(row.reference for row in rows) else "")
+        + "</p>"
     )
     items = []
     for k, record in enumerate(records):
