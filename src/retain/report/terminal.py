@@ -79,7 +79,11 @@ def run_table(run: RunResult) -> str:
     for t, row in enumerate(run.matrix):
         if run.mode == "joint" and t < len(run.matrix) - 1:
             continue  # never trained to: the joint reference trains once, on every task
-        label = {"joint": "all (joint)", "single": f"{tasks[t]} alone"}.get(run.mode, tasks[t])
+        label = tasks[t]
+        if run.mode == "joint":
+            label = "all (joint)"
+        elif run.mode == "single":
+            label = f"{tasks[t]} alone"
         table.append([label, *(_num(x) for x in row)])
     m = run.metrics
     tail = (
