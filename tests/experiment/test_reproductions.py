@@ -28,14 +28,17 @@ def _tasks(count: int, train: int, test: int) -> list[str]:
 SHORT: dict[str, list[str]] = {
     "permuted_mnist": [*_tasks(5, 200, 100), "training.epochs=1"],
     "reproductions/l2sp_encoder": [*_tasks(1, 32, 16), "training.max_steps=2"],
-    "reproductions/ulmfit_encoder": [*_tasks(3, 32, 16), "training.max_steps=2"],
+    "reproductions/ulmfit_encoder": [
+        *_tasks(3, 32, 16),
+        "training.max_steps=10",
+    ],  # STLR: steps x 0.1 >= 1
     "reproductions/replay_general": [
         *_tasks(1, 16, 8),
         "training.max_steps=2",
         "suite.probes.0.n=2",
         "suite.probes.0.max_length=64",
-        "sweep.variants.replay-0.25.0.source.n=32",
-        "sweep.variants.replay-0.5.0.source.n=32",
+        "sweep.variants.replay-quarter.0.source.n=32",
+        "sweep.variants.replay-half.0.source.n=32",
     ],
     "reproductions/lora_vs_full": [
         *_tasks(1, 16, 8),
