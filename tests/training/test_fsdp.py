@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,17 +105,6 @@ def test_fsdp_two_processes_equal_one(tmp_path: Path) -> None:
 def _plain_name(name: str) -> str:
     """A PEFT-wrapped parameter's name in the unwrapped model."""
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-
-
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[None]:
-    """A one-process gloo group, destroyed afterwards (so other tests see no group)."""
-    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
-    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def sharded_mlp() -> nn.Module:

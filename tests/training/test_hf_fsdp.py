@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -90,17 +89,6 @@ def test_trainer_with_fsdp2_on_two_processes_equals_one(tmp_path: Path) -> None:
         assert "\n" not in refused["error"]
         assert refused["losses"] == []  # refused at on_train_begin, before any step
         assert not (two / variant / "weights.safetensors").exists()
-
-
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[None]:
-    """A one-process gloo group, destroyed afterwards (so other tests see no group)."""
-    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
-    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def mlp() -> nn.Sequential:
