@@ -105,6 +105,21 @@ def test_overrides_reach_nested_keys_and_list_items() -> None:
     assert data["strategies"][0]["alpha"] == 0.1  # the input is not changed
 
 
+def test_overrides_reach_keys_that_hold_dots() -> None:
+    variants = {"l2sp-0.1": [{"name": "l2sp", "alpha": 0.1}], "l2sp": [{"name": "l2sp"}]}
+    data = {**base(), "sweep": {"variants": variants}}
+    out = apply_overrides(
+        data, ["sweep.variants.l2sp-0.1.0.alpha=0.5", "sweep.variants.l2sp.0.alpha=2"]
+    )
+    assert out["sweep"]["variants"] == {
+        "l2sp-0.1": [{"name": "l2sp", "alpha": 0.5}],
+        "l2sp": [{"name": "l2sp", "alpha": 2}],
+    }
+    replaced = apply_overrides(data, ["sweep.variants.l2sp-0.1=[]"])
+    assert replaced["sweep"]["variants"]["l2sp-0.1"] == []
+    assert "l2sp-0" not in replaced["sweep"]["variants"]
+
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [

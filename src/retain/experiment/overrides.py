@@ -1,7 +1,8 @@
 """Reading experiment YAML: numbers such as ``1e-4``, ``key=value`` overrides, one-line errors.
 
 Overrides address nested settings with dots and list items by index (``training.lr=3e-4``,
-``tasks.0.train=100``); values are read as YAML (``1e-4`` is a number, ``null`` is None).
+``tasks.0.train=100``); a key that itself holds dots (a variant named ``l2sp-0.1``) is matched
+whole when it exists; values are read as YAML (``1e-4`` is a number, ``null`` is None).
 """
 
 from __future__ import annotations
@@ -79,18 +80,34 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise RetainError(f"override {item!r} is not key=value (e.g. training.lr=3e-4)")
         parts = key.strip().split(".")
         node: Any = data
-        for depth, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(parts[: depth + 1]), item)
-        last = parts[-1]
+        start = 0
+        while True:
+            end = _key_end(node, parts, start)
+            part = ".".join(parts[start:end])
+            where = ".".join(parts[:end])
+            if end == len(parts):
+                break
+            node = _child(node, part, where, item)
+            start = end
         value = parse_value(raw)
         if isinstance(node, list):
-            index = _index(node, last, key, item)
-            node[index] = value
+            node[_index(node, part, key, item)] = value
         elif isinstance(node, dict):
-            node[last] = value
+            node[part] = value
         else:
-            raise RetainError(f"override {item!r}: {'.'.join(parts[:-1])} is not a section")
+            raise RetainError(f"override {item!r}: {'.'.join(parts[:start])} is not a section")
     return data
+
+
+def _key_end(node: Any, parts: list[str], start: int) -> int:
+    """Where the key starting at ``parts[start]`` ends: the longest run of parts that, joined
+    with dots, names an existing key of ``node`` (so ``sweep.variants.l2sp-0.1.0.alpha``
+    reaches the variant ``l2sp-0.1``), else the single part."""
+    if isinstance(node, dict):
+        for end in range(len(parts), start + 1, -1):
+            if ".".join(parts[start:end]) in node:
+                return end
+    return start + 1
 
 
 def _index(node: list[Any], part: str, where: str, item: str) -> int:
