@@ -21,7 +21,7 @@ from retain.records.audit import AuditRecord, Capability
 from retain.records.parts import ModelInfo
 from retain.report.audit_plots import AUDIT_FIGURES, VERDICT_COLORS, audit_figures
 from retain.report.audit_report import AUDIT_COLUMNS, audit_rows, capability_status
-from retain.report.html import escape, figure_html, html_table, number, page
+from retain.report.html_page import escape, figure_html, html_table, number, page
 from retain.report.write import png_bytes
 
 __all__ = ["AUDIT_CAPTIONS", "OUTCOME_COLORS", "audit_html", "write_audit_html"]

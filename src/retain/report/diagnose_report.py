@@ -30,7 +30,7 @@ from retain.records.diagnose import (
 )
 from retain.records.parts import CkaLayer, ModelInfo, OutputShift, TokenShift
 from retain.report.diagnose_plots import diagnose_figures, token_label
-from retain.report.html import escape, figure_html, html_table, number, page
+from retain.report.html_page import escape, figure_html, html_table, number, page
 from retain.report.write import png_bytes
 
 __all__ = [

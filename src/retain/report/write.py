@@ -30,8 +30,9 @@ from retain.output_dirs import (
 )
 from retain.records.comparison import ComparedRun, ComparisonRecord
 from retain.records.run import RunRecord, RunResult
+from retain.report.comparison_html import comparison_html
 from retain.report.comparison_plots import comparison_figures
-from retain.report.html import comparison_html, run_report_html
+from retain.report.html import run_report_html
 from retain.report.plots import run_figures
 from retain.report.summary import aggregate, run_summary
 from retain.schema import record_format
