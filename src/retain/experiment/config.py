@@ -38,13 +38,14 @@ from pydantic import (
 )
 
 from retain.errors import RetainError
+from retain.experiment.guard_config import BudgetSection, MonitorSection
 from retain.experiment.overrides import apply_overrides, read_yaml
-from retain.experiment.sections import Section
+from retain.experiment.sections import Section, Seed
 from retain.experiment.suite_config import ProbeSection, SuiteSection
+from retain.experiment.sweep_config import SweepSection
 from retain.experiment.task_config import TaskSection
 from retain.experiment.tracking_config import TrackingSection
 from retain.training.loop import TrainConfig
-from retain.training.monitor import MonitorConfig
 
 __all__ = [
     "BudgetSection",
@@ -68,14 +69,12 @@ __all__ = [
 
 
 ModelKind = Literal["task-heads", "classifier", "causal-lm", "mlp"]
-#: A seed: what NumPy and torch accept, 0 .. 2**32 - 1.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 #: ``auto``, ``cpu``, ``cuda``, ``cuda:<n>`` or ``mps``.
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
-#: The engine's dataclasses are the one source of every training and monitor default.
-_TRAIN, _MONITOR = TrainConfig(), MonitorConfig()
+#: The engine's dataclass is the one source of every training default.
+_TRAIN = TrainConfig()
 
 
 class ModelSection(Section):
@@ -151,27 +150,6 @@ class TrainingSection(Section):
         return value
 
 
-class MonitorSection(Section):
-    """The forgetting monitor (:class:`retain.training.monitor.MonitorConfig`): watch the suite
-    and every earlier task while training, stop (and roll back) past ``max_degradation``."""
-
-    max_degradation: float = Field(default=_MONITOR.max_degradation, ge=0)
-    patience: int = Field(default=_MONITOR.patience, ge=1)
-    eval_every: int = Field(default=_MONITOR.eval_every, ge=0)
-    restore_best: bool = _MONITOR.restore_best
-
-
-class BudgetSection(Section):
-    """A forgetting budget (:class:`retain.training.budget.ForgettingBudget`): the strength of
-    every ``ewc`` or ``l2sp`` strategy entry marked ``budget: true`` (in ``strategies`` or a
-    sweep variant) is tuned so the suite's worst relative degradation stays near
-    ``max_degradation``, evaluated every ``every`` steps. Needs a suite."""
-
-    max_degradation: float = Field(gt=0)
-    every: int = Field(default=10, ge=1)
-    controller: Literal["multiplicative", "pi"] = "multiplicative"
-
-
 class CheckpointSection(Section):
     """Checkpoints under ``<run>/checkpoints``: after every task, and every ``every`` optimizer
     steps (0: task ends only). ``enabled: false`` saves none (a run then cannot resume)."""
@@ -202,39 +180,6 @@ class DiagnosticsSection(Section):
     shift: bool = False
     shift_from: Literal["start", "first_task"] = "start"
     shift_samples: int = Field(default=32, ge=2)
-
-
-class SweepSection(Section):
-    """Variants compared by ``retain sweep``: a name and its strategies each (``naive: []``).
-
-    ``settings``: per variant name, ``key=value`` overrides of the rest of the config for that
-    variant only (``lora: ["training.lr=3e-3"]``: adapters usually want a larger learning rate);
-    they also apply to the variants a ``--grid`` derives from it.
-    ``seeds``: the seeds every variant runs with (default: the experiment's ``seeds``).
-    ``references``: the reference baselines run beside the variants, ``joint`` (all tasks' data
-    mixed, trained once: the upper bound of each task's score) and ``single`` (each task from
-    the starting model alone: the new-task score without interference); the comparison shows
-    every variant's average accuracy as a fraction of ``joint``'s
-    (:mod:`retain.training.references`). The names ``joint`` and ``single`` are kept for them.
-    """
-
-    variants: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
-    settings: dict[str, list[str]] = Field(default_factory=dict)
-    seeds: list[Seed] | None = None
-    references: list[Literal["joint", "single"]] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _references(self) -> SweepSection:
-        taken = sorted({"joint", "single"} & set(self.variants))
-        if taken:
-            raise ValueError(
-                f"variant name {taken[0]!r} is kept for the reference baseline; rename the "
-                f"variant, or ask for the reference with references: [{taken[0]}]"
-            )
-        twice = sorted({r for r in self.references if self.references.count(r) > 1})
-        if twice:
-            raise ValueError(f"references lists {twice[0]!r} twice; list it once")
-        return self
 
 
 class ExperimentConfig(Section):

@@ -1,5 +1,5 @@
 """The base of every experiment-config section: unknown keys refused, values frozen, and a
-boolean never read as a number (``max_steps: true`` is a typo, not 1)."""
+boolean never read as a number (``max_steps: true`` is a typo, not 1); and the seed type."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import types
 import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-__all__ = ["Section"]
+__all__ = ["Section", "Seed"]
+
+#: A seed: what NumPy and torch accept, 0 .. 2**32 - 1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
