@@ -170,10 +170,11 @@ def test_no_function_of_the_experiment_layer_is_over_60_lines() -> None:
 
 
 def test_reports_read_typed_records_not_dicts() -> None:
-    """The report layer reads records by attribute: no ``.get(`` on results."""
+    """The report layer reads records by attribute: no ``.get(`` on results (the figure
+    captions, a constant table, are the one mapping it looks up)."""
     found = []
     for path in sorted((SRC / "retain" / "report").glob("*.py")):
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if ".get(" in line:
+            if ".get(" in line and "captions.get(" not in line:
                 found.append(f"{path.name}:{number}: {line.strip()}")
     assert not found, "\n".join(found)

@@ -379,7 +379,7 @@ def test_mlflow_without_sqlalchemy_needs_it_only_for_its_local_store(
 
 def test_an_unfinished_run_resumes_under_other_tracking_settings(tmp_path: Path) -> None:
     from retain.experiment.config import config_to_yaml
-    from retain.experiment.runner import run_state
+    from retain.experiment.run_state import run_state
     from retain.output_dirs import write_marker
 
     out = tmp_path / "run"

@@ -19,17 +19,15 @@ RNG file, see :mod:`retain.training.checkpoint`).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
-from retain.atomic_files import to_jsonable, write_text
+from retain.atomic_files import to_jsonable
 from retain.distributed import is_main_process, shard_model
 from retain.errors import RetainError
 from retain.experiment.build import (
@@ -40,7 +38,6 @@ from retain.experiment.build import (
 from retain.experiment.config import (
     ExperimentConfig,
     check_seeds,
-    config_from_dict,
     config_to_yaml,
 )
 from retain.experiment.run_diagnostics import (
@@ -50,15 +47,19 @@ from retain.experiment.run_diagnostics import (
     shift_results,
 )
 from retain.experiment.run_progress import RunProgress
+from retain.experiment.run_state import (
+    check_run_dir,
+    prepare_run_dir,
+    run_state,
+    same_config,
+    undo_fresh_run,
+)
 from retain.experiment.tracking import run_tracking
 from retain.experiment.training_settings import check_training, run_device, train_config
 from retain.output_dirs import (
-    MARKER,
     check_output_parent,
     check_replaceable,
-    output_kind,
     output_lock,
-    write_marker,
 )
 from retain.records.parts import Score
 from retain.records.run import (
@@ -75,7 +76,7 @@ from retain.training.budget import ForgettingBudget
 from retain.training.checkpoint import latest_checkpoint
 from retain.training.sequence import fit_sequence
 
-__all__ = ["RESULTS_FORMAT", "RunSpec", "has_trained", "run_experiment", "run_state"]
+__all__ = ["RESULTS_FORMAT", "RunSpec", "run_experiment"]
 
 RESULTS_FORMAT = RunRecord.FORMAT
 
@@ -109,87 +110,12 @@ class RunSpec:
     tracking_dir: Path | None = None
 
 
-def run_state(out: Path, config_yaml: str) -> str:
-    """``"new"``, ``"resume"``, ``"finished"``, ``"different"`` or ``"foreign"`` for ``out``.
-
-    A non-empty folder is a run only when it holds retain's run marker
-    (:mod:`retain.output_dirs`); anything else (a file, a link, a folder of the user's) is
-    ``"foreign"``.
-    """
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        return "foreign"
-    if not out.is_dir() or not any(out.iterdir()):
-        return "new"
-    if output_kind(out) != "run":
-        return "foreign"
-    if (out / "results.json").is_file():
-        return "finished"
-    return "resume" if _same_config(out / "config.yaml", config_yaml) else "different"
-
-
-#: Settings that do not change what a run computes: a run resumes under other values.
-_NOT_RESULTS = {"tracking"}
-
-
-def _same_config(stored: Path, config_yaml: str) -> bool:
-    """Whether the run config in ``stored`` is ``config_yaml``'s, up to :data:`_NOT_RESULTS`
-    (and defaults a file written by an earlier version left out)."""
-    if not stored.is_file():
-        return False
-    text = stored.read_text(encoding="utf-8")
-    if text == config_yaml:
-        return True
-    try:
-        old, new = (config_from_dict(yaml.safe_load(t)) for t in (text, config_yaml))
-    except (RetainError, yaml.YAMLError):
-        return False
-    return old.model_dump(exclude=_NOT_RESULTS) == new.model_dump(exclude=_NOT_RESULTS)
-
-
-def _check(out: Path, config_yaml: str, overwrite: bool) -> str:
-    """``out``'s :func:`run_state`, refusing what may not be run into (nothing is written)."""
-    check_output_parent(out)
-    state = run_state(out, config_yaml)
-    if state == "foreign":
-        raise RetainError(
-            f"{str(out)!r} exists and is not a retain run directory (no {MARKER} of a run); "
-            "choose another --out (it is never deleted, even with --overwrite)"
-        )
-    if state in ("finished", "different"):
-        if not overwrite:
-            what = (
-                "a finished run (results.json)"
-                if state == "finished"
-                else "an unfinished run of a different config"
-            )
-            raise RetainError(
-                f"{str(out)!r} holds {what}; choose another --out or pass --overwrite to replace it"
-            )
-        check_replaceable(out, "run")
-    return state
-
-
-def _prepare(out: Path, config_yaml: str, state: str) -> bool:
-    """Make ``out`` ready for a run in ``state`` (only the main process writes); returns whether
-    the folder was created here."""
-    if not is_main_process():
-        return False
-    if state in ("finished", "different"):
-        shutil.rmtree(out)  # retain's own files only: _check made sure
-    created = not out.exists()
-    out.mkdir(exist_ok=True)
-    if state != "resume":
-        write_marker(out, "run")
-        write_text(out / "config.yaml", config_yaml)
-    return created
-
-
 def _report_missing(spec: RunSpec, out: Path, config_yaml: str) -> bool:
     """Whether ``out`` holds this very run, finished, but without its report (the report was
     interrupted or could not be written): then a rerun only writes the report."""
     if spec.overwrite or not spec.report or run_state(out, config_yaml) != "finished":
         return False
-    return _same_config(out / "config.yaml", config_yaml) and not (out / "report.html").is_file()
+    return same_config(out / "config.yaml", config_yaml) and not (out / "report.html").is_file()
 
 
 def _finish_report(spec: RunSpec, out: Path) -> RunRecord:
@@ -218,30 +144,6 @@ def _write_report(out: Path) -> None:
         ) from err
 
 
-def has_trained(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a complete checkpoint taken after at least one optimizer step
-    (its ``step-<n>`` has ``n > 0``; ``step-0`` is only the starting point)."""
-    folder = run_dir / "checkpoints"
-    found = [latest_checkpoint(folder / part) for part in ("tasks", "steps")]
-    return any(path is not None and path.name != "step-0" for path in found)
-
-
-def _undo(out: Path, created: bool) -> None:
-    """Remove what a fresh run wrote into ``out`` when it failed before any optimizer step
-    reached a checkpoint (nothing to resume from): the folder when this run created it, else
-    only its contents. A run whose ``results.json`` was written is finished and kept."""
-    if not is_main_process() or has_trained(out) or (out / "results.json").is_file():
-        return
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for entry in out.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
 def run_experiment(spec: RunSpec) -> RunRecord:
     """Train ``spec.config``'s task sequence with its first seed; returns the record written to
     ``results.json``.
@@ -266,7 +168,8 @@ def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> RunRecord:
     config_yaml = config_to_yaml(config)
     if _report_missing(spec, out, config_yaml):
         return _finish_report(spec, out)
-    state = _check(out, config_yaml, spec.overwrite)  # every process, before anything is written
+    # every process checks, before anything is written
+    state = check_run_dir(out, config_yaml, spec.overwrite)
     if spec.from_checkpoint is not None and state != "resume":
         raise RetainError(
             f"--from-checkpoint continues an unfinished run of the same config, and {str(out)!r} "
@@ -285,12 +188,12 @@ def _run(spec: RunSpec, config: ExperimentConfig, out: Path) -> RunRecord:
     built = build_experiment(config, seed)  # bad data or names fail here, with nothing written
     strategies = build_strategies(config.strategies, config, built.suite, built.tokenizer)
     check_training(config)
-    created = _prepare(out, config_yaml, state)
+    created = prepare_run_dir(out, config_yaml, state)
     try:
         return _train(spec, config, out, built, strategies, resume, begin)
     except BaseException:
         if not resume:
-            _undo(out, created)
+            undo_fresh_run(out, created)
         raise
 
 

@@ -35,7 +35,8 @@ from retain.experiment.config import (
     config_to_yaml,
 )
 from retain.experiment.overrides import apply_overrides, parse_value
-from retain.experiment.runner import RunSpec, has_trained, run_experiment, run_state
+from retain.experiment.run_state import has_trained, run_state
+from retain.experiment.runner import RunSpec, run_experiment
 from retain.experiment.training_settings import check_training
 from retain.output_dirs import MARKER, check_output_parent, output_kind, output_lock, write_marker
 from retain.training.references import REFERENCES

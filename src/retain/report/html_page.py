@@ -97,7 +97,7 @@ def figures_section(
     first; a figure's caption is ``captions[name]`` (its name when it has none). Empty when
     there are no images."""
     names = [n for n in order if n in images] + [n for n in images if n not in order]
-    parts = [figure_html(n, images[n], captions[n] if n in captions else n) for n in names]
+    parts = [figure_html(n, images[n], captions.get(n, n)) for n in names]
     return "<h2>Figures</h2>" + "".join(parts) if parts else ""
 
 
