@@ -88,7 +88,7 @@ def add_diagnose_command(sub: Any) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Run ``retain diagnose`` from parsed arguments; returns the exit code."""
     from retain.experiment.diagnose import DiagnoseConfig, run_diagnose
-    from retain.report.diagnose_report import diagnose_table
+    from retain.report.diagnose_summary import diagnose_table
 
     only = (
         tuple(x.strip() for x in args.only.split(",") if x.strip())

@@ -15,7 +15,8 @@ import pytest
 from retain.errors import RetainError
 from retain.records.diagnose import DiagnoseRecord
 from retain.records.schemas import generate
-from retain.report.diagnose_report import diagnose_table, write_diagnose_report
+from retain.report.diagnose_report import write_diagnose_report
+from retain.report.diagnose_summary import diagnose_table
 from retain.schema import schema_for, validate_record
 
 

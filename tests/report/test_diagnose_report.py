@@ -40,7 +40,8 @@ from retain.records.diagnose import DiagnoseRecord
 from retain.records.parts import OutputShift
 from retain.records.run import RunRecord
 from retain.report import diagnose_plots as dp
-from retain.report.diagnose_report import diagnose_table, write_diagnose_report
+from retain.report.diagnose_report import write_diagnose_report
+from retain.report.diagnose_summary import diagnose_table
 from retain.report.diagnostic_run_plots import interference_run_figure
 from retain.report.plots import RUN_DIAGNOSTIC_FIGURES, RUN_FIGURES, run_figures
 from retain.report.write import write_run_report
