@@ -103,6 +103,11 @@ def test_batches_cover_the_examples_in_order() -> None:
     batches = task.batches(2)
     assert [b["x"].flatten().tolist() for b in batches] == [[0.0, 1.0], [2.0, 3.0], [4.0]]
     assert len(task.batches(2, limit=3)) == 2
+    assert [task.batch_count(2), task.batch_count(2, limit=3), task.batch_count(5)] == [3, 2, 1]
+    assert task.batch(1, 2)["x"].flatten().tolist() == [2.0, 3.0]
+    assert task.batch(1, 2, limit=3)["x"].flatten().tolist() == [2.0]
+    with pytest.raises(IndexError):
+        task.batch(3, 2)
 
 
 def test_pad_collate_stacks_one_label_per_example() -> None:

@@ -300,10 +300,24 @@ class Task:
         """The same task over other examples (replay mixes use this)."""
         return replace(self, examples=examples, texts=None)
 
+    def batch_count(self, batch_size: int, limit: int | None = None) -> int:
+        """How many batches :meth:`batches` makes: ``⌈n / batch_size⌉`` over the first ``n =
+        min(limit, len(examples))`` examples."""
+        return -(-self._limit(limit) // batch_size)
+
+    def batch(self, index: int, batch_size: int, limit: int | None = None) -> Batch:
+        """Batch ``index`` of :meth:`batches`, collated alone (data-parallel evaluation collates
+        only its own share)."""
+        n = self._limit(limit)
+        start = index * batch_size
+        if not 0 <= start < n:
+            raise IndexError(f"batch {index} of {self.batch_count(batch_size, limit)}")
+        return self.collate([self.examples[i] for i in range(start, min(start + batch_size, n))])
+
     def batches(self, batch_size: int, limit: int | None = None) -> list[Batch]:
         """Consecutive batches over the first ``limit`` examples (all when None), in order."""
-        n = len(self.examples) if limit is None else min(limit, len(self.examples))
-        return [
-            self.collate([self.examples[i] for i in range(start, min(start + batch_size, n))])
-            for start in range(0, n, batch_size)
-        ]
+        count = self.batch_count(batch_size, limit)
+        return [self.batch(k, batch_size, limit) for k in range(count)]
+
+    def _limit(self, limit: int | None) -> int:
+        return len(self.examples) if limit is None else min(limit, len(self.examples))

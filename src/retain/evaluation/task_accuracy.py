@@ -2,10 +2,11 @@
 mean loss, minus the loss (a higher-is-better score for causal-LM sequences).
 
 Under ``torch.distributed`` (every rank calling), :func:`task_accuracy` and :func:`task_loss` are
-data-parallel: each rank scores every ``W``-th batch (:func:`retain.distributed.rank_share`) and
-the sums (correct and scored positions; summed loss and target count) are all-reduced once, so
-every rank returns the same score as one process would (accuracy exactly; the loss up to float64
-rounding of a different summation order).
+data-parallel: each rank collates and scores every ``W``-th batch
+(:func:`retain.distributed.rank_share`; its remaining forwards repeat the first batch, uncounted,
+so every rank runs as many as the others) and the sums (correct and scored positions; summed
+loss and target count) are all-reduced once, so every rank returns the same score as one process
+would (accuracy exactly; the loss up to float64 rounding of a different summation order).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def task_accuracy(model: nn.Module, task: Task, batch_size: int = 256) -> float:
     """
     sums = torch.zeros(2, dtype=torch.float64)  # correct, scored
     with eval_mode(model), torch.no_grad():
-        for batch, counted in rank_share(task.batches(batch_size)):
+        for index, counted in rank_share(range(task.batch_count(batch_size))):
+            batch = task.batch(index, batch_size)
             logits, targets = task.objective.logits_and_targets(model, batch)
             if not counted:
                 continue
@@ -68,7 +70,8 @@ def task_loss(model: nn.Module, task: Task, batch_size: int = 256) -> float:
     """
     sums = torch.zeros(2, dtype=torch.float64)  # summed loss (nats), targets
     with eval_mode(model), torch.no_grad():
-        for batch, counted in rank_share(task.batches(batch_size)):
+        for index, counted in rank_share(range(task.batch_count(batch_size))):
+            batch = task.batch(index, batch_size)
             logits, targets = task.objective.logits_and_targets(model, batch)
             if not counted:
                 continue
