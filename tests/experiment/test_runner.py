@@ -235,3 +235,20 @@ def test_shift_from_the_first_task_compares_with_the_model_right_after_it(
     )
     assert start.shift.reference == "start"
     assert start.shift.representation[2].cka < got[2]  # includes what trec changed
+
+
+def test_the_terminal_says_when_the_monitor_put_earlier_weights_back() -> None:
+    from retain.experiment.runner import _restored
+    from retain.records.run import MonitorResult
+
+    def result(best: int | None, restored: bool = True) -> MonitorResult:
+        return MonitorResult(
+            stopped=True, reason="budget", best_step=best, restored=restored, history=[]
+        )
+
+    assert "starting weights were restored" in _restored("trec", 10, result(0))
+    assert "raise monitor.max_degradation" in _restored("trec", 10, result(0))
+    assert "weights of step 20 were restored" in _restored("trec", 30, result(20))
+    assert _restored("trec", 30, result(30)) == ""  # the weights it ended with: nothing to say
+    assert _restored("trec", 30, result(0, restored=False)) == ""
+    assert _restored("trec", 30, None) == ""

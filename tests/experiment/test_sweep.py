@@ -41,6 +41,8 @@ def test_named_variants_take_the_configs_parameters() -> None:
     assert sweep_variants(config(), None, []) == {"ewc": config().strategies}
     with pytest.raises(RetainError, match="did you mean 'ewc'"):
         sweep_variants(config(), ["ewcc"], [])
+    with pytest.raises(RetainError, match=r"did you mean 'light'.*sweep.variants \(light\)"):
+        sweep_variants(custom, ["lihgt"], [])
 
 
 def test_grids_multiply_the_variants_that_use_the_strategy() -> None:

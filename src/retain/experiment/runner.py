@@ -66,6 +66,7 @@ from retain.records.run import (
     BudgetEval,
     BudgetRecord,
     DriftRecord,
+    MonitorResult,
     MonitorSettings,
     RunRecord,
     RunResult,
@@ -282,6 +283,19 @@ def _checkpointing(config: ExperimentConfig, out: Path) -> dict[str, Any]:
     }
 
 
+def _restored(task: str, steps: int, monitor: MonitorResult | None) -> str:
+    """The line saying which earlier weights the monitor put back after ``task`` trained for
+    ``steps`` ("" when none)."""
+    if monitor is None or not monitor.restored or monitor.best_step in (None, steps):
+        return ""
+    if monitor.best_step == 0:
+        return (
+            f"  {task}: the starting weights were restored (no later evaluation was within the "
+            "budget), so the task was not learned; raise monitor.max_degradation to let it learn"
+        )
+    return f"  {task}: the weights of step {monitor.best_step} were restored (best within budget)"
+
+
 def _finish(
     spec: RunSpec,
     out: Path,
@@ -294,6 +308,9 @@ def _finish(
     for log in results.run.logs:
         if log.stopped:
             say(f"  the monitor stopped {log.task} at step {log.steps}: {log.stop_reason}")
+        restored = _restored(log.task, log.steps, log.monitor)
+        if restored:
+            say(restored)
     if not is_main_process():
         return results  # one process writes the run directory
     results.write(out / "results.json")

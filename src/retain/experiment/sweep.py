@@ -17,6 +17,7 @@ seed), all in ``<out>/tracking`` unless ``tracking.dir`` says otherwise.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import re
 import shutil
@@ -101,9 +102,13 @@ def _named(config: ExperimentConfig, name: str) -> Entries:
     if name == "naive" or name in REFERENCES:
         return []
     if name not in STRATEGIES:
+        variants = list(config.sweep.variants)
+        names = [*variants, *STRATEGIES.names(), "naive", *REFERENCES]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise RetainError(
-            f"--strategies: {STRATEGIES.unknown_message(name)} "
-            f"(or a variant of sweep.variants: {', '.join(config.sweep.variants) or 'none'})"
+            f"--strategies: unknown variant {name!r}; {hint}a variant is naive, joint, single, "
+            f"a strategy (retain ls) or one of sweep.variants ({', '.join(variants) or 'none'})"
         )
     canonical = STRATEGIES.entry(name).name
     own = [e for e in config.strategies if e["name"] == canonical]

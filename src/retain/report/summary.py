@@ -129,8 +129,14 @@ def aggregate(records: Sequence[RunRecord]) -> list[ComparisonRow]:
         raise RetainError("nothing to aggregate: pass at least one run's results")
     scores = {(r.score.name, r.score.higher_is_better) for r in records}
     if len(scores) > 1:
+        by_score: dict[str, set[str]] = {}
+        for r in records:
+            by_score.setdefault(r.score.name, set()).add(f"{r.name}/{r.variant}")
+        which = "; ".join(
+            f"{n} ({', '.join(sorted(runs))})" for n, runs in sorted(by_score.items())
+        )
         raise RetainError(
-            f"runs are scored with different metrics {sorted(scores)}; compare runs of one score"
+            f"runs are scored with different metrics: {which}; compare runs of one score"
         )
     hib = next(iter(scores))[1]
     groups: dict[str, list[RunRecord]] = {}
